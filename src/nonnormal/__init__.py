@@ -1,0 +1,1 @@
+"""Non-normal diffusion models."""
