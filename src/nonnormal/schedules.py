@@ -160,8 +160,36 @@ class DDPMLinear(Schedule):
         return slope / -torch.expm1(-c)
 
 
+class Brownian(Schedule):
+    """Inverse SNR linear in t: ``sigma_t^2 / alpha_t^2 = e^gamma_min + t (e^gamma_max - e^gamma_min)``.
+
+    ``x_t / alpha_t`` is then Brownian motion on a uniform clock: every step of a uniform grid
+    adds the same variance to the terminal state. Under linear log-SNR (``vdm``) the terminal
+    noise comes mostly from the last ``~2 / (gamma' dt)`` steps instead, so a walk with
+    non-Gaussian increments approaches the Gaussian limit more slowly in T.
+    """
+
+    name = "brownian"
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0):
+        if not gamma_min < gamma_max:
+            raise NonnormalError(f"brownian needs gamma_min < gamma_max, got {gamma_min:g} >= {gamma_max:g}")
+        self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
+        self._lo, self._span = math.exp(gamma_min), math.exp(gamma_max) - math.exp(gamma_min)
+
+    @property
+    def params(self):
+        return {"gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
+
+    def gamma(self, t):
+        return torch.log(self._lo + self._span * t)
+
+    def gamma_prime(self, t):
+        return self._span / (self._lo + self._span * t)
+
+
 _SCHEDULES: Registry[Schedule] = Registry("schedule")
-for _cls in (VDM, Cosine, DDPMLinear):
+for _cls in (VDM, Cosine, DDPMLinear, Brownian):
     _SCHEDULES.register(_cls.name, _cls)
 
 

@@ -1,0 +1,70 @@
+"""Training losses: the per-step KL terms of the likelihood bound (paper, section 4).
+
+Each loss is a small callable that draws its own time step and noise, EDM-style, and returns
+one value per example: its estimate of the diffusion part of the bound, in nats. Divide by
+the number of dimensions for a per-dimension training objective.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import schedules
+from .divergences import divergence
+from .walk import StructuredRandomWalk, check_rule
+
+
+def _sum_coords(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+class StepKLLoss:
+    """``sum_k L_k`` for a T-step walk with data law q and model law p, estimated with one k.
+
+    ``L_k = E sum_coords K(v_k r)``, ``r = eps - eps_theta(x_t, t_{k+1})``, where ``K`` is the
+    pair's per-step divergence and ``v_k`` the reverse rule's shift per unit of r. A uniformly
+    drawn k, times T, is an unbiased estimate of the sum. Mismatched pairs carry the constant
+    ``T * D * K(0)``: it does not move the gradients, but it is part of the bound.
+    """
+
+    def __init__(self, schedule="vdm", T: int = 1000, q="gaussian", p="gaussian", rule: str = "posterior"):
+        self.walk = StructuredRandomWalk(schedule, T, p)  # the model's walk: grid and reverse rule
+        self.divergence = divergence(q, p)  # K(u) for the pair
+        self.rule = check_rule(rule)  # "posterior" (VDM/DDPM) or "euler" (the paper's)
+        self.T = T
+        self._v = self.walk.v(rule)
+
+    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.randint(0, self.T, (x0.shape[0],), generator=generator, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.T * self.term(eps_model, x0, k, eps)
+
+    def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``sum_coords K(v_k r)`` for given steps k (shape (batch,)) and noise eps: one sample of L_k."""
+        B, dev = x0.shape[0], x0.device
+        s, t = self.walk.schedule, self.walk.t.to(dev)[k + 1]
+        shape = (B,) + (1,) * (x0.ndim - 1)
+        x_t = s.alpha(t).to(x0.dtype).view(shape) * x0 + s.sigma(t).to(x0.dtype).view(shape) * eps
+        r = eps - eps_model(x_t, t.to(x0.dtype)).float()
+        u = self._v.to(dev, torch.float32)[k].view(shape) * r
+        return _sum_coords(self.divergence(u))
+
+
+class ContinuousTimeLoss:
+    """The ``T -> infinity`` limit of every pair without its ``T D K(0)`` constant: VDM's loss.
+
+    ``(1/2) gamma'(t) |eps - eps_theta(x_t, t)|^2`` with t uniform on ``[t_min, 1]`` (the
+    gaussian/gaussian step loss tends to it as T grows).
+    """
+
+    def __init__(self, schedule="vdm"):
+        self.schedule = schedules.get(schedule)  # VP noise schedule
+
+    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        s, B, dev = self.schedule, x0.shape[0], x0.device
+        t = s.t_min + (1 - s.t_min) * torch.rand(B, generator=generator, device=dev, dtype=torch.float64)
+        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        shape = (B,) + (1,) * (x0.ndim - 1)
+        x_t = s.alpha(t).to(x0.dtype).view(shape) * x0 + s.sigma(t).to(x0.dtype).view(shape) * eps
+        r = eps - eps_model(x_t, t.to(x0.dtype)).float()
+        return 0.5 * (1 - s.t_min) * s.gamma_prime(t).float() * _sum_coords(r * r)
