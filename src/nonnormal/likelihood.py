@@ -108,7 +108,8 @@ def bound_bits_per_dim(eps_model, x: torch.Tensor, levels: int, schedule="vdm", 
     t = loss.walk.t.to(x.device)
     flat = x.reshape(B, -1)
     a1, s1 = float(s.alpha(t[-1])), float(s.sigma(t[-1]))
-    prior = 0.5 * (a1**2 * flat * flat + s1**2 - 1 - math.log(s1**2)).sum(1)
+    const = s1**2 - 1 - math.log(s1**2)  # tiny: computed in float64, with the rest below
+    prior = (0.5 * (a1**2 * flat.double() ** 2 + const).sum(1)).float()
     diffusion = torch.zeros(B, dtype=torch.float32, device=x.device)
     for k in tqdm(range(T), desc="bound", disable=not progress, leave=False):
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+from scipy import integrate
+
+from nonnormal import increments
+from nonnormal.divergences import divergence
+from nonnormal.losses import ContinuousTimeLoss, StepKLLoss
+from nonnormal.walk import StructuredRandomWalk
+
+D, N = 4, 20_000
+
+
+def zero_model(x, t):
+    return torch.zeros_like(x)
+
+
+def estimate(loss, seed=0):
+    x0 = torch.full((N, D), 0.3)
+    vals = loss(zero_model, x0, torch.Generator().manual_seed(seed)).double()
+    return float(vals.mean()), float(vals.std() / math.sqrt(N))
+
+
+@pytest.mark.parametrize("rule", ["posterior", "euler"])
+def test_gaussian_step_loss_with_zero_model(rule):
+    """With eps_theta = 0, r = eps: E loss = sum_k D v_k^2 / 2 exactly (Gaussian K(u) = u^2/2)."""
+    loss = StepKLLoss("vdm", 10, "gaussian", "gaussian", rule)
+    expected = D / 2 * float((StructuredRandomWalk("vdm", 10).v(rule) ** 2).sum())
+    mean, se = estimate(loss)
+    assert abs(mean - expected) < 4 * se
+
+
+def test_posterior_rule_weights_are_vdm_discrete_weights():
+    """w_k = v_k^2 / 2 = expm1(gamma_t - gamma_s) / 2, VDM's discrete-time weights."""
+    walk = StructuredRandomWalk("vdm", 7)
+    g = walk.schedule.gamma(walk.t)
+    assert torch.allclose(walk.v("posterior") ** 2 / 2, 0.5 * torch.expm1(g[1:] - g[:-1]), rtol=1e-12)
+
+
+def test_mismatched_pair_carries_T_D_K0():
+    """uniform/gaussian: K(u) = K(0) + u^2/2, so the loss is the Gaussian one plus T D K(0) (same noise)."""
+    T = 10
+    x0 = torch.full((64, D), -0.2)
+    a = StepKLLoss("vdm", T, "uniform", "gaussian")(zero_model, x0, torch.Generator().manual_seed(4))
+    b = StepKLLoss("vdm", T, "gaussian", "gaussian")(zero_model, x0, torch.Generator().manual_seed(4))
+    assert torch.allclose(a - b, torch.full_like(a, T * D * 0.17648520831), rtol=1e-5)
+
+
+def test_laplace_step_loss_with_zero_model():
+    """laplace/laplace with r = eps ~ N(0, 1): E K(v_k eps) per step by quadrature."""
+    T = 6
+    loss = StepKLLoss("vdm", T, "laplace", "laplace")
+    K = divergence("laplace", "laplace")
+    v = StructuredRandomWalk("vdm", T).v("posterior").tolist()
+    gauss = increments.get("gaussian")
+    per_step = [integrate.quad(lambda e: float(K(torch.tensor(vk * e)) * gauss.log_prob(torch.tensor(e)).exp()), -12, 12, points=[0])[0] for vk in v]
+    expected = D * sum(per_step)  # T * mean over k of D E K = D sum_k E K
+    mean, se = estimate(loss, seed=2)
+    assert abs(mean - expected) < 4 * se
+
+
+def test_continuous_limit():
+    """(1/2) gamma' |r|^2 with r = eps integrates to D (gamma_max - gamma_min) / 2; the T-step Gaussian
+    loss tends to it as T grows."""
+    cont = ContinuousTimeLoss("vdm")
+    mean, se = estimate(cont, seed=3)
+    assert abs(mean - D * 18.3 / 2) < 4 * se
+    step_means = [D / 2 * float((StructuredRandomWalk("vdm", T).v() ** 2).sum()) for T in (10, 100, 1000, 10000)]
+    gaps = [m - D * 18.3 / 2 for m in step_means]
+    assert all(g > 0 for g in gaps) and all(a > 5 * b for a, b in zip(gaps, gaps[1:]))
+
+
+def test_loss_backpropagates_through_tabulated_pair():
+    lin = torch.nn.Linear(D, D)
+    loss = StepKLLoss("cosine", 50, "logistic", "student_t")
+    out = loss(lambda x, t: lin(x), torch.randn(32, D), torch.Generator().manual_seed(0))
+    out.mean().backward()
+    assert out.shape == (32,) and torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
