@@ -60,7 +60,7 @@ def test_bound_parts_with_a_zero_model():
     expected = D * v2 / 2 / (D * math.log(2))
     se = float(parts["diffusion"].std() / math.sqrt(x.shape[0]))
     assert abs(float(parts["diffusion"].mean()) - expected) < 4 * se
-    a1, s1 = math.sqrt(1 / (1 + math.exp(-5))), math.sqrt(1 / (1 + math.exp(5)))
+    a1, s1 = math.sqrt(1 / (1 + math.exp(5))), math.sqrt(1 / (1 + math.exp(-5)))  # gamma_1 = 5
     prior = 0.5 * (a1**2 * (x.double() ** 2) + s1**2 - 1 - math.log(s1**2)).sum(1) / (D * math.log(2))
     assert torch.allclose(parts["prior"].double(), prior, rtol=1e-5)
     assert float(parts["decoder"].max()) < 1e-6  # sigma_0 = 1.3e-3 vs bins 0.12 wide
