@@ -72,6 +72,26 @@ def cmd_laws(args) -> int:
     return 0
 
 
+def cmd_kl(args) -> int:
+    import torch
+
+    from .divergences import divergence
+
+    try:
+        us = [float(v) for v in args.u.split(",") if v.strip()]
+    except ValueError:
+        raise NonnormalError(f"--u must be comma-separated numbers, got {args.u!r}: e.g. 0,0.5,1,2") from None
+    d = divergence(args.q, args.p)
+    values = d(torch.tensor(us, dtype=torch.float64)).tolist()
+    if args.json:
+        print(json.dumps({"q": d.q.spec, "p": d.p.spec, "kind": d.kind, "k0": d.k0, "u": us, "K": values}, indent=2))
+        return 0
+    print(f"K(u) = KL(q(. - u) || p) per coordinate, q = {d.q.spec}, p = {d.p.spec} ({d.kind}); K(0) = {d.k0:.6f}")
+    for u, k in zip(us, values):
+        print(f"  u = {u:>8g}   K = {k:.6f}")
+    return 0
+
+
 def cmd_invariance(args) -> int:
     from . import increments, schedules
     from .evaluate import invariance_study
@@ -87,7 +107,7 @@ def cmd_invariance(args) -> int:
     payload = {law: {str(T): w for T, w in row.items()} for law, row in result.items()}
     _write_atomic(out / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
     png = out / ".invariance.tmp.png"
-    plot_invariance(result, png, f"Invariance ({schedule.spec}, {args.paths} paths)")
+    plot_invariance(result, png, f"Walks vs their Gaussian limit ({schedule.name} schedule, {args.paths:,} paths)")
     os.replace(png, out / "invariance.png")
     width = max(len(k) for k in result)
     print(f"W1 to the Gaussian limit ({schedule.spec}, {args.paths} paths, seed {args.seed})")
@@ -105,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("laws", help="list the increment laws")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_laws)
+
+    p = sub.add_parser("kl", help="the per-step divergence K(u) of a (q, p) pair of laws")
+    p.add_argument("q", help="law of the data walk's steps, e.g. uniform")
+    p.add_argument("p", help="law of the model walk's steps, e.g. laplace")
+    p.add_argument("--u", default="0,0.5,1,2,4", help="comma-separated standardized shifts u")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_kl)
 
     p = sub.add_parser("invariance", help="forward walks with non-normal increments against their Gaussian limit")
     p.add_argument("--laws", default="laplace,uniform,rademacher", help="comma-separated laws (gaussian is always added)")
