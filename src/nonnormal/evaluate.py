@@ -34,7 +34,7 @@ def wasserstein1_to_gaussian(samples: torch.Tensor, mean: float = 0.0, std: floa
     """
     c = ((samples.double().flatten() - mean) / std).sort().values
     n = c.numel()
-    edges = torch.special.ndtri(torch.arange(n + 1, dtype=torch.float64) / n)
+    edges = torch.special.ndtri(torch.arange(n + 1, dtype=torch.float64, device=c.device) / n)
     lo, hi = edges[:-1], edges[1:]
     phi = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
     G = lambda x: c * torch.special.ndtr(x) + phi(x)  # noqa: E731  (antiderivative of (c - x) phi(x))

@@ -21,7 +21,7 @@ from . import schedules
 from .data import check_levels, dequantize, levels_to_unit, unit_to_levels
 from .errors import NonnormalError
 from .losses import StepKLLoss
-from .samplers import pf_drift
+from .samplers import METHODS, pf_drift
 
 TRACES = ("auto", "exact", "hutchinson")
 
@@ -44,6 +44,10 @@ def ode_log_likelihood(eps_model, x: torch.Tensor, schedule="vdm", trace: str = 
     s = schedules.get(schedule)
     if trace not in TRACES:
         raise NonnormalError(f"unknown trace {trace!r}: choose one of {', '.join(TRACES)}")
+    if method not in METHODS:
+        raise NonnormalError(f"unknown ODE method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "heun" and steps <= 0:
+        raise NonnormalError(f"the number of Heun steps must be positive, got {steps}")
     D = x[0].numel()
     exact = trace == "exact" or (trace == "auto" and D <= 16)
     probe = None

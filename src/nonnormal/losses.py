@@ -45,20 +45,26 @@ class StepKLLoss:
         s, t = self.walk.schedule, self.walk.t.to(dev)[k + 1]
         shape = (B,) + (1,) * (x0.ndim - 1)
         x_t = s.alpha(t).to(x0.dtype).view(shape) * x0 + s.sigma(t).to(x0.dtype).view(shape) * eps
-        r = eps - eps_model(x_t, t.to(x0.dtype)).float()
-        u = self._v.to(dev, torch.float32)[k].view(shape) * r
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        r = eps.to(dtype) - eps_model(x_t, t.to(x0.dtype)).to(dtype)
+        # the data step sits at c_eps r from the model step, c_eps = -v c_z: u = -v r (matters for asymmetric laws)
+        u = -self._v.to(dev, dtype)[k].view(shape) * r
         return _sum_coords(self.divergence(u))
 
 
 class ContinuousTimeLoss:
-    """The ``T -> infinity`` limit of every pair without its ``T D K(0)`` constant: VDM's loss.
+    """The ``T -> infinity`` limit of a pair's step loss, without its ``T D K(0)`` constant.
 
-    ``(1/2) gamma'(t) |eps - eps_theta(x_t, t)|^2`` with t uniform on ``[t_min, 1]`` (the
-    gaussian/gaussian step loss tends to it as T grows).
+    Near 0, ``K(u) = K(0) + K''(0) u^2 / 2`` and ``T v_k^2 -> gamma'(t)``, so the step loss
+    tends to ``(K''(0) / 2) gamma'(t) |eps - eps_theta(x_t, t)|^2`` with t uniform on
+    ``[t_min, 1]``: VDM's continuous loss for a Gaussian p (``K''(0) = 1``), twice it for
+    laplace/laplace. (paper.md section 4 writes ``1/2`` for every pair; that holds only
+    when ``K''(0) = 1``.)
     """
 
-    def __init__(self, schedule="vdm"):
+    def __init__(self, schedule="vdm", q="gaussian", p="gaussian"):
         self.schedule = schedules.get(schedule)  # VP noise schedule
+        self.curvature = divergence(q, p).curvature  # K''(0) of the pair
 
     def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         s, B, dev = self.schedule, x0.shape[0], x0.device
@@ -66,5 +72,7 @@ class ContinuousTimeLoss:
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
         shape = (B,) + (1,) * (x0.ndim - 1)
         x_t = s.alpha(t).to(x0.dtype).view(shape) * x0 + s.sigma(t).to(x0.dtype).view(shape) * eps
-        r = eps - eps_model(x_t, t.to(x0.dtype)).float()
-        return 0.5 * (1 - s.t_min) * s.gamma_prime(t).float() * _sum_coords(r * r)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        r = eps.to(dtype) - eps_model(x_t, t.to(x0.dtype)).to(dtype)
+        weight = 0.5 * self.curvature * (1 - s.t_min) * s.gamma_prime(t).to(dtype)
+        return weight * _sum_coords(r * r)

@@ -99,6 +99,8 @@ def probability_flow(eps_model: EpsModel, x: torch.Tensor, schedule="vdm", metho
     if method not in METHODS:
         raise NonnormalError(f"unknown ODE method {method!r}: choose one of {', '.join(METHODS)}")
     t_end = s.t_min if t_end is None else t_end
+    if not s.t_min <= t_end < 1:
+        raise NonnormalError(f"t_end must lie in [t_min, 1) = [{s.t_min:g}, 1), got {t_end}: sigma vanishes below t_min")
     nfe = 0
 
     def velocity(t, y):

@@ -147,7 +147,7 @@ class DDPMLinear(Schedule):
     def _c_and_slope(self, t):
         N = self.steps
         c = self._c.to(t.device)
-        i = (t * N).floor().clamp(0, N - 1).long()
+        i = (t * N + 1e-9).floor().clamp(0, N - 1).long()  # grid nodes j/N land on their own segment
         slope = (c[i + 1] - c[i]) * N
         return c[i] + slope * (t - i.to(t.dtype) / N), slope
 

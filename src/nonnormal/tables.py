@@ -49,10 +49,15 @@ class HermiteTable:
         return torch.where(x < xs[0], below, torch.where(x > xs[-1], above, inside))
 
     @classmethod
-    def spline(cls, x, y) -> "HermiteTable":
-        """The C2 cubic spline through ``(x, y)`` (scipy's not-a-knot), as a Hermite table."""
+    def spline(cls, x, y, even: bool = False) -> "HermiteTable":
+        """The C2 cubic spline through ``(x, y)`` as a Hermite table (scipy's not-a-knot ends).
+
+        ``even``: the nodes start at 0 and the function is even, so the slope at 0 is clamped
+        to 0 and the table read at ``|x|`` is smooth through 0.
+        """
         from scipy.interpolate import CubicSpline
 
         x = torch.as_tensor(x, dtype=torch.float64).numpy()
         y = torch.as_tensor(y, dtype=torch.float64).numpy()
-        return cls(x, y, CubicSpline(x, y)(x, 1))
+        bc = ((1, 0.0), "not-a-knot") if even else "not-a-knot"
+        return cls(x, y, CubicSpline(x, y, bc_type=bc)(x, 1))
