@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from nonnormal import schedules
 from nonnormal.evaluate import invariance_study, wasserstein1_to_gaussian
 from nonnormal.walk import StructuredRandomWalk
 
