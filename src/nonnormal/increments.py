@@ -98,7 +98,6 @@ class Laplace(IncrementLaw):
     """Laplace with scale ``b = 1/sqrt(2)`` (variance ``2 b^2 = 1``)."""
 
     symmetric = True
-
     name, tail_exponent, fourth_moment = "laplace", 1.0, 6.0
     b = 1 / math.sqrt(2)
 
@@ -117,7 +116,6 @@ class Uniform(IncrementLaw):
     """Uniform on ``[-sqrt(3), sqrt(3)]``."""
 
     symmetric = True
-
     name, fourth_moment = "uniform", 9.0 / 5.0
     a = math.sqrt(3)
     support = (-a, a)
@@ -137,7 +135,6 @@ class Logistic(IncrementLaw):
     """Logistic with scale ``s = sqrt(3)/pi``."""
 
     symmetric = True
-
     name, tail_exponent, fourth_moment = "logistic", 1.0, 21.0 / 5.0
     s = math.sqrt(3) / math.pi
 
@@ -156,7 +153,6 @@ class Rademacher(IncrementLaw):
     """Plus or minus one with equal probability: no density."""
 
     symmetric = True
-
     name, has_density, fourth_moment = "rademacher", False, 1.0
     support = (-1.0, 1.0)
 
