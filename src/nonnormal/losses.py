@@ -18,6 +18,14 @@ def _sum_coords(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
 
 
+def _residual(schedule, eps_model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``r = eps - eps_theta(x_t, t)`` with ``x_t = alpha_t x0 + sigma_t eps`` (at least float32)."""
+    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+    x_t = schedule.alpha(t).to(x0.dtype).view(shape) * x0 + schedule.sigma(t).to(x0.dtype).view(shape) * eps
+    dtype = torch.promote_types(x0.dtype, torch.float32)
+    return eps.to(dtype) - eps_model(x_t, t.to(x0.dtype)).to(dtype)
+
+
 class StepKLLoss:
     """``sum_k L_k`` for a T-step walk with data law q and model law p, estimated with one k.
 
@@ -41,14 +49,11 @@ class StepKLLoss:
 
     def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``sum_coords K(v_k r)`` for given steps k (shape (batch,)) and noise eps: one sample of L_k."""
-        B, dev = x0.shape[0], x0.device
-        s, t = self.walk.schedule, self.walk.t.to(dev)[k + 1]
-        shape = (B,) + (1,) * (x0.ndim - 1)
-        x_t = s.alpha(t).to(x0.dtype).view(shape) * x0 + s.sigma(t).to(x0.dtype).view(shape) * eps
-        dtype = torch.promote_types(x0.dtype, torch.float32)
-        r = eps.to(dtype) - eps_model(x_t, t.to(x0.dtype)).to(dtype)
+        dev = x0.device
+        r = _residual(self.walk.schedule, eps_model, x0, self.walk.t.to(dev)[k + 1], eps)
+        shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
         # the data step sits at c_eps r from the model step, c_eps = -v c_z: u = -v r (matters for asymmetric laws)
-        u = -self._v.to(dev, dtype)[k].view(shape) * r
+        u = -self._v.to(dev, r.dtype)[k].view(shape) * r
         return _sum_coords(self.divergence(u))
 
 
@@ -70,9 +75,6 @@ class ContinuousTimeLoss:
         s, B, dev = self.schedule, x0.shape[0], x0.device
         t = s.t_min + (1 - s.t_min) * torch.rand(B, generator=generator, device=dev, dtype=torch.float64)
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        shape = (B,) + (1,) * (x0.ndim - 1)
-        x_t = s.alpha(t).to(x0.dtype).view(shape) * x0 + s.sigma(t).to(x0.dtype).view(shape) * eps
-        dtype = torch.promote_types(x0.dtype, torch.float32)
-        r = eps.to(dtype) - eps_model(x_t, t.to(x0.dtype)).to(dtype)
-        weight = 0.5 * self.curvature * (1 - s.t_min) * s.gamma_prime(t).to(dtype)
+        r = _residual(s, eps_model, x0, t, eps)
+        weight = 0.5 * self.curvature * (1 - s.t_min) * s.gamma_prime(t).to(r.dtype)
         return weight * _sum_coords(r * r)
