@@ -7,25 +7,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from .checkpoint import write_atomic
 from .errors import NonnormalError
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -105,7 +91,7 @@ def cmd_invariance(args) -> int:
     out = _out_dir(args.out, "invariance", args.force, ["invariance.json", "invariance.png"])
     result = invariance_study(laws, steps, schedule, args.paths, args.seed, progress=not args.quiet)
     payload = {law: {str(T): w for T, w in row.items()} for law, row in result.items()}
-    _write_atomic(out / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(out / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
     png = out / ".invariance.tmp.png"
     plot_invariance(result, png, f"Walks vs their Gaussian limit ({schedule.name} schedule, {args.paths:,} paths)")
     os.replace(png, out / "invariance.png")
@@ -118,20 +104,145 @@ def cmd_invariance(args) -> int:
     return 0
 
 
+def _train_overrides(args) -> list[str]:
+    """The shortcut flags of train/compare as ``section.key=value`` overrides (after --set)."""
+    out = list(args.set or [])
+    pairs = [("dataset", "data.dataset", True), ("schedule", "diffusion.schedule", True), ("T", "diffusion.T", False),
+             ("steps", "train.steps", False), ("batch", "train.batch", False), ("device", "train.device", True),
+             ("seed", "train.seed", False)]
+    for attr, key, quote in pairs:
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value) if quote else value}")
+    if getattr(args, "bf16", False):
+        out.append("train.bf16=true")
+    return out
+
+
+def cmd_train(args) -> int:
+    from . import config as config_lib, increments
+    from .divergences import check_pair
+    from .train import train
+
+    overrides = _train_overrides(args)
+    q, p = args.q or args.law, args.p or args.law
+    if args.law and (args.q or args.p):
+        raise NonnormalError("give either --law (for both walks) or --q/--p, not both")
+    overrides += [f"diffusion.q={json.dumps(q)}"] if q else []
+    overrides += [f"diffusion.p={json.dumps(p)}"] if p else []
+    cfg = config_lib.load(args.config, overrides)
+    check_pair(increments.get(cfg["diffusion"]["q"]), increments.get(cfg["diffusion"]["p"]))
+    out = Path(args.out) if args.out else Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
+    if args.resume and not out.is_dir():
+        raise NonnormalError(f"--resume needs an existing run folder, and {out} does not exist")
+    state = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    print(f"trained {state['step']} steps in {state['train_seconds']:.0f} s: {out}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from . import increments, walk
+    from .data import levels_to_unit, unit_to_levels
+    from .report import save_grid
+    from .samplers import sample
+    from .train import load_run, pick_device
+
+    device = pick_device(args.device)
+    model, cfg, state = load_run(args.run, device)
+    d = cfg["diffusion"]
+    law = increments.get(args.law or d["p"])
+    rule = walk.check_rule(args.rule or d["rule"])
+    T = args.T or d["T"]
+    if T <= 0 or args.n <= 0:
+        raise NonnormalError(f"--T and --n must be positive, got T={T}, n={args.n}")
+    out = _out_dir(args.out, str(Path(args.run) / f"samples-{law.spec}-T{T}-seed{args.seed}") if not args.out else None,
+                   args.force, ["samples.png", "samples.npz"])
+    shape = tuple(state["shape"])
+    x = sample(model, (args.n,) + shape, d["schedule"], T, law, rule, args.seed, device, progress=not args.quiet).cpu()
+    arrays = {"samples": x.numpy()}
+    if state["levels"]:
+        levels = unit_to_levels(x, state["levels"])
+        arrays["levels"] = levels.numpy().astype(np.uint8 if state["levels"] <= 256 else np.int32)
+        x = levels_to_unit(levels, state["levels"])
+    buf = __import__("io").BytesIO()
+    np.savez(buf, law=law.spec, rule=rule, T=T, seed=args.seed, **arrays)
+    write_atomic(out / "samples.npz", buf.getvalue())
+    if len(shape) == 3:
+        tmp = out / ".samples.tmp.png"
+        save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
+        os.replace(tmp, out / "samples.png")
+        print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
+    else:
+        print(f"wrote {out / 'samples.npz'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_run
+    from .train import pick_device
+
+    path = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    if path.exists() and not args.force:
+        raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
+    for name in ("n_test", "n_samples", "T"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
+                          seed=args.seed, quality=not args.no_quality, progress=not args.quiet)
+    text = json.dumps(result, indent=1)
+    write_atomic(path, (text + "\n").encode())
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import OUTPUTS, PAIRS, compare, parse_pairs
+
+    pairs = parse_pairs(args.pairs) if args.pairs else list(PAIRS)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
+    clash = [f for f in OUTPUTS if (out / f).exists()]
+    if clash and not args.force:
+        raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
+    config = args.config or _default_compare_config()
+    t0 = time.time()
+    table = compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.rtol, args.rtol,
+                    seed=args.sample_seed, progress=not args.quiet)
+    print()
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/: table.md, table.csv, table.json, figure1.png, loss_curves.png, report.html "
+          f"({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _default_compare_config() -> str | None:
+    """configs/compare-digits.toml when run from the repository, else the built-in defaults."""
+    path = Path("configs") / "compare-digits.toml"
+    return str(path) if path.is_file() else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nonnormal", description="Non-normal diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("laws", help="list the increment laws")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=cmd_laws)
+    p.set_defaults(handler=cmd_laws)
 
     p = sub.add_parser("kl", help="the per-step divergence K(u) of a (q, p) pair of laws")
     p.add_argument("q", help="law of the data walk's steps, e.g. uniform")
     p.add_argument("p", help="law of the model walk's steps, e.g. laplace")
     p.add_argument("--u", default="0,0.5,1,2,4", help="comma-separated standardized shifts u")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=cmd_kl)
+    p.set_defaults(handler=cmd_kl)
 
     p = sub.add_parser("invariance", help="forward walks with non-normal increments against their Gaussian limit")
     p.add_argument("--laws", default="laplace,uniform,rademacher", help="comma-separated laws (gaussian is always added)")
@@ -142,14 +253,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/invariance-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=cmd_invariance)
+    p.set_defaults(handler=cmd_invariance)
+
+    def run_options(p, steps_help):
+        p.add_argument("--config", default=None, help="TOML config (see configs/); flags below override it")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+        p.add_argument("--dataset", default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE")
+        p.add_argument("--schedule", default=None, help="noise schedule: vdm, cosine, ddpm-linear, brownian")
+        p.add_argument("--T", type=int, default=None, help="number of steps of the walk")
+        p.add_argument("--steps", type=int, default=None, help=steps_help)
+        p.add_argument("--batch", type=int, default=None, help="global batch size")
+        p.add_argument("--seed", type=int, default=None, help="training seed")
+        p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
+    run_options(p, "optimizer steps")
+    p.add_argument("--law", default=None, help="increment law of both walks")
+    p.add_argument("--q", default=None, help="increment law of the data walk")
+    p.add_argument("--p", default=None, help="increment law of the model walk")
+    p.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("sample", help="sample from a trained run: a PNG grid and an .npz")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--T", type=int, default=None, help="steps (default: the run's T)")
+    p.add_argument("--rule", default=None, help="posterior or euler (default: the run's)")
+    p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
+    p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>)")
+    p.add_argument("--force", action="store_true", help="overwrite earlier samples in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("eval", help="test-set bits/dim (ODE and bound) and sample quality (FD, KID) of a run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--n-test", type=int, default=None, help="first N test images (default all)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples for FD/KID (default: test-set size)")
+    p.add_argument("--T", type=int, default=None, help="steps for the bound and the samples (default: the run's T)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance (rtol = atol)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-quality", action="store_true", help="skip sampling and FD/KID")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="JSON file (default RUN/eval.json)")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier eval.json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
+    run_options(p, "optimizer steps per pair")
+    p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four + logistic, student_t)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per pair for FD/KID (default: test-set size)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerance for bits/dim (rtol = atol)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (shared by every pair)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")
+    p.add_argument("--force", action="store_true", help="rebuild the table in a finished --out")
+    p.set_defaults(handler=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except NonnormalError as err:
         print(f"nonnormal: error: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -73,3 +74,106 @@ def invariance_study(laws=("laplace", "uniform", "rademacher"), steps=(4, 16, 64
         z = (xT - m[-1] * x0) / v[-1].sqrt()
         result.setdefault(law.spec, {})[T] = float(v[-1].sqrt()) * wasserstein1_to_gaussian(z)
     return result
+
+
+def reference_rows(dataset, seed: int = 0) -> list[dict]:
+    """Bits/dim of two simple models on the test split, to show where diffusion stands.
+
+    - ``gaussian-full-cov``: a full-covariance Gaussian fitted (maximum likelihood) to the
+      uniformly dequantized training data, scored on dequantized test data (+ ``log2(L/2)``).
+    - ``per-pixel-categorical``: independent categoricals per value over the L levels, fitted
+      to the training counts with add-one smoothing; an exact discrete likelihood.
+    """
+    from .data import dequantize
+
+    L = dataset.levels
+    if L is None:
+        raise NonnormalError(f"reference rows need discrete data, and {dataset.name} is continuous")
+    g = torch.Generator().manual_seed(seed)
+    train = dequantize(dataset.unit("train").double().flatten(1), L, g)
+    test = dequantize(dataset.unit("test").double().flatten(1), L, g)
+    n, D = train.shape
+    mean = train.mean(0)
+    cov = (train - mean).T @ (train - mean) / n
+    logp = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(test)
+    bpd = -logp / (D * math.log(2)) + math.log2(L / 2)
+    rows = [{"q": "gaussian-full-cov", "p": "", "bpd_ode": float(bpd.mean()), "bpd_ode_se": _se(bpd)}]
+    counts = torch.zeros(D, L, dtype=torch.float64)
+    counts.scatter_add_(1, dataset.train.flatten(1).long().T, torch.ones(D, n, dtype=torch.float64))
+    logq = torch.log2((counts + 1) / (n + L))  # (D, L)
+    x = dataset.test.flatten(1).long()
+    bits = -logq.gather(1, x.T).T.mean(1)  # per example, bits/dim
+    rows.append({"q": "per-pixel-categorical", "p": "", "bpd_ode": float(bits.mean()), "bpd_ode_se": _se(bits)})
+    return rows
+
+
+def _se(values: torch.Tensor) -> float:
+    return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
+
+
+def _batches(x: torch.Tensor, size: int):
+    for i in range(0, x.shape[0], size):
+        yield x[i:i + size]
+
+
+def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | None = None, T: int | None = None,
+                 rtol: float = 1e-5, atol: float = 1e-5, batch: int = 500, seed: int = 0, quality: bool = True,
+                 progress: bool = False) -> dict:
+    """Test-set bits/dim (probability-flow ODE and the discrete bound at T) and sample quality.
+
+    ``bpd_ode``: ``-log2 p`` of dequantized test images under the continuous-limit model
+    (Hutchinson trace, dopri5 at ``rtol``/``atol``). ``bpd_bound``: the paper's bound for the
+    run's (q, p) pair at ``T`` (default: the run's). ``fd``/``kid``: Fréchet distance and KID
+    of ``n_samples`` ancestral samples (law p, the run's rule) against the test split, in the
+    feature space of the dataset's classifier (:mod:`nonnormal.quality`).
+    """
+    from . import quality as quality_lib
+    from .likelihood import bits_per_dim, bound_bits_per_dim
+    from .samplers import sample
+    from .train import load_data, load_run
+
+    model, cfg, state = load_run(run, device)
+    data = load_data(cfg)
+    d = cfg["diffusion"]
+    T = T or d["T"]
+    if data.levels is None:
+        raise NonnormalError(f"nonnormal eval reports bits/dim of discrete images; {data.name} is continuous")
+    x = data.unit("test")
+    if n_test is not None:
+        x = x[:n_test]
+    dtype = next(model.parameters()).dtype
+    x = x.to(device, dtype)
+    g = torch.Generator(device).manual_seed(seed)
+    out: dict = {"q": d["q"], "p": d["p"], "dataset": data.name, "T": T, "rule": d["rule"], "step": state["step"],
+                 "train_seconds": state["train_seconds"], "n_test": x.shape[0]}
+    t0 = time.perf_counter()
+    bpd, nfe = [], 0
+    for xb in tqdm(list(_batches(x, batch)), desc="bits/dim (ODE)", disable=not progress, leave=False):
+        b, n = bits_per_dim(model, xb, data.levels, d["schedule"], generator=g, trace="hutchinson", rtol=rtol, atol=atol)
+        bpd.append(b)
+        nfe += n
+    bpd = torch.cat(bpd).cpu()
+    out.update(bpd_ode=float(bpd.mean()), bpd_ode_se=_se(bpd), ode_nfe=nfe, ode_seconds=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    parts: dict[str, list] = {}
+    for xb in tqdm(list(_batches(x, batch)), desc="bound", disable=not progress, leave=False):
+        for k, v in bound_bits_per_dim(model, xb, data.levels, d["schedule"], T, d["q"], d["p"], d["rule"], g).items():
+            parts.setdefault(k, []).append(v.cpu())
+    total = torch.cat(parts["total"])
+    out.update(bpd_bound=float(total.mean()), bpd_bound_se=_se(total),
+               bound_parts={k: float(torch.cat(v).mean()) for k, v in parts.items() if k != "total"},
+               bound_seconds=time.perf_counter() - t0)
+    if quality and data.train_labels is not None:
+        t0 = time.perf_counter()
+        features = quality_lib.features_for(data, progress=progress)
+        n = n_samples or x.shape[0]
+        xs = sample(model, (n,) + data.shape, d["schedule"], T, d["p"], d["rule"], seed=seed, device=device,
+                    dtype=dtype, progress=progress)
+        from .data import levels_to_unit, unit_to_levels
+
+        xs = levels_to_unit(unit_to_levels(xs.cpu(), data.levels), data.levels).float()  # onto the levels
+        real, fake = features(data.unit("test")), features(xs)
+        kid, kid_std = quality_lib.kernel_distance(real, fake, seed=seed)
+        out.update(fd=quality_lib.frechet_distance(real, fake), kid=kid, kid_std=kid_std, n_samples=n,
+                   classifier_accuracy=features.test_accuracy, quality_seconds=time.perf_counter() - t0)
+    return out

@@ -42,9 +42,14 @@ class StepKLLoss:
         self.T = T
         self._v = self.walk.v(rule)
 
-    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        k = torch.randint(0, self.T, (x0.shape[0],), generator=generator, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32):
+        """The loss's randomness for a batch of ``shape``: steps ``k`` (batch,) and noise ``eps``."""
+        k = torch.randint(0, self.T, (shape[0],), generator=generator, device=device)
+        return k, torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None) -> torch.Tensor:
+        """One-k estimate of ``sum_k L_k`` per example; ``noise``: a :meth:`draw` to use instead of drawing."""
+        k, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
         return self.T * self.term(eps_model, x0, k, eps)
 
     def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -71,10 +76,16 @@ class ContinuousTimeLoss:
         self.schedule = schedules.get(schedule)  # VP noise schedule
         self.curvature = divergence(q, p).curvature  # K''(0) of the pair
 
-    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        s, B, dev = self.schedule, x0.shape[0], x0.device
-        t = s.t_min + (1 - s.t_min) * torch.rand(B, generator=generator, device=dev, dtype=torch.float64)
-        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+    def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32):
+        """The loss's randomness for a batch of ``shape``: times ``t`` (batch,) and noise ``eps``."""
+        s = self.schedule
+        t = s.t_min + (1 - s.t_min) * torch.rand(shape[0], generator=generator, device=device, dtype=torch.float64)
+        return t, torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None) -> torch.Tensor:
+        """One-t estimate per example; ``noise``: a :meth:`draw` to use instead of drawing."""
+        s = self.schedule
+        t, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
         r = _residual(s, eps_model, x0, t, eps)
         weight = 0.5 * self.curvature * (1 - s.t_min) * s.gamma_prime(t).to(r.dtype)
         return weight * _sum_coords(r * r)
