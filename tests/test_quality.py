@@ -2,6 +2,7 @@ import json
 import sys
 import types
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -11,15 +12,22 @@ import torch.nn.functional as F
 
 from nonnormal.data import levels_to_unit
 from nonnormal.errors import NonnormalError
-from nonnormal.quality import (Features, cache_folder, features_for, frechet_distance, inception_fid, kernel_distance,
-                               train_classifier)
+from nonnormal.quality import (
+    FeatureClassifier,
+    cache_folder,
+    features_for,
+    frechet_distance,
+    inception_fid,
+    kernel_distance,
+    train_classifier,
+)
 
 
 def with_moments(mean, cov, n, rng):
     """``n`` points whose sample mean and (unbiased) sample covariance are exactly ``mean`` and ``cov``."""
     z = rng.normal(size=(n, len(mean)))
     z -= z.mean(0)
-    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.atleast_2d(np.cov(z, rowvar=False)))).T
     return mean + z @ np.linalg.cholesky(cov).T
 
 
@@ -42,6 +50,12 @@ def test_fd_of_exact_moments_is_the_closed_form():
     rng = np.random.default_rng(1)
     a, b = with_moments(MU1, S1, 50, rng), with_moments(MU2, S2, 80, rng)
     assert frechet_distance(a, b) == pytest.approx(CLOSED_FORM, rel=1e-9)
+
+
+def test_fd_in_one_dimension_is_the_gaussian_w2_squared():
+    rng = np.random.default_rng(3)
+    a, b = with_moments(np.array([0.0]), np.array([[1.0]]), 20, rng), with_moments(np.array([1.0]), np.array([[4.0]]), 30, rng)
+    assert frechet_distance(a, b) == pytest.approx(1.0 + (1.0 - 2.0) ** 2, rel=1e-12)
 
 
 def test_fd_of_non_commuting_covariances_matches_the_textbook_formula():
@@ -89,7 +103,10 @@ def test_kid_is_the_unbiased_mmd2_of_the_cubic_kernel():
     """Subsets as large as the sets hold every row, so each subset gives the full-set statistic."""
     rng = np.random.default_rng(7)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 3)) + 0.5
-    k = lambda u, v: (u @ v / 3 + 1) ** 3  # noqa: E731
+
+    def k(u, v):
+        return (u @ v / 3 + 1) ** 3
+
     m = len(x)
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
@@ -100,9 +117,9 @@ def test_kid_is_the_unbiased_mmd2_of_the_cubic_kernel():
 
 def test_kid_is_near_zero_for_one_law_and_positive_for_a_shift():
     rng = np.random.default_rng(8)
-    a, b, c = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)) + 0.3
-    same, same_std = kernel_distance(a, b)
-    shifted, shifted_std = kernel_distance(a, c)
+    a, b, c = rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8)) + 0.5
+    same, same_std = kernel_distance(a, b, subset_size=500)
+    shifted, shifted_std = kernel_distance(a, c, subset_size=500)
     assert abs(same) < 3 * same_std
     assert shifted > 10 * shifted_std and shifted > 50 * abs(same)
 
@@ -132,20 +149,40 @@ def load_digits_dataset():
     return LabelledImages("digits", x[perm[:n]], y[perm[:n]], x[perm[n:]], y[perm[n:]], 17, 10)
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 8, 20), (3, 64, 64)])
+def test_the_classifier_takes_any_image_size_from_8(shape):
+    net = FeatureClassifier(*shape, num_classes=7).eval()
+    x = torch.zeros(2, *shape)
+    assert net(x).shape == (2, 7) and net.features(x).shape == (2, 64)
+    assert 2 <= min(net.trunk(x).shape[-2:]) <= 7  # downsampled enough for each feature to see most of the image
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tensors this small run as fast on one thread, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The digits data, its feature map trained into a fresh cache, and whether the global RNG was left alone."""
+    """The digits data, its feature map trained into a fresh cache, and whether the global torch state was left alone."""
     cache = tmp_path_factory.mktemp("cache")
     data = load_digits_dataset()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NONNORMAL_CACHE", str(cache))
-        before = torch.get_rng_state()
+        torch.set_num_threads(2)  # training pins one thread, and must give the caller's count back
+        before = torch.get_rng_state(), torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
         features = features_for(data, seed=0)
-        rng_untouched = torch.equal(before, torch.get_rng_state())
+        after = torch.get_rng_state(), torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(1)
+        rng_untouched = torch.equal(before[0], after[0]) and before[1:] == after[1:]
     return data, features, cache, rng_untouched
 
 
-def test_classifier_learns_digits_and_leaves_the_global_rng_alone(digits):
+def test_classifier_learns_digits_and_leaves_global_state_alone(digits):
     data, features, cache, rng_untouched = digits
     assert features.test_accuracy >= 0.9
     assert rng_untouched
@@ -234,7 +271,7 @@ def test_kernel_distance_rejects_bad_subsets():
         kernel_distance(np.zeros((5, 2)), np.zeros((5, 2)), subset_size=1)
 
 
-def test_features_for_needs_labels_and_enough_images(tmp_path):
+def test_features_for_needs_labelled_images_and_enough_of_them(tmp_path):
     data = load_digits_dataset()
     unlabelled = LabelledImages("blobs", data.train, None, data.test, None, 17, None)
     with pytest.raises(NonnormalError, match="labelled dataset"):
@@ -242,6 +279,9 @@ def test_features_for_needs_labels_and_enough_images(tmp_path):
     tiny = LabelledImages("tiny", data.train[:20], data.train_labels[:20], data.test, data.test_labels, 17, 10)
     with pytest.raises(NonnormalError, match="at least 100 and 10"):
         features_for(tiny, cache_dir=tmp_path)
+    points = LabelledImages("toy", torch.zeros(200, 2), data.train_labels[:200], torch.zeros(50, 2), data.test_labels[:50], None, 10)
+    with pytest.raises(NonnormalError, match="not images"):
+        features_for(points, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -272,7 +312,7 @@ def test_inception_fid_never_downloads(monkeypatch, tmp_path):
         inception_fid(real, real)
 
     class FakeInception(torch.nn.Module):  # the per-channel mean as a 3-d "pool3" feature
-        BLOCK_INDEX_BY_DIM = {2048: 3}
+        BLOCK_INDEX_BY_DIM: ClassVar[dict] = {2048: 3}
 
         def __init__(self, blocks):
             super().__init__()

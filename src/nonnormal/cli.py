@@ -214,7 +214,11 @@ def cmd_compare(args) -> int:
         raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
     config = args.config or _default_compare_config()
     t0 = time.time()
-    table = compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.rtol, args.rtol,
+    for name in ("n_test", "n_samples"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    table = compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.n_test, args.rtol, args.rtol,
                     seed=args.sample_seed, progress=not args.quiet)
     print()
     print((out / "table.md").read_text())
@@ -308,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_options(p, "optimizer steps per pair")
     p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four + logistic, student_t)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per pair for FD/KID (default: test-set size)")
+    p.add_argument("--n-test", type=int, default=None, help="first N test images for bits/dim (default all)")
     p.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerance for bits/dim (rtol = atol)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (shared by every pair)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")

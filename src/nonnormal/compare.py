@@ -50,7 +50,7 @@ def _run_config(config_path, overrides, q: str, p: str) -> dict:
 
 
 def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device: str | None = None,
-            n_samples: int | None = None, rtol: float = 1e-4, atol: float = 1e-4, columns: int = 12, seed: int = 0,
+            n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-4, atol: float = 1e-4, columns: int = 12, seed: int = 0,
             progress: bool = True, log=print) -> list[dict]:
     """Train and evaluate each pair into ``out``; write the table, figures and report; return the rows."""
     import torch
@@ -80,7 +80,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
             train(cfg, run, resume=resume, progress=progress)
             log(f"[{i}/{len(pairs)}] {label}: evaluating")
             row = evaluate_run(run, cfg["train"]["device"] if cfg["train"]["device"] != "auto" else _auto(),
-                               n_samples=n_samples, rtol=rtol, atol=atol, seed=seed, progress=progress)
+                               n_test=n_test, n_samples=n_samples, rtol=rtol, atol=atol, seed=seed, progress=progress)
             write_atomic(done, (json.dumps(row, indent=1) + "\n").encode())
         else:
             log(f"[{i}/{len(pairs)}] {label}: already done, reusing {done}")
