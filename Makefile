@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Two commands on a fresh machine: `make demo` (the main job, `nonnormal compare` on digits)
+# and `make test` (the test suite).
 # Each sets up .venv on first use; torch 2.13.0 (CPU) is installed first so that pip never
 # pulls a multi-GB CUDA build through the `torch>=2.2` requirement.
 PYTHON ?= python3
@@ -17,7 +18,7 @@ $(BIN)/nonnormal: pyproject.toml
 setup: $(BIN)/nonnormal
 
 demo: setup
-	$(BIN)/nonnormal invariance
+	$(BIN)/nonnormal compare
 
 test: setup
 	$(BIN)/python -m pytest

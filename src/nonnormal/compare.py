@@ -50,7 +50,7 @@ def _run_config(config_path, overrides, q: str, p: str) -> dict:
 
 
 def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device: str | None = None,
-            n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-4, atol: float = 1e-4, columns: int = 12, seed: int = 0,
+            n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-3, atol: float = 1e-3, columns: int = 12, seed: int = 0,
             progress: bool = True, log=print) -> list[dict]:
     """Train and evaluate each pair into ``out``; write the table, figures and report; return the rows."""
     import torch
@@ -106,8 +106,11 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
     below = [r for r in rows if r["bpd_ode"] < references[1]["bpd_ode"]]
     notes = [f"Reference rows on the same test split: {r['q']} {r['bpd_ode']:.3f} bits/dim" for r in references]
     notes += [f"{len(below)} of {len(rows)} pairs beat the per-pixel categorical row.",
-              "bpd_ode: probability-flow ODE likelihood of dequantized test data (the continuous-limit model); "
-              "bpd_bound: the paper's discrete bound at T, which for mismatched pairs carries T*K(0) per dimension.",
+              "bpd_ode: probability-flow ODE likelihood of dequantized test data (the continuous-limit model), "
+              f"dopri5 at rtol = atol = {rtol:g}; bpd_bound: the paper's discrete bound at T, which for mismatched "
+              "pairs carries T*K(0)/ln 2 bits per dimension.",
+              "Every pair with a Gaussian p has K(u) = K(0) + u^2/2, so it trains exactly like gaussian/gaussian "
+              "with the same seed: its row differs only by the bound's constant (and its curve hides under it).",
               f"Total time {time.perf_counter() - t_start:.0f} s."]
     page = html_report(f"nonnormal compare: {dataset}", f"Each pair trained with the same seed and budget "
                        f"({configs[pairs[0]]['train']['steps']} steps, T={T}).", table, COLUMNS,

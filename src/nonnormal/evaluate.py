@@ -123,7 +123,8 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
 
     ``bpd_ode``: ``-log2 p`` of dequantized test images under the continuous-limit model
     (Hutchinson trace, dopri5 at ``rtol``/``atol``). ``bpd_bound``: the paper's bound for the
-    run's (q, p) pair at ``T`` (default: the run's). ``fd``/``kid``: Fréchet distance and KID
+    run's (q, p) pair at ``T`` (default: the run's), on dequantized data with a continuous
+    decoder when the run trained on dequantized data (then it bounds what ``bpd_ode`` estimates). ``fd``/``kid``: Fréchet distance and KID
     of ``n_samples`` ancestral samples (law p, the run's rule) against the test split, in the
     feature space of the dataset's classifier (:mod:`nonnormal.quality`).
     """
@@ -157,7 +158,8 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     t0 = time.perf_counter()
     parts: dict[str, list] = {}
     for xb in tqdm(list(_batches(x, batch)), desc="bound", disable=not progress, leave=False):
-        for k, v in bound_bits_per_dim(model, xb, data.levels, d["schedule"], T, d["q"], d["p"], d["rule"], g).items():
+        for k, v in bound_bits_per_dim(model, xb, data.levels, d["schedule"], T, d["q"], d["p"], d["rule"], g,
+                                         dequantized=cfg["data"]["dequantize"]).items():
             parts.setdefault(k, []).append(v.cpu())
     total = torch.cat(parts["total"])
     out.update(bpd_bound=float(total.mean()), bpd_bound_se=_se(total),

@@ -90,7 +90,7 @@ def plot_loss_curves(curves: dict[str, list[tuple[int, float]]], path: str | Pat
             steps, values = zip(*points)
             ax.plot(steps, values, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss - T D K(0) (bits/dim)")
+    ax.set_ylabel("training loss - T K(0) / ln 2 (bits/dim)")
     ax.set_yscale("log")
     ax.set_title(title or "Training loss per pair", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
