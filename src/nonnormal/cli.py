@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
     p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>-<time>)")
     p.add_argument("--force", action="store_true", help="overwrite earlier samples in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_sample)

@@ -105,7 +105,10 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
     plot_loss_curves(curves, out / "loss_curves.png", f"{dataset}: training loss per pair")
     below = [r for r in rows if r["bpd_ode"] < references[1]["bpd_ode"]]
     notes = [f"Reference rows on the same test split: {r['q']} {r['bpd_ode']:.3f} bits/dim" for r in references]
+    accuracy = {r["classifier_accuracy"] for r in rows if "classifier_accuracy" in r}
     notes += [f"{len(below)} of {len(rows)} pairs beat the per-pixel categorical row.",
+              f"FD and KID: in the feature space of a classifier with test accuracy "
+              f"{', '.join(f'{a:.3f}' for a in sorted(accuracy)) or 'n/a'}, samples against the test split.",
               "bpd_ode: probability-flow ODE likelihood of dequantized test data (the continuous-limit model), "
               f"dopri5 at rtol = atol = {rtol:g}; bpd_bound: the paper's discrete bound at T, which for mismatched "
               "pairs carries T*K(0)/ln 2 bits per dimension.",

@@ -137,8 +137,6 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     data = load_data(cfg)
     d = cfg["diffusion"]
     T = T or d["T"]
-    if data.levels is None:
-        raise NonnormalError(f"nonnormal eval reports bits/dim of discrete images; {data.name} is continuous")
     x = data.unit("test")
     if n_test is not None:
         x = x[:n_test]
@@ -147,6 +145,8 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     g = torch.Generator(device).manual_seed(seed)
     out: dict = {"q": d["q"], "p": d["p"], "dataset": data.name, "T": T, "rule": d["rule"], "step": state["step"],
                  "train_seconds": state["train_seconds"], "n_test": x.shape[0]}
+    if data.levels is None:
+        return _evaluate_continuous(model, x, d, out, seed, g, rtol, atol, n_samples, device, dtype)
     t0 = time.perf_counter()
     bpd, nfe = [], 0
     for xb in tqdm(list(_batches(x, batch)), desc="bits/dim (ODE)", disable=not progress, leave=False):
@@ -178,4 +178,18 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
         kid, kid_std = quality_lib.kernel_distance(real, fake, seed=seed)
         out.update(fd=quality_lib.frechet_distance(real, fake), kid=kid, kid_std=kid_std, n_samples=n,
                    classifier_accuracy=features.test_accuracy, quality_seconds=time.perf_counter() - t0)
+    return out
+
+
+def _evaluate_continuous(model, x, d, out, seed, g, rtol, atol, n_samples, device, dtype) -> dict:
+    """Continuous data (toy2d): the ODE's negative log-likelihood in nats/dim and the energy distance."""
+    from .likelihood import ode_log_likelihood
+    from .samplers import sample
+
+    logp, nfe = ode_log_likelihood(model, x, d["schedule"], generator=g, rtol=rtol, atol=atol)
+    nll = -logp.cpu() / x[0].numel()
+    xs = sample(model, (n_samples or x.shape[0],) + tuple(x.shape[1:]), d["schedule"], out["T"], d["p"], d["rule"],
+                seed=seed, device=device, dtype=dtype)
+    out.update(nll_ode=float(nll.mean()), nll_ode_se=_se(nll), ode_nfe=nfe,
+               energy_distance=energy_distance(xs.cpu(), x.cpu()))
     return out
