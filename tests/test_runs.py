@@ -44,6 +44,8 @@ def test_sample_writes_grid_and_levels_and_couples_laws(run, tmp_path):
     c = torch.from_numpy(np.load(tmp_path / "s4" / "samples.npz")["samples"]).flatten()
     assert float(torch.corrcoef(torch.stack([a, c]))[0, 1]) < 0.5
     assert cli("sample", run, "--n", 6, "--law", "gaussian", "--seed", 3, "--out", tmp_path / "gaussian") == 2  # no overwrite
+    assert cli("sample", run, "--n", 2, "--T", 3, "--quiet") == 0  # default folder: inside the run
+    assert (run / "samples-gaussian-T3-seed0" / "samples.npz").exists()
 
 
 def test_eval_writes_json_and_never_overwrites(run, tmp_path, capsys):
@@ -80,6 +82,12 @@ def test_compare_tiny(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli(*args, "--force") == 0
     assert capsys.readouterr().out.count("already done") == 2
+
+
+def test_compare_refuses_continuous_data_before_any_work(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert cli("compare", "--dataset", "toy2d:name=moons", "--out", out, "--quiet") == 2
+    assert "discrete image data" in capsys.readouterr().err and not out.exists()
 
 
 def test_shipped_configs_are_valid():

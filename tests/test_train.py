@@ -152,3 +152,22 @@ def test_nan_loss_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
     assert "NaN at step 3" in err and err.count("\n") == 1
     tensors_, state = checkpoint.load(run / train_lib.CHECKPOINT)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in tensors_.values() if v.is_floating_point())
+
+
+def test_resume_from_the_command_line_uses_the_runs_own_config(tmp_path):
+    """`train --out RUN --resume --steps M` needs no --config: the run's config is the base."""
+    run = tmp_path / "r"
+    sets = sum((["--set", s] for s in TINY), [])
+    assert _cli("train", "--quiet", "--out", run, "--law", "logistic", "--steps", 2, *sets) == 0
+    assert _cli("train", "--quiet", "--out", run, "--resume", "--steps", 4) == 0
+    _, state = tensors(run)
+    assert state["step"] == 4 and state["config"]["diffusion"]["p"] == "logistic"
+    assert state["config"]["data"]["dataset"] == "digits"
+
+
+def test_non_finite_config_values_are_refused():
+    for bad in ("train.grad_clip=inf", "train.lr=nan"):
+        with pytest.raises(NonnormalError, match="finite"):
+            config.load(None, [bad])
+    with pytest.raises(NonnormalError, match="dropout"):
+        train_lib.build_model(config.load(None, ["net.name='mlp'", "net.dropout=1.5"]), (2,))

@@ -130,14 +130,29 @@ def cmd_train(args) -> int:
         raise NonnormalError("give either --law (for both walks) or --q/--p, not both")
     overrides += [f"diffusion.q={json.dumps(q)}"] if q else []
     overrides += [f"diffusion.p={json.dumps(p)}"] if p else []
-    cfg = config_lib.load(args.config, overrides)
-    check_pair(increments.get(cfg["diffusion"]["q"]), increments.get(cfg["diffusion"]["p"]))
+    if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NonnormalError("under torchrun, give --out: every process must write to the same run folder")
     out = Path(args.out) if args.out else Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
-    if args.resume and not out.is_dir():
-        raise NonnormalError(f"--resume needs an existing run folder, and {out} does not exist")
-    state = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    base = None
+    if args.resume:
+        if not out.is_dir():
+            raise NonnormalError(f"--resume needs an existing run folder, and {out} does not exist")
+        if not args.config:  # the run's own config, then the flags
+            from .checkpoint import load as load_checkpoint
+            from .train import CHECKPOINT
+
+            base = load_checkpoint(out / CHECKPOINT)[1]["config"]
+    cfg = config_lib.load(args.config, overrides, base=base)
+    check_pair(increments.get(cfg["diffusion"]["q"]), increments.get(cfg["diffusion"]["p"]))
+    try:
+        state = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     print(f"trained {state['step']} steps in {state['train_seconds']:.0f} s: {out}")
     return 0
 
@@ -157,11 +172,11 @@ def cmd_sample(args) -> int:
     d = cfg["diffusion"]
     law = increments.get(args.law or d["p"])
     rule = walk.check_rule(args.rule or d["rule"])
-    T = args.T or d["T"]
+    T = d["T"] if args.T is None else args.T
     if T <= 0 or args.n <= 0:
         raise NonnormalError(f"--T and --n must be positive, got T={T}, n={args.n}")
-    out = _out_dir(args.out, str(Path(args.run) / f"samples-{law.spec}-T{T}-seed{args.seed}") if not args.out else None,
-                   args.force, ["samples.png", "samples.npz"])
+    default = Path(args.run) / f"samples-{law.spec}-T{T}-seed{args.seed}"
+    out = _out_dir(args.out or str(default), "", args.force, ["samples.png", "samples.npz"])
     shape = tuple(state["shape"])
     x = sample(model, (args.n,) + shape, d["schedule"], T, law, rule, args.seed, device, progress=not args.quiet).cpu()
     arrays = {"samples": x.numpy()}
@@ -187,6 +202,10 @@ def cmd_eval(args) -> int:
     from .train import pick_device
 
     path = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    if path.is_dir():
+        raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
+    if not path.parent.is_dir():
+        raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
     if path.exists() and not args.force:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     for name in ("n_test", "n_samples", "T"):
@@ -196,8 +215,8 @@ def cmd_eval(args) -> int:
     result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
                           seed=args.seed, quality=not args.no_quality, progress=not args.quiet)
     text = json.dumps(result, indent=1)
-    write_atomic(path, (text + "\n").encode())
     print(text)
+    write_atomic(path, (text + "\n").encode())
     print(f"wrote {path}")
     return 0
 
@@ -289,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
     p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>-<time>)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>)")
     p.add_argument("--force", action="store_true", help="overwrite earlier samples in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_sample)

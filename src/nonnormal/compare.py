@@ -66,6 +66,10 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
     configs = {(q, p): _run_config(config_path, overrides, q, p) for q, p in pairs}  # validate all before any work
     for q, p in pairs:
         divergence(q, p)
+    data = load_data(configs[pairs[0]])
+    if data.levels is None or not data.is_image:
+        raise NonnormalError(f"compare needs discrete image data (bits/dim, sample grids); {data.name} is not: "
+                             "use nonnormal train and eval for low-dimensional data")
     out.mkdir(parents=True, exist_ok=True)
     rows, curves, figure_rows = [], {}, {}
     t_start = time.perf_counter()
@@ -73,7 +77,13 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
         cfg, run = configs[(q, p)], out / f"{q}-{p}"
         done = run / "eval.json"
         label = f"{q}/{p}"
-        if not done.exists():
+        settings = {"config": {**cfg, "data": {**cfg["data"], "dataset": data.name}}, "n_test": n_test,
+                    "n_samples": n_samples, "rtol": rtol, "atol": atol, "seed": seed}
+        if done.exists() and json.loads(done.read_text()).get("settings") != json.loads(json.dumps(settings)):
+            log(f"[{i}/{len(pairs)}] {label}: {done} came from other settings; training on and evaluating again")
+            done = None
+        if done is None or not done.exists():
+            done = run / "eval.json"
             resume = (run / CHECKPOINT).exists()
             log(f"[{i}/{len(pairs)}] {label}: {'resuming' if resume else 'training'} "
                 f"({cfg['train']['steps']} steps, T={cfg['diffusion']['T']}, {cfg['data']['dataset']})")
@@ -81,6 +91,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
             log(f"[{i}/{len(pairs)}] {label}: evaluating")
             row = evaluate_run(run, cfg["train"]["device"] if cfg["train"]["device"] != "auto" else _auto(),
                                n_test=n_test, n_samples=n_samples, rtol=rtol, atol=atol, seed=seed, progress=progress)
+            row["settings"] = settings
             write_atomic(done, (json.dumps(row, indent=1) + "\n").encode())
         else:
             log(f"[{i}/{len(pairs)}] {label}: already done, reusing {done}")
@@ -95,8 +106,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
         figure_rows[label] = sample(model, (columns,) + data_shape, d["schedule"], d["T"], d["p"], d["rule"], seed=seed)
         const = d["T"] * divergence(q, p).k0 / math.log(2) if d["loss"] == "step" else 0.0
         curves[label] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(run / "metrics.jsonl")]
-    data = load_data(configs[pairs[0]])
-    references = reference_rows(data, seed)
+    references = reference_rows(data, seed, n_test)
     table = rows + references
     _write_tables(out, table)
     dataset, T = data.name, configs[pairs[0]]["diffusion"]["T"]

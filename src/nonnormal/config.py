@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
           isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
     if not ok:
         raise NonnormalError(f"config {where} must be {_type_name(default)}, got {value!r}")
+    if isinstance(default, float) and not math.isfinite(value):
+        raise NonnormalError(f"config {where} must be a finite number, got {value!r}")
     return float(value) if isinstance(default, float) else value
 
 
@@ -164,9 +167,11 @@ def read_toml(path: str | Path) -> dict:
         raise NonnormalError(f"config file {path} is not valid TOML: {err}") from None
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides; validated."""
-    raw: dict[str, dict[str, Any]] = read_toml(path) if path else {}
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+         base: dict | None = None) -> dict[str, dict[str, Any]]:
+    """Defaults, then the TOML file at ``path`` (or the config ``base``), then ``section.key=value``
+    overrides; validated."""
+    raw: dict[str, dict[str, Any]] = read_toml(path) if path else copy.deepcopy(base or {})
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)

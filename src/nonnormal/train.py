@@ -3,9 +3,12 @@ atomic checkpoints with exact resume, metrics.jsonl, and data parallelism under 
 
 A run lives in one folder: ``config.toml`` (the resolved config), ``checkpoint.safetensors`` +
 ``checkpoint.json`` and ``metrics.jsonl``. Everything random in a step (batch indices,
-dequantization, the loss's step and noise draws) comes from one generator whose state is in the
-checkpoint, and is drawn for the *global* batch on every process, each process keeping its
-slice: two processes give the same updates as one process with the same global batch.
+dequantization, the loss's step and noise draws) comes from one CPU generator whose state is in
+the checkpoint, and is drawn for the *global* batch on every process, each process keeping its
+slice: two processes give the same updates as one process with the same global batch (with
+dropout 0: dropout masks come from each process's own global RNG, seeded by seed + rank).
+Drawing on the CPU makes a run's randomness the same on every device; on CUDA, resume is exact
+up to cuDNN's non-deterministic kernels.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise NonnormalError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise NonnormalError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NonnormalError(f"device {name!r} asked for, but this torch has no CUDA device: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise NonnormalError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -82,16 +89,16 @@ class Batches:
         self.batch, self.generator, self.device = batch, generator, device
 
     def next(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        g = self.generator
-        idx = torch.randint(0, self.data.shape[0], (self.batch,), generator=g, device=self.device)
+        g = self.generator  # on the CPU: the same stream on every device
+        idx = torch.randint(0, self.data.shape[0], (self.batch,), generator=g)
         x0 = self.data[idx]
         if self.levels is not None:
             x0 = levels_to_unit(x0, self.levels)
         x0 = x0.to(self.dtype)
-        if self.levels is not None:
-            if self.dequant:
-                x0 = dequantize(x0, self.levels, g)
-        return x0, self.loss.draw(x0.shape, g, self.device, x0.dtype)
+        if self.levels is not None and self.dequant:
+            x0 = dequantize(x0, self.levels, g)
+        draws = self.loss.draw(x0.shape, g, None, x0.dtype)
+        return x0.to(self.device), tuple(d.to(self.device) for d in draws)
 
 
 class _Distributed:
@@ -160,13 +167,16 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
     local = dist.local_slice(t_cfg["batch"])
 
     data = load_data(cfg)
+    cfg = {**cfg, "data": {**cfg["data"], "dataset": data.name}}  # canonical spec: absolute paths
     torch.manual_seed(t_cfg["seed"])
     dtype = getattr(torch, t_cfg["dtype"])
     model = build_model(cfg, data.shape).to(device, dtype)
     ema = [p.detach().clone() for p in model.parameters()]
     loss_fn = build_loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=t_cfg["lr"], weight_decay=t_cfg["weight_decay"])
-    generator = torch.Generator(device).manual_seed(t_cfg["seed"])
+    if dist.active:  # same initial weights everywhere (DDP also broadcasts them), own dropout masks
+        torch.manual_seed(t_cfg["seed"] + dist.rank)
+    generator = torch.Generator().manual_seed(t_cfg["seed"])
     step, elapsed = 0, 0.0
     if resume:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -175,11 +185,13 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
         _load_optimizer(opt, tensors, state["param_groups"])
         generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch"])
+        if device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
         step, elapsed = state["step"], state["train_seconds"]
     net = model
     if dist.active:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    batches = Batches(data.train.to(device), data.levels, cfg["data"]["dequantize"], loss_fn, t_cfg["batch"],
+    batches = Batches(data.train, data.levels, cfg["data"]["dequantize"], loss_fn, t_cfg["batch"],
                       generator, device, dtype)
     D = math.prod(data.shape)
     run.mkdir(parents=True, exist_ok=True)
@@ -199,6 +211,8 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
         tensors.update(opt_tensors)
         tensors["rng.generator"] = generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
+        if device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         checkpoint.save(ckpt_path, tensors, {"step": step, "train_seconds": elapsed, "config": cfg,
                                              "param_groups": groups, "shape": list(data.shape), "levels": data.levels})
 
@@ -250,6 +264,8 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
         if step == stop_at:
             break
     bar.close()
+    if dist.active:
+        torch.distributed.barrier()  # rank 0 has written the last checkpoint
     return {"step": step, "train_seconds": elapsed}
 
 
@@ -263,7 +279,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines past ``step`` (written after the checkpoint a resumed run restarts from)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a crash mid-write
     checkpoint.write_atomic(path, "".join(line + "\n" for line in keep).encode())
 
 
@@ -274,7 +296,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", ema: bool = Tr
         raise NonnormalError(f"run folder {run} not found: give the --out folder of a `nonnormal train` run")
     tensors, state = checkpoint.load(run / CHECKPOINT)
     cfg = state["config"]
-    model = build_model(cfg, tuple(state["shape"]))
+    model = build_model(cfg, tuple(state["shape"])).to(getattr(torch, cfg["train"].get("dtype", "float32")))
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema:

@@ -17,5 +17,5 @@ def build(name: str, shape: tuple[int, ...], **options) -> nn.Module:
         raise NonnormalError(f"unknown network {name!r}: choose one of {', '.join(NETS)}")
     try:
         return NETS[name](tuple(shape), **options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise NonnormalError(f"bad option for network {name!r}: {e}") from None

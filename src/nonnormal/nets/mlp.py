@@ -18,6 +18,8 @@ class MLP(nn.Module):
             raise NonnormalError(f"the MLP takes vectors, got examples of shape {tuple(shape)}: use net = 'unet' for images")
         if width <= 0 or depth <= 0:
             raise NonnormalError(f"MLP width and depth must be positive, got width={width}, depth={depth}")
+        if not 0 <= dropout < 1:
+            raise NonnormalError(f"MLP dropout must lie in [0, 1), got {dropout}")
         self.shape, self.width = tuple(shape), width  # data shape (dim,); hidden width
         self.inp = nn.Linear(shape[0], width)
         self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
