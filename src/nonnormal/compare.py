@@ -56,7 +56,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
     import torch
 
     from .divergences import divergence
-    from .evaluate import evaluate_run, reference_rows
+    from .evaluate import evaluate_run, real_data_quality, reference_rows
     from .report import html_report, plot_loss_curves, plot_sample_rows
     from .samplers import sample
     from .train import CHECKPOINT, load_data, load_run, train
@@ -116,6 +116,11 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
     below = [r for r in rows if r["bpd_ode"] < references[1]["bpd_ode"]]
     notes = [f"Reference rows on the same test split: {r['q']} {r['bpd_ode']:.3f} bits/dim" for r in references]
     accuracy = {r["classifier_accuracy"] for r in rows if "classifier_accuracy" in r}
+    if accuracy:
+        real = real_data_quality(data, n_samples, seed)
+        notes.append(f"Scale for FD and KID: {real['n']} real training images against the test split score "
+                     f"FD {real['fd']:.3g}, KID {real['kid']:.3g}.")
+        log(f"real training images vs test: FD {real['fd']:.3g}, KID {real['kid']:.3g}")
     notes += [f"{len(below)} of {len(rows)} pairs beat the per-pixel categorical row.",
               f"FD and KID: in the feature space of a classifier with test accuracy "
               f"{', '.join(f'{a:.3f}' for a in sorted(accuracy)) or 'n/a'}, samples against the test split.",

@@ -109,6 +109,19 @@ def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[di
     return rows
 
 
+def real_data_quality(dataset, n: int | None = None, seed: int = 0) -> dict:
+    """FD and KID of ``n`` real training images against the test split: the floor a model can reach."""
+    from . import quality
+
+    features = quality.features_for(dataset)
+    real = features(dataset.unit("test"))
+    n = n or real.shape[0]
+    pick = torch.randperm(dataset.train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    train = features(dataset.unit("train")[pick])
+    kid, _ = quality.kernel_distance(real, train, seed=seed)
+    return {"fd": quality.frechet_distance(real, train), "kid": kid, "n": n}
+
+
 def _se(values: torch.Tensor) -> float:
     return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
 
