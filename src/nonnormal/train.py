@@ -226,26 +226,15 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
         t0 = time.perf_counter()
         x0, (r, eps) = batches.next()
         lr = learning_rate(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with amp:
-            per_example = loss_fn(net, x0[local], noise=(r[local], eps[local]))
-        loss = per_example.float().mean() / D  # nats/dim
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t_cfg["grad_clip"] or float("inf"))
-        value = float(loss.detach())
+        loss, grad_norm = optimizer_step(net, loss_fn, opt, ema, x0[local], (r[local], eps[local]), lr,
+                                         t_cfg["grad_clip"], min(t_cfg["ema"], (1 + step) / (10 + step)), amp)
+        value = float(loss)  # nats/dim
         if dist.active:
             value = _mean_over_processes(value, device)
         if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
-            bar.close()
+            bar.close()  # the weights in memory are lost; no checkpoint is written from them
             raise NonnormalError(f"the loss became {'NaN' if math.isnan(value) else value} at step {step}: training "
                                  f"stopped and the last checkpoint in {run} is untouched; lower train.lr or set train.grad_clip")
-        opt.step()
-        decay = min(t_cfg["ema"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, model.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
         step += 1
         elapsed += time.perf_counter() - t0
         window.append(value / math.log(2))
@@ -267,6 +256,29 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
     if dist.active:
         torch.distributed.barrier()  # rank 0 has written the last checkpoint
     return {"step": step, "train_seconds": elapsed}
+
+
+def optimizer_step(net: nn.Module, loss_fn, opt: torch.optim.Optimizer, ema: list[torch.Tensor], x0: torch.Tensor,
+                   noise, lr: float, grad_clip: float, ema_decay: float, amp) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on a batch: loss, backward, clipping, AdamW at ``lr``, EMA update.
+
+    The objective is the batch's mean loss per dimension (nats/dim); it is returned detached,
+    with the gradient norm before clipping. ``net`` may be the DDP wrapper; ``ema`` holds one
+    tensor per parameter, in the optimizer's order.
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with amp:
+        per_example = loss_fn(net, x0, noise=noise)
+    loss = per_example.float().mean() / x0[0].numel()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    grad_norm = nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - ema_decay)
+    return loss.detach(), grad_norm
 
 
 def _mean_over_processes(value: float, device: torch.device) -> float:

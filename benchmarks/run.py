@@ -1,0 +1,347 @@
+"""Benchmarks: each compares two things in one process, interleaved, as a ratio of medians.
+
+    python benchmarks/run.py            # all of them (under 10 minutes on two cores)
+    python benchmarks/run.py --quick    # a tiny configuration: the smoke test (seconds)
+
+Writes benchmarks/results.json and refreshes benchmarks/RESULTS.md (machine, command, date).
+Ratios are time(ours) / time(reference): lower is better. Peers (diffusers) come from the
+`bench` extra: pip install -e '.[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import interleaved  # noqa: E402
+
+from nonnormal import config  # noqa: E402
+from nonnormal.train import Batches, build_loss, build_model, optimizer_step  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+class Setup:
+    """A model, its optimizer and EMA, and a batch source for one (q, p) pair and image size."""
+
+    def __init__(self, size: int, q: str = "gaussian", p: str = "gaussian", quick: bool = False, T: int = 1000,
+                 batch: int = 128, model: torch.nn.Module | None = None):
+        over = [f'diffusion.q="{q}"', f'diffusion.p="{p}"', f"diffusion.T={T}", f"train.batch={batch}"]
+        if quick:
+            over += ["net.width=8", "net.attn_resolutions=[]"]
+        self.cfg = config.load(None, over)
+        torch.manual_seed(0)
+        self.model = model if model is not None else build_model(self.cfg, (1, size, size))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.ema = [w.detach().clone() for w in self.model.parameters()]
+        self.loss = build_loss(self.cfg)
+        levels = 17 if size == 8 else 256
+        data = torch.randint(0, levels, (1024, 1, size, size), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+        self.batches = Batches(data, levels, True, self.loss, batch, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+    def step(self, amp=None):
+        x0, noise = self.batches.next()
+        optimizer_step(self.model, self.loss, self.opt, self.ema, x0, noise, 1e-4, 1.0, 0.999, amp or nullcontext())
+
+    def bare(self):
+        """The network's own work on one batch: forward, MSE to a fixed target, backward, AdamW."""
+        x0, (k, eps) = self.batches.next()
+        t = k.double() / self.cfg["diffusion"]["T"]
+
+        def fn():
+            out = self.model(x0, t.float())
+            loss = (out - eps).square().mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+        return fn
+
+
+def params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def entry(name, result, target, **extra):
+    met = None if target is None else bool(result["ratio"] <= target)
+    return {"name": name, "target": target, "met": met, **result, **extra}
+
+
+def bench_train_overhead(a, results):
+    for size in ([8] if a.quick else [8, 28]):
+        s = Setup(size, quick=a.quick, batch=a.batch)
+        ref = Setup(size, quick=a.quick, batch=a.batch, model=copy.deepcopy(s.model))
+        r = interleaved(s.step, ref.bare(), a.reps, 1 if size > 8 else a.inner)
+        results.append(entry(f"train_step_overhead_{size}x{size}", r, 1.03, params=params(s.model),
+                             what="full gaussian step (draws, noising, loss, backward, clip, AdamW, EMA) vs "
+                                  "network forward+backward+AdamW on the same batch"))
+
+
+def bench_laws(a, results):
+    base = Setup(8, quick=a.quick, batch=a.batch)
+    for q, p in (("laplace", "laplace"), ("uniform", "laplace"), ("logistic", "student_t")):
+        s = Setup(8, q, p, quick=a.quick, batch=a.batch, model=copy.deepcopy(base.model))
+        r = interleaved(s.step, base.step, a.reps, a.inner)
+        results.append(entry(f"law_cost_{q}_{p}", r, 1.03, what=f"{q}/{p} training step vs gaussian/gaussian"))
+
+
+def bench_sampling(a, results):
+    from nonnormal.samplers import coupled_noise, walk_sampler
+    from nonnormal.walk import StructuredRandomWalk
+
+    s = Setup(8, quick=a.quick, batch=a.batch)
+    model = s.model.eval()
+    x = torch.randn(a.batch, 1, 8, 8)
+    steps = 10
+    t = torch.full((a.batch,), 0.5)
+
+    def bare():
+        with torch.no_grad():
+            for _ in range(steps):
+                model(x, t)
+
+    for law in ("gaussian", "laplace", "uniform", "logistic", "student_t", "rademacher"):
+        walk = StructuredRandomWalk("vdm", steps, law)
+        g = torch.Generator().manual_seed(0)
+
+        def ours():
+            walk_sampler(model, x, walk, "posterior", coupled_noise(law, x.shape, g))
+
+        r = interleaved(ours, bare, a.reps, 1)
+        results.append(entry(f"sampling_step_{law}", r, 1.03, what=f"{steps} ancestral steps of the {law} walk "
+                             "(coupled noise) vs {steps} bare forwards".replace("{steps}", str(steps))))
+
+
+def bench_diffusers(a, results):
+    try:
+        from diffusers import DDPMScheduler, UNet2DModel
+    except ImportError:
+        results.append({"name": "peer_diffusers_ddpm_step", "skipped": "diffusers is not installed: pip install -e '.[bench]'"})
+        return
+    s = Setup(8, quick=a.quick, batch=a.batch)
+    peer = Setup(8, quick=a.quick, batch=a.batch, model=copy.deepcopy(s.model))
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    g = torch.Generator().manual_seed(1)
+
+    def peer_step(model=peer.model, opt=peer.opt, call=lambda m, x, t: m(x, t.float() / 1000)):
+        x0, _ = peer.batches.next()
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
+        x_t = sched.add_noise(x0, noise, t)
+        loss = (call(model, x_t, t) - noise).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    r = interleaved(s.step, peer_step, a.reps, a.inner)
+    results.append(entry("peer_diffusers_ddpm_step", r, 1.0, what="our full gaussian step vs diffusers "
+                         "DDPMScheduler.add_noise + eps-MSE + AdamW on the same network (no EMA, no clip on their side)"))
+    width = 8 if a.quick else 32
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(width, 2 * width), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    uopt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    r = interleaved(s.step, lambda: peer_step(unet, uopt, lambda m, x, t: m(x, t).sample), a.reps, a.inner)
+    results.append(entry("peer_diffusers_unet2d_whole_stack", r, None, params_ours=params(s.model),
+                         params_peer=params(unet), what="our whole step vs diffusers UNet2DModel + DDPMScheduler "
+                         "step at a similar parameter count (a figure, no target)"))
+
+
+def bench_likelihood(a, results):
+    import numpy as np
+    from scipy.integrate import solve_ivp
+
+    from nonnormal import datasets, schedules
+    from nonnormal.data import dequantize
+    from nonnormal.likelihood import _gaussian_prior_logp, ode_log_likelihood
+    from nonnormal.samplers import pf_drift
+    from nonnormal.train import train
+
+    run = a.outdir / ".cache" / ("likelihood-quick" if a.quick else "likelihood")
+    cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
+                      ["train.steps=20" if a.quick else "train.steps=300", "train.checkpoint_every=1000"])
+    if not (run / "checkpoint.safetensors").exists():
+        train(cfg, run, progress=False)
+    from nonnormal.train import load_run
+
+    model, _, _ = load_run(run)
+    data = datasets.load("digits")
+    n = 16 if a.quick else 256
+    x = dequantize(data.unit("test")[:n], 17, torch.Generator().manual_seed(0))
+    tol = 1e-3 if a.quick else a.rtol
+    s = schedules.get("vdm")
+    D = x[0].numel()
+    probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
+
+    def ours():
+        logp, nfe = ode_log_likelihood(model, x, "vdm", trace="hutchinson", rtol=tol, atol=tol,
+                                       generator=torch.Generator().manual_seed(1))
+        return logp, nfe
+
+    def reference():  # score_sde's likelihood.py: scipy RK45 on flat numpy state, network through torch
+        nfe = 0
+
+        def fun(t, y):
+            nonlocal nfe
+            nfe += 1
+            xt = torch.from_numpy(y[:-n].reshape(x.shape)).float().requires_grad_(True)
+            with torch.enable_grad():
+                v = pf_drift(model, s, xt, torch.tensor(t, dtype=torch.float64))
+                (grad,) = torch.autograd.grad((v * probe).sum(), xt)
+            div = (grad * probe).reshape(n, -1).sum(1)
+            return np.concatenate([v.detach().numpy().ravel(), div.numpy()]).astype(np.float64)
+
+        y0 = np.concatenate([x.numpy().ravel(), np.zeros(n)]).astype(np.float64)
+        sol = solve_ivp(fun, (s.t_min, 1.0), y0, rtol=tol, atol=tol, method="RK45")
+        x1 = torch.from_numpy(sol.y[:-n, -1].reshape(x.shape))
+        return _gaussian_prior_logp(x1) + torch.from_numpy(sol.y[-n:, -1]), nfe
+
+    out = {}
+    for label, fn in (("ours", ours), ("reference", reference), ("ours", ours), ("reference", reference)):
+        t0 = time.perf_counter()
+        logp, nfe = fn()
+        dt = time.perf_counter() - t0
+        bpd = -logp.double() / (D * math.log(2)) + math.log2(17 / 2)
+        out.setdefault(label, []).append({"s": dt, "nfe": nfe, "bpd": float(bpd.mean()),
+                                          "se": float(bpd.std() / math.sqrt(n))})
+    med = {k: sorted(r["s"] for r in v)[len(v) // 2] for k, v in out.items()}
+    times = [o["s"] / r["s"] for o, r in zip(out["ours"], out["reference"])]
+    o, r = out["ours"][-1], out["reference"][-1]
+    results.append(entry("likelihood_pf_ode", {"ratio": med["ours"] / med["reference"], "ratio_min": min(times),
+                                               "ratio_max": max(times), "ours_s": med["ours"], "reference_s": med["reference"]},
+                         1.0, n_images=n, rtol=tol, atol=tol, nfe_ours=o["nfe"], nfe_reference=r["nfe"],
+                         bpd_ours=o["bpd"], bpd_ours_se=o["se"], bpd_reference=r["bpd"], bpd_reference_se=r["se"],
+                         agree_within_se=abs(o["bpd"] - r["bpd"]) < math.hypot(o["se"], r["se"]),
+                         what="probability-flow bits/dim of digits test images: torchdiffeq dopri5 vs scipy RK45 "
+                              "on flattened numpy arrays (score_sde's approach), same tolerances, same probe"))
+
+
+def bench_bf16(a, results):
+    size = 8 if a.quick else 28
+    s = Setup(size, quick=a.quick, batch=a.batch)
+    s16 = Setup(size, quick=a.quick, batch=a.batch, model=copy.deepcopy(s.model))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    r = interleaved(lambda: s16.step(amp), s.step, max(2, a.reps // 2), 1, warmup=1)
+    results.append(entry(f"bf16_vs_fp32_train_step_{size}x{size}", r, None,
+                         cpu_flags=_cpu_flags(), what="bf16 autocast training step vs fp32, same network and batch"))
+
+
+def _cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512/amx"
+
+
+def bench_memory(a, results):
+    size, steps = (8, 2) if a.quick else (28, 3)
+    code = f"""
+import resource, sys, torch
+sys.path.insert(0, {str(HERE)!r})
+torch.set_num_threads({a.threads})
+from run import Setup
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s = Setup({size}, quick={a.quick}, batch={a.batch})
+for _ in range({steps}):
+    s.step()
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    base, peak = (int(v) / 1024 for v in out[-2:])
+    results.append({"name": f"peak_memory_train_{size}x{size}_batch{a.batch}", "ratio": None, "target": None,
+                    "met": None, "peak_rss_mib": round(peak, 1), "rss_after_imports_mib": round(base, 1),
+                    "what": "max RSS of a process training the default UNet (a figure)"})
+
+
+BENCHES = {"train": bench_train_overhead, "laws": bench_laws, "sampling": bench_sampling, "diffusers": bench_diffusers,
+           "likelihood": bench_likelihood, "bf16": bench_bf16, "memory": bench_memory}
+
+
+def write_markdown(path: Path, meta: dict, results: list[dict]) -> None:
+    lines = ["# Benchmark results", "",
+             f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads. "
+             f"Command: `{meta['command']}`. Date: {meta['date']}. Total {meta['seconds']:.0f} s.", "",
+             "Ratios are time(ours) / time(reference), the ratio of medians over repetitions "
+             "(min..max of the per-repetition ratios); lower is better.", "",
+             "| comparison | ratio | min..max | target | met | notes |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['name']} | | | | | skipped: {r['skipped']} |")
+            continue
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}"
+        spread = "" if r.get("ratio_min") is None else f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"
+        extra = {k: v for k, v in r.items() if k not in ("name", "ratio", "ratio_min", "ratio_max", "target", "met",
+                                                          "what", "reps", "inner")}
+        notes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        lines.append(f"| {r['name']} | {ratio} | {spread} | {r.get('target') or ''} | "
+                     f"{'' if r.get('met') is None else ('yes' if r['met'] else 'NO')} | {notes} |")
+    lines += ["", "What each comparison measures:", ""]
+    lines += [f"- `{r['name']}`: {r['what']}" for r in results if "what" in r]
+    findings = HERE / "FINDINGS.md"
+    if findings.exists():
+        lines += ["", findings.read_text().strip()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny configuration (smoke test)")
+    ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed and printed)")
+    ap.add_argument("--reps", type=int, default=7, help="repetitions per comparison")
+    ap.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerance of the likelihood comparison")
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/, or a temp folder with --quick)")
+    a = ap.parse_args(argv)
+    a.inner = 1 if a.quick else 3
+    a.batch = 8 if a.quick else 128
+    if a.quick:
+        a.reps = 2
+    names = a.only.split(",") if a.only else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(BENCHES)}")
+    a.outdir = Path(a.out) if a.out else HERE
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    t0 = time.time()
+    results: list[dict] = []
+    for n in names:
+        t1 = time.time()
+        BENCHES[n](a, results)
+        for r in results:
+            if r.get("_printed"):
+                continue
+            r["_printed"] = True
+            shown = "" if r.get("ratio") is None else f"ratio {r['ratio']:.3f} (target {r.get('target')})"
+            print(f"{r['name']:<40} {shown} {r.get('peak_rss_mib', '')}", flush=True)
+        print(f"  [{n}: {time.time() - t1:.0f} s]", flush=True)
+    for r in results:
+        r.pop("_printed", None)
+    out = a.outdir
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_flags()}), {platform.system()} "
+                       f"{platform.release()}", "torch": torch.__version__, "threads": a.threads,
+            "command": "python benchmarks/run.py" + (" " + " ".join(argv or sys.argv[1:]) if (argv or sys.argv[1:]) else ""),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.time() - t0}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    write_markdown(out / "RESULTS.md", meta, results)
+    print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} ({meta['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
