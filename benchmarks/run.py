@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -90,12 +89,32 @@ def bench_train_overhead(a, results):
                                   "network forward+backward+AdamW on the same batch"))
 
 
+def _ms(fn, n: int = 100) -> float:
+    """Mean milliseconds of ``fn`` alone, after warm-up: the profile of one small piece."""
+    for _ in range(5):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1000
+
+
+def _k_ms(q: str, p: str, batch: int) -> float:
+    from nonnormal.divergences import divergence
+
+    d, u = divergence(q, p), torch.randn(batch, 1, 8, 8).requires_grad_(True)
+    return _ms(lambda: d(u).sum().backward())
+
+
 def bench_laws(a, results):
     base = Setup(8, quick=a.quick, batch=a.batch)
+    k_gauss = _k_ms("gaussian", "gaussian", a.batch)
     for q, p in (("laplace", "laplace"), ("uniform", "laplace"), ("logistic", "student_t")):
         s = Setup(8, q, p, quick=a.quick, batch=a.batch, model=copy.deepcopy(base.model))
         r = interleaved(s.step, base.step, a.reps, a.inner)
-        results.append(entry(f"law_cost_{q}_{p}", r, 1.03, what=f"{q}/{p} training step vs gaussian/gaussian"))
+        results.append(entry(f"law_cost_{q}_{p}", r, 1.03, k_fwd_bwd_ms=_k_ms(q, p, a.batch), gaussian_k_fwd_bwd_ms=k_gauss,
+                             what=f"{q}/{p} training step vs gaussian/gaussian; k_fwd_bwd_ms: the pair's K(u) "
+                                  "forward+backward on the batch alone"))
 
 
 def bench_sampling(a, results):
@@ -113,16 +132,22 @@ def bench_sampling(a, results):
             for _ in range(steps):
                 model(x, t)
 
+
+    forward_ms = _ms(lambda: model(x, t), 10) if not a.quick else float("nan")
     for law in ("gaussian", "laplace", "uniform", "logistic", "student_t", "rademacher"):
         walk = StructuredRandomWalk("vdm", steps, law)
         g = torch.Generator().manual_seed(0)
+        draw = coupled_noise(law, x.shape, g)
 
         def ours():
             walk_sampler(model, x, walk, "posterior", coupled_noise(law, x.shape, g))
 
-        r = interleaved(ours, bare, a.reps, 1)
-        results.append(entry(f"sampling_step_{law}", r, 1.03, what=f"{steps} ancestral steps of the {law} walk "
-                             "(coupled noise) vs {steps} bare forwards".replace("{steps}", str(steps))))
+        r = interleaved(ours, bare, 2 * a.reps, 1)
+        with torch.no_grad():
+            noise_ms = _ms(lambda: draw(0))
+        results.append(entry(f"sampling_step_{law}", r, 1.03, noise_ms=noise_ms, forward_ms=forward_ms,
+                             what=f"{steps} ancestral steps of the {law} walk (coupled noise) vs {steps} bare "
+                                  "forwards; noise_ms: one step's increments alone, forward_ms: one forward alone"))
 
 
 def bench_diffusers(a, results):
@@ -235,8 +260,33 @@ def bench_bf16(a, results):
     s16 = Setup(size, quick=a.quick, batch=a.batch, model=copy.deepcopy(s.model))
     amp = torch.autocast("cpu", dtype=torch.bfloat16)
     r = interleaved(lambda: s16.step(amp), s.step, max(2, a.reps // 2), 1, warmup=1)
-    results.append(entry(f"bf16_vs_fp32_train_step_{size}x{size}", r, None,
-                         cpu_flags=_cpu_flags(), what="bf16 autocast training step vs fp32, same network and batch"))
+    short = _bf16_short_runs(a)
+    results.append(entry(f"bf16_vs_fp32_train_step_{size}x{size}", r, None, cpu_flags=_cpu_flags(), **short,
+                         what="bf16 autocast training step vs fp32, same network and batch; bpd_*: test bits/dim "
+                              "(ODE, rtol 1e-3, 256 digits) after the same short digits run in each precision"))
+
+
+def _bf16_short_runs(a) -> dict:
+    """The same short run on digits in fp32 and in bf16 autocast, and the bits/dim of each."""
+    from nonnormal import datasets
+    from nonnormal.likelihood import bits_per_dim
+    from nonnormal.train import load_run, train
+
+    steps, n = (3, 16) if a.quick else (60, 256)
+    x = datasets.load("digits").unit("test")[:n]
+    out = {"short_run_steps": steps, "short_run_batch": 64}
+    for name, flag in (("fp32", "false"), ("bf16", "true")):
+        run = a.outdir / ".cache" / f"short-{name}-{steps}"
+        if not (run / "checkpoint.safetensors").exists():
+            cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
+                              [f"train.steps={steps}", "train.batch=64", f"train.bf16={flag}", "train.checkpoint_every=1000"])
+            train(cfg, run, progress=False)
+        model, _, state = load_run(run)
+        bpd, _ = bits_per_dim(model, x, 17, "vdm", generator=torch.Generator().manual_seed(0), trace="hutchinson",
+                              rtol=1e-3, atol=1e-3)
+        out.update({f"bpd_{name}": float(bpd.mean()), f"bpd_{name}_se": float(bpd.std() / math.sqrt(n)),
+                    f"train_seconds_{name}": state["train_seconds"]})
+    return out
 
 
 def _cpu_flags() -> str:
@@ -249,16 +299,19 @@ def _cpu_flags() -> str:
 
 def bench_memory(a, results):
     size, steps = (8, 2) if a.quick else (28, 3)
+    # VmHWM (peak RSS of this process image), not ru_maxrss: a child's ru_maxrss starts at its parent's
     code = f"""
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {str(HERE)!r})
 torch.set_num_threads({a.threads})
 from run import Setup
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+base = hwm()
 s = Setup({size}, quick={a.quick}, batch={a.batch})
 for _ in range({steps}):
     s.step()
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(base, hwm())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     base, peak = (int(v) / 1024 for v in out[-2:])

@@ -26,6 +26,12 @@ from .samplers import METHODS, pf_drift
 TRACES = ("auto", "exact", "hutchinson")
 
 
+def _rms(x) -> torch.Tensor:
+    """RMS over every entry of a tensor or a tuple of tensors."""
+    flat = torch.cat([t.reshape(-1) for t in x]) if isinstance(x, (tuple, list)) else x.reshape(-1)
+    return flat.pow(2).mean().sqrt()
+
+
 def _gaussian_prior_logp(x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(x.shape[0], -1)
     return -0.5 * (x * x).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
@@ -80,7 +86,9 @@ def ode_log_likelihood(eps_model, x: torch.Tensor, schedule="vdm", trace: str = 
         ts = torch.linspace(s.t_min, 1.0, steps + 1, dtype=torch.float64, device=x.device)
         xs, deltas = odeint(dynamics, state, ts, method="heun2")
     else:
-        xs, deltas = odeint(dynamics, state, ts, method="dopri5", rtol=rtol, atol=atol)
+        # one RMS error norm over the whole state, as scipy's RK45 (and score_sde) use: torchdiffeq's default
+        # for a tuple state is the max over its parts, which lets the small log-det part halve the step size
+        xs, deltas = odeint(dynamics, state, ts, method="dopri5", rtol=rtol, atol=atol, options={"norm": _rms})
     return _gaussian_prior_logp(xs[-1]) + deltas[-1], nfe
 
 
