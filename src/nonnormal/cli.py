@@ -159,7 +159,6 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     import numpy as np
-    import torch
 
     from . import increments, walk
     from .data import levels_to_unit, unit_to_levels
@@ -237,7 +236,7 @@ def cmd_compare(args) -> int:
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
-    table = compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.n_test, args.rtol, args.rtol,
+    compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.n_test, args.rtol, args.rtol,
                     seed=args.sample_seed, progress=not args.quiet)
     print()
     print((out / "table.md").read_text())

@@ -53,8 +53,6 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
             n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-3, atol: float = 1e-3, columns: int = 12, seed: int = 0,
             progress: bool = True, log=print) -> list[dict]:
     """Train and evaluate each pair into ``out``; write the table, figures and report; return the rows."""
-    import torch
-
     from .divergences import divergence
     from .evaluate import evaluate_run, real_data_quality, reference_rows
     from .report import html_report, plot_loss_curves, plot_sample_rows
@@ -77,6 +75,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
         cfg, run = configs[(q, p)], out / f"{q}-{p}"
         done = run / "eval.json"
         label = f"{q}/{p}"
+        device_name = cfg["train"]["device"] if cfg["train"]["device"] != "auto" else _auto()
         settings = {"config": {**cfg, "data": {**cfg["data"], "dataset": data.name}}, "n_test": n_test,
                     "n_samples": n_samples, "rtol": rtol, "atol": atol, "seed": seed}
         if done.exists() and json.loads(done.read_text()).get("settings") != json.loads(json.dumps(settings)):
@@ -89,8 +88,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
                 f"({cfg['train']['steps']} steps, T={cfg['diffusion']['T']}, {cfg['data']['dataset']})")
             train(cfg, run, resume=resume, progress=progress)
             log(f"[{i}/{len(pairs)}] {label}: evaluating")
-            row = evaluate_run(run, cfg["train"]["device"] if cfg["train"]["device"] != "auto" else _auto(),
-                               n_test=n_test, n_samples=n_samples, rtol=rtol, atol=atol, seed=seed, progress=progress)
+            row = evaluate_run(run, device_name, n_test=n_test, n_samples=n_samples, rtol=rtol, atol=atol, seed=seed, progress=progress)
             row["settings"] = settings
             write_atomic(done, (json.dumps(row, indent=1) + "\n").encode())
         else:
@@ -100,10 +98,10 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
         log(f"    bpd_ode {row['bpd_ode']:.3f} ± {row['bpd_ode_se']:.3f}, bound {row['bpd_bound']:.3f}, "
             f"FD {row.get('fd', float('nan')):.3g}, KID {row.get('kid', float('nan')):.3g}, "
             f"trained {row['train_seconds']:.0f} s")
-        model, rcfg, _ = load_run(run)
+        model, rcfg, _ = load_run(run, device_name)
         d = rcfg["diffusion"]
-        data_shape = tuple(load_data(rcfg).shape)
-        figure_rows[label] = sample(model, (columns,) + data_shape, d["schedule"], d["T"], d["p"], d["rule"], seed=seed)
+        figure_rows[label] = sample(model, (columns,) + tuple(data.shape), d["schedule"], d["T"], d["p"], d["rule"],
+                                    seed=seed, device=device_name).cpu()
         const = d["T"] * divergence(q, p).k0 / math.log(2) if d["loss"] == "step" else 0.0
         curves[label] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(run / "metrics.jsonl")]
     references = reference_rows(data, seed, n_test)

@@ -153,6 +153,8 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
 
     run = Path(run)
     ckpt_path = run / CHECKPOINT
+    data = load_data(cfg)
+    cfg = {**cfg, "data": {**cfg["data"], "dataset": data.name}}  # canonical spec: absolute paths
     if resume:
         tensors, state = checkpoint.load(ckpt_path)
         _check_resume(cfg, state["config"], run)
@@ -166,8 +168,6 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
     t_cfg = cfg["train"]
     local = dist.local_slice(t_cfg["batch"])
 
-    data = load_data(cfg)
-    cfg = {**cfg, "data": {**cfg["data"], "dataset": data.name}}  # canonical spec: absolute paths
     torch.manual_seed(t_cfg["seed"])
     dtype = getattr(torch, t_cfg["dtype"])
     model = build_model(cfg, data.shape).to(device, dtype)
@@ -193,7 +193,6 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     batches = Batches(data.train, data.levels, cfg["data"]["dequantize"], loss_fn, t_cfg["batch"],
                       generator, device, dtype)
-    D = math.prod(data.shape)
     run.mkdir(parents=True, exist_ok=True)
     main = dist.rank == 0
     metrics = run / "metrics.jsonl"
