@@ -25,6 +25,14 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
+def _check_positive(args, *names: str) -> None:
+    """Optional integer flags (None = not given) must be positive when given."""
+    for name in names:
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
 def _out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
     path = Path(out) if out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
@@ -207,10 +215,7 @@ def cmd_eval(args) -> int:
         raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
     if path.exists() and not args.force:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    for name in ("n_test", "n_samples", "T"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    _check_positive(args, "n_test", "n_samples", "T")
     result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
                           seed=args.seed, quality=not args.no_quality, progress=not args.quiet)
     text = json.dumps(result, indent=1)
@@ -232,10 +237,7 @@ def cmd_compare(args) -> int:
         raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
     config = args.config or _default_compare_config()
     t0 = time.time()
-    for name in ("n_test", "n_samples"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    _check_positive(args, "n_test", "n_samples")
     compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.n_test, args.rtol, args.rtol,
                     seed=args.sample_seed, progress=not args.quiet)
     print()

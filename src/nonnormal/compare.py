@@ -57,7 +57,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
     from .evaluate import evaluate_run, real_data_quality, reference_rows
     from .report import html_report, plot_loss_curves, plot_sample_rows
     from .samplers import sample
-    from .train import CHECKPOINT, load_data, load_run, train
+    from .train import CHECKPOINT, load_data, load_run, pick_device, train
 
     out = Path(out)
     overrides = list(overrides) + ([f'train.device="{device}"'] if device else [])
@@ -75,7 +75,7 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
         cfg, run = configs[(q, p)], out / f"{q}-{p}"
         done = run / "eval.json"
         label = f"{q}/{p}"
-        device_name = cfg["train"]["device"] if cfg["train"]["device"] != "auto" else _auto()
+        device_name = pick_device(cfg["train"]["device"])
         settings = {"config": {**cfg, "data": {**cfg["data"], "dataset": data.name}}, "n_test": n_test,
                     "n_samples": n_samples, "rtol": rtol, "atol": atol, "seed": seed}
         if done.exists() and json.loads(done.read_text()).get("settings") != json.loads(json.dumps(settings)):
@@ -133,12 +133,6 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device
                        {"Figure 1: samples": out / "figure1.png", "Loss curves": out / "loss_curves.png"}, notes)
     write_atomic(out / "report.html", page.encode())
     return table
-
-
-def _auto() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _metrics(path: Path) -> list[dict]:

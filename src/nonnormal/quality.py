@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import write_atomic
 from .errors import NonnormalError
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
@@ -214,19 +214,6 @@ def cache_folder() -> Path:
     return Path.home() / ".cache" / "nonnormal"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load_cached(weights: Path, sidecar: Path, expect: dict) -> Features | None:
     """The cached classifier, ``None`` when there is none, or a warning and ``None`` when it is unusable."""
     from safetensors.torch import load
@@ -283,8 +270,8 @@ def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = N
     raw = save({k: v.detach().contiguous().cpu() for k, v in features.model.state_dict().items()})
     meta = {**expect, "test_accuracy": features.test_accuracy, "key": features.key,
             "model": features.model.config, "weights_sha256": hashlib.sha256(raw).hexdigest()}
-    _write_atomic(weights, raw)  # the sidecar goes last: a sidecar means its weights are complete
-    _write_atomic(sidecar, json.dumps(meta, indent=1).encode())
+    write_atomic(weights, raw)  # the sidecar goes last: a sidecar means its weights are complete
+    write_atomic(sidecar, json.dumps(meta, indent=1).encode())
     return features
 
 
