@@ -208,6 +208,8 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
     from .train import pick_device
 
+    if not Path(args.run).is_dir():
+        raise NonnormalError(f"run folder {args.run} not found: give the --out folder of a `nonnormal train` run")
     path = Path(args.out) if args.out else Path(args.run) / "eval.json"
     if path.is_dir():
         raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
@@ -253,9 +255,23 @@ def _default_compare_config() -> str | None:
     return str(path) if path.is_file() else None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, and where to look) and exit 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nonnormal", description="Non-normal diffusion models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = _Parser(prog="nonnormal", description="Non-normal diffusion models.")
+    parser.add_argument("--version", action="version", version=f"nonnormal {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module (or .py file) that registers laws, schedules or networks; repeatable; "
+                             "runs record it, so later commands on the run load it again")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("laws", help="list the increment laws")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -344,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from . import plugins
+
+        plugins.load_entry_points()
+        plugins.REQUESTED[:] = plugins.load(args.plugin)
         return args.handler(args)
     except NonnormalError as err:
         print(f"nonnormal: error: {err}", file=sys.stderr)

@@ -8,7 +8,6 @@ typo or a wrong type stops the run before any work with a one-line message.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dequantize": True,  # train on uniformly dequantized data (needed for a meaningful ODE likelihood)
     },
     "net": {
-        "name": "unet",  # unet (images) or mlp (vectors); its other keys are the network's options
+        "name": "unet",  # unet (images), mlp (vectors), diffusers-unet2d or a registered one; other keys: its options
     },
     "diffusion": {
         "q": "gaussian",  # law of the data walk's increments
@@ -37,6 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "T": 100,  # number of steps of the walk (training loss, bound, sampling)
         "rule": "posterior",  # reverse rule: posterior or euler
         "loss": "step",  # step: the pair's per-step KL at T; continuous: its T -> infinity limit
+        "spacing": "uniform",  # time grid of the walk: uniform, log-snr, quadratic or ddpm (see schedules)
     },
     "train": {
         "steps": 2000,  # optimizer steps
@@ -53,95 +53,170 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 500,  # steps between checkpoints (one is always written at the end)
         "log_every": 25,  # steps between lines of metrics.jsonl
         "device": "auto",  # auto (cuda if available), cpu, cuda, cuda:N
+        "keep": 2,  # checkpoints kept in the run folder (the newest first; a damaged one falls back)
+        "workers": 0,  # DataLoader worker processes (0: load in the training process)
+        "tensorboard": False,  # also log metrics to RUN/tensorboard (needs the tensorboard extra)
     },
 }
 
-NET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "unet": {"width": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.0, "fourier": []},
-    "mlp": {"width": 256, "depth": 3, "dropout": 0.0},
-}
+MAX_T = 1_000_000  # walk steps: the grid, the bound and the samplers loop over T
+MAX_BATCH = 1_000_000  # examples per step; memory is checked against the data's shape by check_memory
 
 
-def _check_net_defaults() -> None:
-    from .nets import NETS
+def _kind(v: Any) -> str:
+    """The config type of a default value: bool, int, float, str, list, or any (a None default)."""
+    if v is None:
+        return "any"
+    for kind in (bool, int, float, str, list):
+        if isinstance(v, kind):
+            return kind.__name__
+    return "any"
 
-    for name, cls in NETS.items():
-        params = set(inspect.signature(cls).parameters) - {"shape"}
-        assert params == set(NET_DEFAULTS[name]), (name, params)
+
+def _type_name(kind: str, default: Any = None) -> str:
+    names = {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number", "str": "a string",
+             "list": "a list", "any": "a TOML value"}
+    if kind == "list" and default:
+        return f"a list of {'strings' if isinstance(default[0], str) else 'numbers'}"
+    return names[kind]
 
 
-def _type_name(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean (true/false)"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list of integers"
-    return type(v).__name__
+def _is(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    return kind == "any" or isinstance(value, list)
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:
-    ok = (isinstance(value, bool) if isinstance(default, bool) else
-          isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
-          isinstance(value, str) if isinstance(default, str) else
-          isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    kind = _kind(default)
+    ok = _is(value, kind)
+    if ok and kind == "list":
+        elem = _kind(default[0]) if default else None
+        ok = all(isinstance(v, (str, int, float)) and not isinstance(v, bool) and (elem is None or _is(v, elem))
+                 for v in value)
     if not ok:
-        raise NonnormalError(f"config {where} must be {_type_name(default)}, got {value!r}")
-    if isinstance(default, float) and not math.isfinite(value):
+        raise NonnormalError(f"config {where} must be {_type_name(kind, default)}, got {value!r}")
+    if kind == "float" and not math.isfinite(value):
         raise NonnormalError(f"config {where} must be a finite number, got {value!r}")
-    return float(value) if isinstance(default, float) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NonnormalError(f"config {where} must be finite, got {value!r}")
+    return float(value) if kind == "float" else value
 
 
-def validate(raw: dict[str, Any], source: str = "config") -> dict[str, dict[str, Any]]:
-    """Defaults merged with ``raw``; every unknown section/key or wrong type is an error."""
-    cfg = copy.deepcopy(DEFAULTS)
+def net_defaults(name: str) -> dict[str, Any]:
+    """``net.name`` plus the registered network's options with their defaults (from its signature)."""
+    from . import nets
+
+    return {"name": name, **nets.options(name)}
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Defaults merged with ``raw``; every unknown section/key or wrong type is an error.
+
+    Besides the four sections, a config may hold a top-level ``plugins = ["module", ...]``: the
+    modules (see :mod:`nonnormal.plugins`) are imported before the laws and networks are checked.
+    """
+    cfg: dict[str, Any] = copy.deepcopy(DEFAULTS)
     if not isinstance(raw, dict):
         raise NonnormalError(f"{source} must be a table of sections, got {type(raw).__name__}")
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p.strip() for p in plugins):
+        raise NonnormalError(f"{source}: plugins must be a list of module names or .py paths, got {plugins!r}")
+    if plugins:
+        from . import plugins as plugins_lib
+
+        plugins = plugins_lib.load(plugins)
     for section, table in raw.items():
+        if section == "plugins":
+            continue
         if section not in cfg:
-            raise NonnormalError(f"{source}: unknown section [{section}]: the sections are {', '.join(cfg)}")
+            raise NonnormalError(f"{source}: unknown section [{section}]: the sections are {', '.join(cfg)} "
+                                 "(and a top-level plugins list)")
         if not isinstance(table, dict):
             raise NonnormalError(f"{source}: [{section}] must be a table of keys")
     net = raw.get("net", {}).get("name", cfg["net"]["name"])
-    if net not in NET_DEFAULTS:
-        raise NonnormalError(f"{source}: unknown net.name {net!r}: choose one of {', '.join(NET_DEFAULTS)}")
-    cfg["net"].update(copy.deepcopy(NET_DEFAULTS[net]))
+    if not isinstance(net, str):
+        raise NonnormalError(f"config net.name must be a string, got {net!r}")
+    cfg["net"] = net_defaults(net)
     for section, table in raw.items():
+        if section == "plugins":
+            continue
         for key, value in table.items():
             if key not in cfg[section]:
                 raise NonnormalError(f"{source}: unknown key {section}.{key}: the keys of [{section}] are "
                                      f"{', '.join(cfg[section])}")
             cfg[section][key] = _coerce(f"{section}.{key}", value, cfg[section][key])
     _check_values(cfg)
+    cfg["plugins"] = list(plugins)
     return cfg
 
 
+def _choice(where: str, value: str, options) -> None:
+    if value not in options:
+        raise NonnormalError(f"config {where} must be one of {', '.join(options)}, got {value!r}")
+
+
 def _check_values(cfg: dict) -> None:
+    from . import increments, schedules, walk
+    from .divergences import check_pair
+
     d, t = cfg["diffusion"], cfg["train"]
     positive = {"diffusion.T": d["T"], "train.steps": t["steps"], "train.batch": t["batch"],
                 "train.checkpoint_every": t["checkpoint_every"], "train.log_every": t["log_every"]}
     for where, v in positive.items():
         if v <= 0:
             raise NonnormalError(f"config {where} must be positive, got {v}")
+    if d["T"] > MAX_T:
+        raise NonnormalError(f"config diffusion.T={d['T']} is more than {MAX_T:,} steps: every sample and bound "
+                             "would loop over them; use diffusion.loss = \"continuous\" for the T -> infinity limit")
+    if t["batch"] > MAX_BATCH:
+        raise NonnormalError(f"config train.batch={t['batch']} is more than {MAX_BATCH:,} examples per step: lower it")
     if not t["lr"] > 0:
         raise NonnormalError(f"config train.lr must be positive, got {t['lr']}")
     if t["warmup"] < 0 or t["weight_decay"] < 0 or t["grad_clip"] < 0:
         raise NonnormalError("config train.warmup, train.weight_decay and train.grad_clip must be >= 0")
     if not 0 <= t["ema"] < 1:
         raise NonnormalError(f"config train.ema must lie in [0, 1), got {t['ema']}")
-    if t["decay"] not in ("cosine", "none"):
-        raise NonnormalError(f"config train.decay must be cosine or none, got {t['decay']!r}")
-    if t["dtype"] not in ("float32", "float64"):
-        raise NonnormalError(f"config train.dtype must be float32 or float64, got {t['dtype']!r}")
-    if d["loss"] not in ("step", "continuous"):
-        raise NonnormalError(f"config diffusion.loss must be step or continuous, got {d['loss']!r}")
-    if d["rule"] not in ("posterior", "euler"):
-        raise NonnormalError(f"config diffusion.rule must be posterior or euler, got {d['rule']!r}")
+    for key in ("keep", "workers"):
+        if key in t and t[key] < (1 if key == "keep" else 0):
+            raise NonnormalError(f"config train.{key} must be >= {1 if key == 'keep' else 0}, got {t[key]}")
+    _choice("train.decay", t["decay"], ("cosine", "none"))
+    _choice("train.dtype", t["dtype"], ("float32", "float64"))
+    _choice("diffusion.loss", d["loss"], LOSSES)
+    _choice("diffusion.rule", d["rule"], walk.RULES)
+    spacings = getattr(schedules, "SPACINGS", None) or getattr(walk, "SPACINGS", ("uniform",))
+    _choice("diffusion.spacing", d["spacing"], spacings)
+    schedules.get(d["schedule"])
+    check_pair(increments.get(d["q"]), increments.get(d["p"]))
+
+
+def check_memory(cfg: dict, shape: tuple[int, ...], what: str = "train.batch", n: int | None = None) -> None:
+    """Refuse a batch whose inputs alone would not fit in this machine's memory, before any work.
+
+    A network's activations take many times its input; 64 copies of the batch is the floor we ask
+    for, so the check only stops settings that cannot run (``--batch 1000000000``), with the number.
+    """
+    import os
+
+    n = cfg["train"]["batch"] if n is None else n
+    bytes_per = 8 if cfg["train"]["dtype"] == "float64" else 4
+    need = 64 * n * math.prod(shape) * bytes_per
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    if need > have:
+        raise NonnormalError(f"{what}={n} needs at least {need / 2**30:,.0f} GiB for examples of shape {tuple(shape)} "
+                             f"(this machine has {have / 2**30:,.0f} GiB): lower it")
+
+
+LOSSES = ("step", "continuous")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -168,11 +243,17 @@ def read_toml(path: str | Path) -> dict:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-         base: dict | None = None) -> dict[str, dict[str, Any]]:
+         base: dict | None = None, plugins: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Defaults, then the TOML file at ``path`` (or the config ``base``), then ``section.key=value``
-    overrides; validated."""
-    raw: dict[str, dict[str, Any]] = read_toml(path) if path else copy.deepcopy(base or {})
+    overrides and extra ``plugins`` (and the command line's ``--plugin`` modules); validated."""
+    raw: dict[str, Any] = read_toml(path) if path else copy.deepcopy(base or {})
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    from . import plugins as plugins_lib
+
+    plugins = list(plugins) + [p for p in plugins_lib.REQUESTED if p not in plugins]
+    if plugins:
+        listed = raw.get("plugins", [])
+        raw["plugins"] = (listed if isinstance(listed, list) else [listed]) + [p for p in plugins if p not in listed]
     for text in overrides:
         section, key, value = parse_override(text)
         if not isinstance(raw.setdefault(section, {}), dict):
@@ -185,10 +266,15 @@ def to_toml(cfg: dict) -> str:
     """The config as TOML text (the inverse of :func:`load` for validated configs)."""
     import json
 
-    lines = []
+    def value(v):
+        return str(v).lower() if isinstance(v, bool) else json.dumps(v)
+
+    lines = [f"plugins = {value(cfg['plugins'])}", ""] if cfg.get("plugins") else []
     for section, table in cfg.items():
+        if section == "plugins":
+            continue
         lines.append(f"[{section}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}")
+        # TOML has no null: options left at a None default are omitted and come back as None
+        lines += [f"{key} = {value(v)}" for key, v in table.items() if v is not None]
         lines.append("")
     return "\n".join(lines)

@@ -202,3 +202,15 @@ def get(spec: str | Schedule, **params) -> Schedule:
 
 def names() -> list[str]:
     return _SCHEDULES.names()
+
+
+def register(name: str, factory, *, overwrite: bool = False) -> None:
+    """Add a schedule under ``name``: ``factory(**params)`` returns a :class:`Schedule` subclass
+    instance (define ``gamma`` and ``gamma_prime``; set ``name`` to ``name`` so its spec round-trips)."""
+    schedule = factory()
+    if not isinstance(schedule, Schedule):
+        raise NonnormalError(f"schedule {name!r} must build a nonnormal.schedules.Schedule, got {type(schedule).__name__}")
+    if schedule.name != name:
+        raise NonnormalError(f"schedule {name!r} names itself {schedule.name!r}: set its class attribute name = {name!r} "
+                             "so runs record it under the name they look it up by")
+    _SCHEDULES.register(name, factory, overwrite=overwrite)

@@ -74,9 +74,12 @@ class UNet(nn.Module):
     """``eps_theta(x, t)`` for images of shape ``(channels, size, size)``."""
 
     def __init__(self, shape: tuple[int, int, int], width: int = 32, ch_mult: tuple[int, ...] = (1, 2),
-                 num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (4,), dropout: float = 0.0,
+                 num_res_blocks: int = 1, attn_resolutions: tuple[int, ...] = (4,), dropout: float = 0.0,
                  fourier: tuple[int, ...] = ()):
         super().__init__()
+        if len(shape) != 3:
+            raise NonnormalError(f"the UNet takes images (channels, height, width), but the data's examples have shape "
+                                 f"{tuple(shape)}: set net.name = \"mlp\" for vector data (see configs/toy2d.toml)")
         C, H, W = shape  # image shape
         self.shape = tuple(shape)
         self.fourier = tuple(int(n) for n in fourier)  # VDM Fourier-feature exponents n (2^n pi x); () = off
