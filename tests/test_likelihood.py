@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from exact import GaussianData, UniformCube
+from nonnormal.exact import GaussianData, UniformCube
 from nonnormal.data import dequantize, levels_to_unit, unit_to_levels
 from nonnormal.errors import NonnormalError
 from nonnormal.likelihood import bits_per_dim, bound_bits_per_dim, ode_log_likelihood
@@ -35,7 +35,7 @@ def test_uniform_levels_give_log2_L_bits():
     g = torch.Generator().manual_seed(3)
     L = 17
     x = levels_to_unit(torch.randint(0, L, (200, 2), generator=g), L).double()
-    bpd, _ = bits_per_dim(UniformCube("vdm").eps, x, L, "vdm", generator=g, trace="exact")
+    bpd, _ = bits_per_dim(UniformCube(schedule="vdm").eps, x, L, "vdm", generator=g, trace="exact")
     assert float(bpd.mean()) == pytest.approx(math.log2(L), abs=0.01)
 
 
@@ -47,7 +47,7 @@ def test_dequantized_bound_tends_to_log2_L_bits():
     x = levels_to_unit(torch.randint(0, L, (2000, 2), generator=g), L).double()
     totals = {}
     for T in (100, 1000):
-        parts = bound_bits_per_dim(UniformCube("vdm").eps, x, L, "vdm", T, generator=g, dequantized=True)
+        parts = bound_bits_per_dim(UniformCube(schedule="vdm").eps, x, L, "vdm", T, generator=g, dequantized=True)
         totals[T] = float(parts["total"].mean())
         se = float(parts["total"].std()) / math.sqrt(x.shape[0])
         assert totals[T] > math.log2(L) - 3 * se

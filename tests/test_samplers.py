@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from exact import GaussianMixture
+from nonnormal.exact import GaussianMixture
 from nonnormal.errors import NonnormalError
 from nonnormal.evaluate import energy_distance
 from nonnormal.samplers import euler_maruyama, probability_flow, sample

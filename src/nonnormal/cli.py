@@ -249,6 +249,48 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    if args.what == "bias":
+        return _study_bias(args)
+    from .report import write_study
+    from .study import Study, load_plan
+
+    config = args.config or (str(_repo_config("study-quick.toml") or "") if args.quick else _repo_config("study-digits.toml"))
+    if args.quick and not config:
+        raise NonnormalError("--quick needs configs/study-quick.toml: run from the repository or give --config")
+    if not config:
+        raise NonnormalError("give --config (e.g. configs/study-digits.toml) or --quick")
+    seeds = list(range(args.seeds)) if args.seeds else None
+    if args.seeds is not None and args.seeds <= 0:
+        raise NonnormalError(f"--seeds must be positive, got {args.seeds}")
+    plan, run_config = load_plan(config, {"seeds": seeds})
+    out = Path(args.out) if args.out else Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
+    if (out / "study.json").exists() and not args.force:
+        raise NonnormalError(f"{out / 'study.json'} already exists: pass --force to rebuild it or choose another --out")
+    t0 = time.time()
+    study = Study(out, plan, run_config, _train_overrides(args), progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    result = study.run()
+    figures = {T: study.figure_rows(T, plan.seeds[0]) for T in plan.T_train}
+    files = write_study(out, result, figures, run_config)
+    print()
+    for line in result["findings"]:
+        print(f"- {line}")
+    print(f"wrote {out}/: {', '.join(files)} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _study_bias(args) -> int:
+    raise NonnormalError("nonnormal study bias is not wired yet")
+
+
+def _repo_config(name: str) -> str | None:
+    path = Path("configs") / name
+    return str(path) if path.is_file() else None
+
+
 def _default_compare_config() -> str | None:
     """configs/compare-digits.toml when run from the repository, else the built-in defaults."""
     path = Path("configs") / "compare-digits.toml"
@@ -354,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")
     p.add_argument("--force", action="store_true", help="rebuild the table in a finished --out")
     p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("study", help="what the law changes: pairs x training T x seeds, sampled with several laws and T")
+    p.add_argument("what", nargs="?", default="grid", choices=("grid", "bias"),
+                   help="grid (default): train and measure the grid of a study config; bias: the bias of non-L2 "
+                        "losses on exact-score mixtures")
+    run_options(p, "optimizer steps per model")
+    p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (configs/study-quick.toml)")
+    p.add_argument("--seeds", type=int, default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)")
+    p.add_argument("--out", default=None, help="output folder (default runs/study-<timestamp>); an unfinished one resumes")
+    p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out")
+    p.set_defaults(handler=cmd_study)
     return parser
 
 

@@ -7,6 +7,11 @@ everything else follows from it for a VP process (``alpha_t^2 + sigma_t^2 = 1``)
     f(t) = d log(alpha_t)/dt = -sigma_t^2 gamma'(t) / 2,   g(t)^2 = sigma_t^2 gamma'(t),
 
 so ``dx = f(t) x dt + g(t) dw`` has marginals ``q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I)``.
+
+Every schedule is defined on ``[0, 1]``; ``alpha``, ``sigma``, ``f`` and ``g`` hold their end values
+outside it (an adaptive ODE solver probes times slightly past its interval, where cosine,
+ddpm-linear and brownian have no value). :meth:`Schedule.grid` gives a walk's time grid in one
+of :data:`SPACINGS`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import torch
 from .errors import NonnormalError
 from .registry import Registry
 
+SPACINGS = ("uniform", "log-snr", "quadratic", "ddpm")
+
 
 class Schedule:
-    """Base class: subclasses define ``gamma`` and ``gamma_prime`` (float64 in, float64 out)."""
+    """Base class: subclasses define ``gamma`` and ``gamma_prime`` on [0, 1] (float64 in, float64 out)."""
 
     name = "schedule"
     t_min = 0.0  # the earliest time used by grids, losses and likelihoods (sigma_{t_min} > 0)
+    discrete_steps: int | None = None  # a discrete-time schedule's number of levels N (DDPM's 1000)
 
     @property
     def params(self) -> dict[str, float]:
@@ -43,7 +51,8 @@ class Schedule:
         raise NotImplementedError
 
     def _t(self, t) -> torch.Tensor:
-        return torch.as_tensor(t, dtype=torch.float64)
+        """``t`` as float64, clamped into [0, 1]: the schedule holds its end values outside."""
+        return torch.as_tensor(t, dtype=torch.float64).clamp(0.0, 1.0)
 
     def alpha(self, t) -> torch.Tensor:
         return torch.sigmoid(-self.gamma(self._t(t))).sqrt()
@@ -61,11 +70,46 @@ class Schedule:
         t = self._t(t)
         return (torch.sigmoid(self.gamma(t)) * self.gamma_prime(t)).sqrt()
 
-    def grid(self, T: int) -> torch.Tensor:
-        """The time grid ``t_min = t_0 < t_1 < ... < t_T = 1`` of a T-step walk (float64)."""
+    def grid(self, T: int, spacing: str = "uniform") -> torch.Tensor:
+        """The time grid ``t_0 < t_1 < ... < t_T = 1`` of a T-step walk (float64), spaced by ``spacing``:
+
+        - ``uniform``: uniform in t on ``[t_min, 1]``;
+        - ``log-snr``: uniform in ``gamma(t)`` on ``[t_min, 1]``;
+        - ``quadratic``: ``t_k = t_min + (1 - t_min) (k/T)^2``, dense where the noise is small (DDIM's);
+        - ``ddpm``: DDPM's own levels ``t_k = k/T`` from ``t_0 = 0`` (the data, sigma = 0 for
+          ddpm-linear), rounded to a discrete schedule's N levels. The last step, to ``t_0``, is
+          DDPM's final posterior step with zero noise; ``ddpm-linear`` at T = N is DDPM exactly.
+        """
         if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
             raise NonnormalError(f"the number of steps T must be a positive integer, got {T!r}: use e.g. T=1000")
-        return torch.linspace(self.t_min, 1.0, T + 1, dtype=torch.float64)
+        u = torch.linspace(0.0, 1.0, T + 1, dtype=torch.float64)
+        lo = self.t_min
+        if spacing == "uniform":
+            t = lo + (1 - lo) * u
+        elif spacing == "quadratic":
+            t = lo + (1 - lo) * u**2
+        elif spacing == "log-snr":
+            t = self._invert_gamma(torch.lerp(self.gamma(self._t(lo)), self.gamma(self._t(1.0)), u))
+        elif spacing == "ddpm":
+            N = self.discrete_steps
+            if N is not None and T > N:
+                raise NonnormalError(f"the ddpm spacing of {self.spec} has its {N} levels: T must be at most {N}, got {T}")
+            t = u if N is None else torch.round(u * N) / N
+        else:
+            raise NonnormalError(f"unknown spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+        t[0], t[-1] = (0.0 if spacing == "ddpm" else lo), 1.0
+        return t
+
+    def _invert_gamma(self, target: torch.Tensor) -> torch.Tensor:
+        """The times in ``[t_min, 1]`` where ``gamma`` (increasing) takes the values ``target``, by bisection."""
+        lo, hi = torch.full_like(target, self.t_min), torch.ones_like(target)
+        if not self.gamma(self._t(self.t_min)) < self.gamma(self._t(1.0)):
+            raise NonnormalError(f"the log-snr spacing needs an increasing gamma(t), and {self.spec}'s is not")
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            below = self.gamma(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
 
 
 class VDM(Schedule):
@@ -139,6 +183,7 @@ class DDPMLinear(Schedule):
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
         self._c = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-betas), 0)])
         self.t_min = 1.0 / self.steps
+        self.discrete_steps = self.steps
 
     @property
     def params(self):
@@ -158,6 +203,13 @@ class DDPMLinear(Schedule):
     def gamma_prime(self, t):
         c, slope = self._c_and_slope(t)
         return slope / -torch.expm1(-c)
+
+    # f = -c'/2 and g^2 = c' directly: through gamma they are 0 * inf at t = 0, where c = 0
+    def f(self, t):
+        return -0.5 * self._c_and_slope(self._t(t))[1]
+
+    def g(self, t):
+        return self._c_and_slope(self._t(t))[1].sqrt()
 
 
 class Brownian(Schedule):

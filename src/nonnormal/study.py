@@ -1,0 +1,378 @@
+"""Studies: what the law of the increments changes, measured over step counts, seeds and sample-time laws.
+
+A study trains one model per (q, p) pair x training step count ``T_train`` x seed, with one recipe,
+then evaluates each model on the same test images (same dequantization noise, same Hutchinson
+probes) and samples it with every sampler setting: the reverse walk at each ``T_sample`` with each
+law of ``laws_sample`` (the law swapped at sampling time; one sample seed couples them image by
+image), and the probability-flow ODE as the law-free reference. Every (model, sampler setting) is
+one row of ``study.json``; :mod:`nonnormal.stats` turns the seeds into paired intervals and
+:func:`findings` into sentences.
+
+Pairs with a Gaussian p train on exactly the gradients of gaussian/gaussian (``K(u) = K(0) + u^2/2``):
+they reuse its weights and differ only in the bound's constant ``T D K(0)``.
+
+``nonnormal compare`` is the study with one ``T_train`` and each model sampled with its own law.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as config_lib
+from .errors import NonnormalError
+
+REFERENCE = "gaussian/gaussian"
+METRICS = ("bpd_ode", "bpd_bound", "fd", "kid", "saturation", "smoothness", "hf_power", "hist_distance")
+
+
+@dataclass
+class Plan:
+    """What a study trains and measures (the ``[study]`` table of a study config)."""
+
+    pairs: list = field(default_factory=lambda: ["gaussian/gaussian", "laplace/laplace"])  # q/p pairs
+    T_train: list = field(default_factory=lambda: [10, 100])  # step counts the models are trained at
+    seeds: list = field(default_factory=lambda: [0, 1])  # training seeds (seed s shares init, batches, noise)
+    T_sample: list = field(default_factory=list)  # sampling step counts ([]: each model's own T_train)
+    laws_sample: list = field(default_factory=list)  # laws swapped in at sampling ([]: each model's own p)
+    ode: bool = True  # also sample with the probability-flow ODE (law-free reference)
+    n_samples: int = 256  # samples per sampler setting (FD, KID, style metrics)
+    n_test: int = 0  # test images for bits/dim (0: all)
+    rtol: float = 1e-3  # ODE tolerance (rtol = atol) for bits/dim and ODE samples
+    sample_seed: int = 0  # one seed for every sampler setting: coupled samples
+    columns: int = 12  # samples per row of the Figure-1 grids
+
+    def check(self) -> "Plan":
+        from .compare import parse_pairs
+
+        parse_pairs(",".join(self.pairs))
+        for name in ("T_train", "seeds", "T_sample"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+                raise NonnormalError(f"study.{name} must be a list of integers, got {v!r}")
+            if any(i < (0 if name == "seeds" else 1) for i in v) or (name != "T_sample" and not v):
+                raise NonnormalError(f"study.{name} must be a non-empty list of {'non-negative' if name == 'seeds' else 'positive'} integers, got {v!r}")
+            if name != "seeds" and any(i > config_lib.MAX_T for i in v):
+                raise NonnormalError(f"study.{name} holds a step count over {config_lib.MAX_T:,}: lower it")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise NonnormalError(f"study.seeds has repeats: {self.seeds}")
+        from . import increments
+
+        for law in self.laws_sample:
+            increments.get(law)
+        for name in ("n_samples", "columns"):
+            if getattr(self, name) < 1:
+                raise NonnormalError(f"study.{name} must be positive, got {getattr(self, name)}")
+        if self.n_test < 0 or not (math.isfinite(self.rtol) and self.rtol > 0):
+            raise NonnormalError(f"study.n_test must be >= 0 and study.rtol finite and positive, got {self.n_test}, {self.rtol}")
+        return self
+
+
+def load_plan(path: str | Path | None, plan_overrides: dict | None = None) -> tuple[Plan, dict]:
+    """``(plan, run config)`` from a study TOML: a ``[study]`` table beside the usual run sections."""
+    raw = config_lib.read_toml(path) if path else {}
+    table = dict(raw.pop("study", {}))
+    table.update({k: v for k, v in (plan_overrides or {}).items() if v is not None})
+    known = set(Plan.__dataclass_fields__)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise NonnormalError(f"{path or 'study'}: unknown key study.{unknown[0]}: the keys of [study] are {', '.join(sorted(known))}")
+    defaults = Plan()
+    for key, value in table.items():
+        want = type(getattr(defaults, key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise NonnormalError(f"{path or 'study'}: study.{key} must be {want.__name__}, got {value!r}")
+        table[key] = value
+    return Plan(**table).check(), raw
+
+
+def _label(q: str, p: str) -> str:
+    return f"{q}/{p}"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def _trained_pair(q: str, p: str) -> tuple[str, str]:
+    """The pair whose weights a pair uses: every Gaussian-p pair trains exactly like gaussian/gaussian."""
+    from . import increments
+
+    return ("gaussian", "gaussian") if increments.get(p) == increments.get("gaussian") else (q, p)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_of(plan: Plan, T_train: int, p: str) -> list[dict]:
+    """The sampler settings of one model: walks at each T with each law, and the ODE."""
+    Ts = plan.T_sample or [T_train]
+    laws = plan.laws_sample or [p]
+    out = [{"sampler": "walk", "T_sample": T, "law_sample": law} for T in Ts for law in laws]
+    if plan.ode:
+        out.append({"sampler": "ode", "T_sample": None, "law_sample": None})
+    return out
+
+
+class Study:
+    """Runs a :class:`Plan` into a folder: ``models/`` (run folders), ``cache/`` (per-model results)."""
+
+    def __init__(self, out: str | Path, plan: Plan, run_config: dict, overrides=(), progress: bool = True, log=print):
+        from . import data as data_lib
+
+        self.out, self.plan, self.progress, self.log = Path(out), plan, progress, log
+        self.configs = {}
+        for T in plan.T_train:
+            for seed in plan.seeds:
+                for pair in plan.pairs:
+                    q, p = pair.split("/")
+                    tq, tp = _trained_pair(q, p)
+                    extra = [f"diffusion.q={json.dumps(tq)}", f"diffusion.p={json.dumps(tp)}", f"diffusion.T={T}",
+                             f"train.seed={seed}"]
+                    self.configs[(tq, tp, T, seed)] = config_lib.load(None, list(overrides) + extra,
+                                                                      base=copy.deepcopy(run_config))
+        first = next(iter(self.configs.values()))
+        self.data = data_lib.load(first["data"]["dataset"], seed=first["data"]["split_seed"])
+        if self.data.levels is None or len(self.data.shape) != 3:
+            raise NonnormalError(f"a study needs discrete image data (bits/dim, style, sample grids); {self.data.name} "
+                                 "is not: use nonnormal train and eval for low-dimensional data")
+        n_test = plan.n_test or None
+        self.x_test = self.data.unit("test", n_test)
+        self._features = None
+
+    # ----- training -----
+    def model_dir(self, q: str, p: str, T: int, seed: int) -> Path:
+        return self.out / "models" / _slug(f"{q}-{p}-T{T}-seed{seed}")
+
+    def train_all(self) -> None:
+        from .train import train
+
+        todo = list(self.configs.items())
+        for i, ((q, p, T, seed), cfg) in enumerate(todo, 1):
+            run = self.model_dir(q, p, T, seed)
+            self.log(f"[train {i}/{len(todo)}] {q}/{p} T={T} seed={seed} ({cfg['train']['steps']} steps)")
+            train(cfg, run, resume=True, progress=self.progress)
+
+    # ----- evaluation -----
+    def features(self):
+        if self._features is None:
+            from .metrics import features as features_lib
+
+            self._features = features_lib.features_for(self.data, progress=self.progress)
+            self._real = self._features(self.x_test if self.plan.n_test else self.data.unit("test"))
+        return self._features, self._real
+
+    def _cached(self, path: Path, key: dict, compute):
+        from .runs import write_atomic
+
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                if saved.get("key") == _hash(key):
+                    return saved["value"]
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is recomputed
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (json.dumps({"key": _hash(key), "value": value}) + "\n").encode())
+        return value
+
+    def evaluate_model(self, q: str, p: str, T: int, seed: int) -> list[dict]:
+        """The rows of one reported pair's model: one per sampler setting."""
+        from .diffusion import Diffusion
+        from .runs import load_run
+
+        tq, tp = _trained_pair(q, p)
+        run = self.model_dir(tq, tp, T, seed)
+        device = torch.device("cpu")
+        model, cfg, state = load_run(run, device)
+        base = {"run": str(run), "step": state["step"], "rtol": self.plan.rtol, "n_test": self.plan.n_test,
+                "n_samples": self.plan.n_samples, "sample_seed": self.plan.sample_seed}
+        diffusion = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
+        L = self.data.levels
+        cache = self.out / "cache" / _slug(f"{tq}-{tp}-T{T}-seed{seed}")
+
+        def ode_bpd():
+            g = torch.Generator().manual_seed(12345)  # same images, dequantization and probes for every model
+            bpd, _ = diffusion.bits_per_dim(model, self.x_test, L, generator=g, trace="hutchinson",
+                                            rtol=self.plan.rtol, atol=self.plan.rtol)
+            return bpd.tolist()
+
+        def bound_bpd():
+            g = torch.Generator().manual_seed(54321)
+            parts = diffusion.bound_bits_per_dim(model, self.x_test, L, generator=g,
+                                                 dequantized=cfg["data"]["dequantize"])
+            return parts["total"].tolist()
+
+        bpd = self._cached(cache / "bpd_ode.json", base, ode_bpd)
+        bound = self._cached(cache / _slug(f"bound-{q}-{p}.json"), base, bound_bpd)
+        rows = []
+        for setting in settings_of(self.plan, T, p):
+            name = _slug(f"samples-{setting['sampler']}-{setting['law_sample']}-T{setting['T_sample']}.json")
+            metrics = self._cached(cache / name, {**base, **setting},
+                                   lambda s=setting: self._sample_metrics(diffusion, model, s))
+            rows.append({"q": q, "p": p, "pair": _label(q, p), "seed": seed, "T_train": T, **setting,
+                         "bpd_ode": float(np.mean(bpd)), "bpd_bound": float(np.mean(bound)),
+                         "bpd_ode_images": bpd, "bpd_bound_images": bound, "train_seconds": state["train_seconds"],
+                         "weights_from": _label(tq, tp), **metrics})
+        return rows
+
+    def samples(self, diffusion, model, setting: dict, n: int) -> torch.Tensor:
+        """``n`` samples of one sampler setting, snapped onto the data's levels, on [-1, 1]."""
+        from .data import levels_to_unit, unit_to_levels
+
+        shape = (n,) + tuple(self.data.shape)
+        if setting["sampler"] == "ode":
+            x = diffusion.ode_sample(model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol)
+        else:
+            x = diffusion.sample(model, shape, seed=self.plan.sample_seed, law=setting["law_sample"],
+                                 T=setting["T_sample"], progress=self.progress)
+        L = self.data.levels
+        return levels_to_unit(unit_to_levels(x.float(), L), L).float()
+
+    def _sample_metrics(self, diffusion, model, setting: dict) -> dict:
+        from .metrics import features as features_lib
+        from .metrics import style
+
+        x = self.samples(diffusion, model, setting, self.plan.n_samples)
+        features, real = self.features()
+        fake = features(x)
+        kid, _ = features_lib.kernel_distance(real, fake, seed=self.plan.sample_seed)
+        out = {"fd": features_lib.frechet_distance(real, fake), "kid": kid}
+        out.update(style.style_metrics(x, self.data.unit("train"), self.data.levels))
+        return out
+
+    def figure_rows(self, T: int, seed: int) -> dict[str, torch.Tensor]:
+        """Figure 1 at one T: a row per pair (its own law, T steps), the same sample seed in every row."""
+        from .diffusion import Diffusion
+        from .runs import load_run
+
+        rows = {}
+        for pair in self.plan.pairs:
+            q, p = pair.split("/")
+            model, cfg, _ = load_run(self.model_dir(*_trained_pair(q, p), T, seed), "cpu")
+            d = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
+            rows[pair] = self.samples(d, model, {"sampler": "walk", "T_sample": T, "law_sample": p}, self.plan.columns)
+        return rows
+
+    def run(self) -> dict:
+        """Train, evaluate, aggregate; returns ``{"rows", "comparisons", "findings", ...}`` (not yet written)."""
+        t0 = time.perf_counter()
+        self.train_all()
+        rows = []
+        todo = [(pair, T, seed) for T in self.plan.T_train for seed in self.plan.seeds for pair in self.plan.pairs]
+        for i, (pair, T, seed) in enumerate(todo, 1):
+            self.log(f"[eval {i}/{len(todo)}] {pair} T={T} seed={seed}")
+            rows.extend(self.evaluate_model(*pair.split("/"), T, seed))
+        comparisons = compare_rows(rows, self.plan)
+        return {"plan": asdict(self.plan), "dataset": self.data.name, "rows": rows, "comparisons": comparisons,
+                "findings": findings(comparisons, self.plan), "seconds": time.perf_counter() - t0}
+
+
+def _group(rows, **match) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def compare_rows(rows: list[dict], plan: Plan) -> list[dict]:
+    """Seed-paired comparisons: every pair against gaussian/gaussian (same sampler setting), and every
+    swapped sample-time law against the model's own p (same model, same T_sample)."""
+    from . import stats
+
+    out = []
+    reference = REFERENCE if REFERENCE in plan.pairs else plan.pairs[0]
+    for T in plan.T_train:
+        for metric in METRICS:
+            # across pairs: each model sampled with its own law at its own T (or the ODE for bpd)
+            own = [r for r in _group(rows, T_train=T) if r["sampler"] == "walk" and r["law_sample"] == r["p"]
+                   and r["T_sample"] == (T if not plan.T_sample or T in plan.T_sample else plan.T_sample[-1])]
+            values: dict[str, dict[int, float]] = {}
+            for r in own:
+                if r.get(metric) is not None and math.isfinite(r[metric]):
+                    values.setdefault(r["pair"], {})[r["seed"]] = r[metric]
+            if reference in values and len(values) > 1:
+                res = stats.paired_differences(values, reference)
+                out.append({"kind": "pairs", "T_train": T, "metric": metric, **_means(values), **res})
+        for pair in plan.pairs:
+            for T_s in plan.T_sample or [T]:
+                for metric in ("fd", "kid", "saturation", "smoothness"):
+                    group = _group(rows, T_train=T, pair=pair, T_sample=T_s, sampler="walk")
+                    values = {}
+                    for r in group:
+                        values.setdefault(r["law_sample"], {})[r["seed"]] = r[metric]
+                    own = pair.split("/")[1]
+                    if own in values and len(values) > 1:
+                        res = stats.paired_differences(values, own)
+                        out.append({"kind": "laws", "T_train": T, "T_sample": T_s, "pair": pair, "metric": metric,
+                                    **_means(values), **res})
+    return out
+
+
+def _means(values: dict[str, dict[int, float]]) -> dict:
+    from . import stats
+
+    return {"means": {k: stats.mean_sd(list(v.values()))[:2] for k, v in values.items()}}
+
+
+def findings(comparisons: list[dict], plan: Plan) -> list[str]:
+    """Plain sentences from the comparisons: where laws become distinguishable, and in which direction."""
+    from . import stats
+
+    out = []
+    for c in comparisons:
+        if c["kind"] != "pairs" or c["metric"] not in ("bpd_ode", "fd", "saturation", "smoothness"):
+            continue
+        for row in c["rows"]:
+            if row.get("exact"):
+                if c["metric"] == "bpd_ode" and row["diff"] == 0:
+                    out.append(f"T={c['T_train']}: {row['pair']} has exactly the bpd_ode of {c['reference']} "
+                               "(same gradients, reused weights).")
+                continue
+            if row.get("distinguishable"):
+                direction = "higher" if row["diff"] > 0 else "lower"
+                out.append(f"T={c['T_train']}: {row['pair']} has {direction} {c['metric']} than {c['reference']} "
+                           f"by {abs(row['diff']):.4g} ({int(c['level'] * 100)}% CI [{row['lo']:.4g}, {row['hi']:.4g}], "
+                           f"{c['dof']} dof, {c['comparisons']} comparisons{'; survives Bonferroni' if row['distinguishable_bonferroni'] else ''}).")
+    out += laplace_claim(comparisons, plan)
+    n_pairs = sum(len(c["rows"]) for c in comparisons if c["kind"] == "pairs")
+    hits = sum(bool(r.get("distinguishable")) and not r.get("exact") for c in comparisons if c["kind"] == "pairs"
+               for r in c["rows"])
+    out.append(f"{hits} of {n_pairs} pair-vs-{REFERENCE} comparisons are distinguishable at 95% "
+               f"(about {0.05 * n_pairs:.1f} would be by chance alone).")
+    if not plan.seeds or len(plan.seeds) < 2:
+        out.append(f"One seed: no interval; the words {stats.words({'distinguishable': None})!r} apply throughout.")
+    return out
+
+
+def laplace_claim(comparisons: list[dict], plan: Plan) -> list[str]:
+    """The paper's Figure-1 claim, per T: are laplace/laplace samples smoother and more saturated?"""
+    if "laplace/laplace" not in plan.pairs or REFERENCE not in plan.pairs:
+        return []
+    out = []
+    for T in plan.T_train:
+        parts = {}
+        for c in comparisons:
+            if c["kind"] == "pairs" and c["T_train"] == T and c["metric"] in ("saturation", "smoothness"):
+                row = next((r for r in c["rows"] if r["pair"] == "laplace/laplace"), None)
+                if row is not None:
+                    parts[c["metric"]] = row
+        if len(parts) < 2:
+            continue
+        sat, tv = parts["saturation"], parts["smoothness"]  # smoothness = total variation: lower is smoother
+        more_saturated = sat.get("distinguishable") and sat["diff"] > 0
+        smoother = tv.get("distinguishable") and tv["diff"] < 0
+        verdict = "holds" if more_saturated and smoother else ("holds in part" if more_saturated or smoother else "does not hold")
+        out.append(f"T={T}: 'Laplace rows are smoother and more saturated' {verdict}: saturation "
+                   f"{sat['diff']:+.4f} [{sat['lo']:+.4f}, {sat['hi']:+.4f}], total variation {tv['diff']:+.4f} "
+                   f"[{tv['lo']:+.4f}, {tv['hi']:+.4f}] against {REFERENCE}.")
+    return out
