@@ -33,6 +33,12 @@ def _check_positive(args, *names: str) -> None:
             raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
 
+def _check_tolerance(rtol: float, what: str = "--rtol") -> float:
+    if not (math.isfinite(rtol) and rtol > 0):
+        raise NonnormalError(f"{what} must be a finite positive number, got {rtol}: e.g. 1e-5")
+    return rtol
+
+
 def _out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
     path = Path(out) if out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
@@ -218,6 +224,7 @@ def cmd_eval(args) -> int:
     if path.exists() and not args.force:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     _check_positive(args, "n_test", "n_samples", "T")
+    _check_tolerance(args.rtol)
     result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
                           seed=args.seed, quality=not args.no_quality, progress=not args.quiet)
     text = json.dumps(result, indent=1)
@@ -239,13 +246,13 @@ def cmd_compare(args) -> int:
         raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
     config = args.config or _default_compare_config()
     t0 = time.time()
-    _check_positive(args, "n_test", "n_samples")
-    compare(out, pairs, config, _train_overrides(args), None, args.n_samples, args.n_test, args.rtol, args.rtol,
-                    seed=args.sample_seed, progress=not args.quiet)
+    _check_positive(args, "n_test", "n_samples", "seeds")
+    _check_tolerance(args.rtol)
+    compare(out, pairs, config, _train_overrides(args), seeds=args.seeds, n_samples=args.n_samples,
+            n_test=args.n_test, rtol=args.rtol, sample_seed=args.sample_seed, progress=not args.quiet)
     print()
     print((out / "table.md").read_text())
-    print(f"wrote {out}/: table.md, table.csv, table.json, figure1.png, loss_curves.png, report.html "
-          f"({time.time() - t0:.0f} s)")
+    print(f"wrote {out}/: {', '.join(OUTPUTS)} ({time.time() - t0:.0f} s)")
     return 0
 
 
@@ -389,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
     run_options(p, "optimizer steps per pair")
     p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four + logistic, student_t)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals")
     p.add_argument("--n-samples", type=int, default=None, help="samples per pair for FD/KID (default: test-set size)")
     p.add_argument("--n-test", type=int, default=None, help="first N test images for bits/dim (default all)")
     p.add_argument("--rtol", type=float, default=1e-3, help="ODE tolerance for bits/dim (rtol = atol; eval uses 1e-5)")

@@ -1,10 +1,11 @@
-"""The main job: train one model per (q, p) pair with the same seed and budget, evaluate each,
-and put them side by side (the paper's Table 2 and Figure 1, plus two reference rows).
+"""The main job: train one model per (q, p) pair and seed with the same recipe, evaluate each on the
+same test images, and put them side by side (the paper's Table 2 and Figure 1), with seed-paired
+intervals against gaussian/gaussian and two reference rows.
 
-Everything lands in one folder: ``<q>-<p>/`` per pair (a run folder with ``eval.json``),
-``table.md``/``table.csv``/``table.json``, ``figure1.png``, ``loss_curves.png`` and
-``report.html``. Pairs whose run and evaluation are complete are skipped on a second call
-with the same folder, so an interrupted comparison picks up where it stopped.
+It is a :class:`nonnormal.study.Study` with one step count and each model sampled with its own law.
+Everything lands in one folder: ``models/`` (one run folder per trained model), ``cache/``,
+``table.md``/``table.csv``/``table.json``/``table.tex``, ``figure1.png``, ``loss_curves.png`` and
+``report.html``. An interrupted comparison picks up where it stopped when called again on the folder.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import config as config_lib
-from .checkpoint import write_atomic
 from .errors import NonnormalError
 
 PAIRS = (("gaussian", "gaussian"), ("laplace", "laplace"), ("uniform", "gaussian"), ("uniform", "laplace"),
          ("logistic", "logistic"), ("student_t", "student_t"))
-COLUMNS = ["q", "p", "bpd_ode", "bpd_ode_se", "bpd_bound", "fd", "kid", "train_seconds"]
-OUTPUTS = ["table.md", "table.csv", "table.json", "figure1.png", "loss_curves.png", "report.html"]
+COLUMNS = ["q", "p", "seeds", "bpd_ode", "bpd_ode_sd", "bpd_ode_se", "diff", "diff_lo", "diff_hi", "verdict",
+           "bpd_bound", "fd", "kid", "saturation", "smoothness", "train_seconds"]
+UNITS = {"bpd_ode": "bits/dim, mean over seeds", "bpd_ode_sd": "sd over seeds", "bpd_ode_se": "test-image SE",
+         "diff": "bpd_ode - gaussian/gaussian, seed-paired", "diff_lo": "95% CI", "diff_hi": "95% CI",
+         "bpd_bound": "bits/dim", "fd": "classifier-feature FD", "kid": "MMD^2", "saturation": "share",
+         "smoothness": "total variation / pixel", "train_seconds": "s per model"}
+OUTPUTS = ["table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"]
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -42,108 +49,149 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         pairs.append((q, p))
     if not pairs:
         raise NonnormalError("no pairs given: write e.g. --pairs gaussian/gaussian,laplace/laplace")
+    if len(set(pairs)) != len(pairs):
+        raise NonnormalError(f"a pair is listed twice in {text!r}: list each once")
     return pairs
 
 
-def _run_config(config_path, overrides, q: str, p: str) -> dict:
-    return config_lib.load(config_path, list(overrides) + [f'diffusion.q="{q}"', f'diffusion.p="{p}"'])
-
-
-def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), device: str | None = None,
-            n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-3, atol: float = 1e-3, columns: int = 12, seed: int = 0,
-            progress: bool = True, log=print) -> list[dict]:
-    """Train and evaluate each pair into ``out``; write the table, figures and report; return the rows."""
-    from .divergences import divergence
-    from .evaluate import evaluate_run, real_data_quality, reference_rows
-    from .report import html_report, plot_loss_curves, plot_sample_rows
-    from .samplers import sample
-    from .train import CHECKPOINT, load_data, load_run, pick_device, train
+def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), *, seeds: int = 2,
+            n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-3, columns: int = 12,
+            sample_seed: int = 0, progress: bool = True, log=print) -> list[dict]:
+    """Train and evaluate each pair with ``seeds`` seeds into ``out``; write the tables, figures and report."""
+    from .evaluate import reference_rows
+    from .report import html_image, html_page, html_table, latex_table, markdown_table, plot_loss_curves, \
+        plot_sample_rows, provenance
+    from .runs import write_atomic
+    from .study import Plan, Study
 
     out = Path(out)
-    overrides = list(overrides) + ([f'train.device="{device}"'] if device else [])
-    configs = {(q, p): _run_config(config_path, overrides, q, p) for q, p in pairs}  # validate all before any work
-    for q, p in pairs:
-        divergence(q, p)
-    data = load_data(configs[pairs[0]])
-    if data.levels is None or not data.is_image:
-        raise NonnormalError(f"compare needs discrete image data (bits/dim, sample grids); {data.name} is not: "
-                             "use nonnormal train and eval for low-dimensional data")
+    run_config = config_lib.read_toml(config_path) if config_path else {}
+    base = config_lib.load(None, list(overrides), base=run_config)
+    T = base["diffusion"]["T"]
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise NonnormalError(f"seeds must be a positive integer, got {seeds!r}")
+    first = base["train"]["seed"]
+    plan = Plan(pairs=[f"{q}/{p}" for q, p in pairs], T_train=[T], seeds=list(range(first, first + seeds)),
+                T_sample=[], laws_sample=[], ode=False, n_samples=n_samples or 10**9, n_test=n_test or 0,
+                rtol=rtol, sample_seed=sample_seed, columns=columns)
+    study = Study(out, plan.check(), run_config, overrides, progress=progress, log=log)
+    plan.n_samples = min(plan.n_samples, study.x_test.shape[0]) if n_samples is None else n_samples
     out.mkdir(parents=True, exist_ok=True)
-    rows, curves, figure_rows = [], {}, {}
-    t_start = time.perf_counter()
-    for i, (q, p) in enumerate(pairs, 1):
-        cfg, run = configs[(q, p)], out / f"{q}-{p}"
-        done = run / "eval.json"
-        label = f"{q}/{p}"
-        device_name = pick_device(cfg["train"]["device"])
-        settings = {"config": {**cfg, "data": {**cfg["data"], "dataset": data.name}}, "n_test": n_test,
-                    "n_samples": n_samples, "rtol": rtol, "atol": atol, "seed": seed}
-        if done.exists() and json.loads(done.read_text()).get("settings") != json.loads(json.dumps(settings)):
-            log(f"[{i}/{len(pairs)}] {label}: {done} came from other settings; training on and evaluating again")
-            done = None
-        if done is None or not done.exists():
-            done = run / "eval.json"
-            resume = (run / CHECKPOINT).exists()
-            log(f"[{i}/{len(pairs)}] {label}: {'resuming' if resume else 'training'} "
-                f"({cfg['train']['steps']} steps, T={cfg['diffusion']['T']}, {cfg['data']['dataset']})")
-            train(cfg, run, resume=resume, progress=progress)
-            log(f"[{i}/{len(pairs)}] {label}: evaluating")
-            row = evaluate_run(run, device_name, n_test=n_test, n_samples=n_samples, rtol=rtol, atol=atol, seed=seed, progress=progress)
-            row["settings"] = settings
-            write_atomic(done, (json.dumps(row, indent=1) + "\n").encode())
-        else:
-            log(f"[{i}/{len(pairs)}] {label}: already done, reusing {done}")
-        row = json.loads(done.read_text())
-        rows.append(row)
-        log(f"    bpd_ode {row['bpd_ode']:.3f} ± {row['bpd_ode_se']:.3f}, bound {row['bpd_bound']:.3f}, "
-            f"FD {row.get('fd', float('nan')):.3g}, KID {row.get('kid', float('nan')):.3g}, "
-            f"trained {row['train_seconds']:.0f} s")
-        model, rcfg, _ = load_run(run, device_name)
-        d = rcfg["diffusion"]
-        figure_rows[label] = sample(model, (columns,) + tuple(data.shape), d["schedule"], d["T"], d["p"], d["rule"],
-                                    seed=seed, device=device_name).cpu()
-        const = d["T"] * divergence(q, p).k0 / math.log(2) if d["loss"] == "step" else 0.0
-        curves[label] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(run / "metrics.jsonl")]
-    references = reference_rows(data, seed, n_test)
-    table = rows + references
-    _write_tables(out, table)
-    dataset, T = data.name, configs[pairs[0]]["diffusion"]["T"]
-    plot_sample_rows(figure_rows, out / "figure1.png",
-                     f"{dataset}: ancestral samples (T={T}, law p), seed {seed} shared by every row")
-    plot_loss_curves(curves, out / "loss_curves.png", f"{dataset}: training loss per pair")
-    below = [r for r in rows if r["bpd_ode"] < references[1]["bpd_ode"]]
-    notes = [f"Reference rows on the same test split: {r['q']} {r['bpd_ode']:.3f} bits/dim" for r in references]
-    accuracy = {r["classifier_accuracy"] for r in rows if "classifier_accuracy" in r}
-    if accuracy:
-        real = real_data_quality(data, n_samples, seed)
-        notes.append(f"Scale for FD and KID: {real['n']} real training images against the test split score "
-                     f"FD {real['fd']:.3g}, KID {real['kid']:.3g}.")
+    t0 = time.perf_counter()
+    result = study.run()
+    table = _table(result, study)
+    references = reference_rows(study.data, sample_seed, n_test)
+    rows = table + references
+    _write_tables(out, rows)
+    write_atomic(out / "table.tex", latex_table(rows, COLUMNS, f"{study.data.name}: (q, p) pairs at T={T}", UNITS).encode())
+    figure = out / ".figure1.tmp.png"
+    plot_sample_rows(study.figure_rows(T, plan.seeds[0]), figure,
+                     f"{study.data.name}: ancestral samples (T={T}, law p), sample seed {sample_seed} shared by every row")
+    figure.replace(out / "figure1.png")
+    from .divergences import divergence
+    from .study import _trained_pair
+
+    curves = {}
+    step_loss = base["diffusion"]["loss"] == "step"
+    for q, p in pairs:
+        tq, tp = _trained_pair(q, p)  # the logged loss is the trained pair's: drop its constant T K(0)
+        const = T * divergence(tq, tp).k0 / math.log(2) if step_loss else 0.0
+        metrics = study.model_dir(tq, tp, T, plan.seeds[0]) / "metrics.jsonl"
+        curves[f"{q}/{p}"] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(metrics)]
+    curve_png = out / ".loss_curves.tmp.png"
+    plot_loss_curves(curves, curve_png, f"{study.data.name}: training loss per pair (seed {plan.seeds[0]})")
+    curve_png.replace(out / "loss_curves.png")
+    notes = _notes(result, study, references, rtol, seeds, log)
+    notes.append(f"Total time {time.perf_counter() - t0:.0f} s.")
+    sections = [("Table", html_table(rows, COLUMNS, UNITS)), ("Notes", "<ul>" + "".join(
+        f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"),
+        ("Figure 1: samples", html_image(out / "figure1.png", "figure 1")),
+        ("Loss curves", html_image(out / "loss_curves.png", "loss curves")),
+        ("Config", f"<pre>{_esc(json.dumps(base, indent=1))}</pre>")]
+    meta = {**provenance(), "dataset": study.data.name, "pairs": plan.pairs, "seeds": plan.seeds, "T": T}
+    write_atomic(out / "report.html", html_page(f"nonnormal compare: {study.data.name}", sections, meta).encode())
+    write_atomic(out / "table.md", (markdown_table(rows, COLUMNS) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode())
+    return rows
+
+
+def _esc(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _table(result: dict, study) -> list[dict]:
+    """One row per pair: mean and sd over seeds, the test-image SE, the seed-paired difference from gaussian/gaussian."""
+    from . import stats
+    from .study import REFERENCE
+
+    rows = result["rows"]
+    by_pair: dict[str, list[dict]] = {}
+    for r in rows:
+        by_pair.setdefault(r["pair"], []).append(r)
+    diffs = {}
+    for c in result["comparisons"]:
+        if c["kind"] == "pairs" and c["metric"] == "bpd_ode":
+            diffs = {r["pair"]: r for r in c["rows"]}
+    out = []
+    for pair, members in by_pair.items():
+        q, p = pair.split("/")
+        mean, sd, n = stats.mean_sd([r["bpd_ode"] for r in members])
+        row = {"q": q, "p": p, "seeds": n, "bpd_ode": mean, "bpd_ode_sd": sd if n > 1 else None,
+               "bpd_ode_se": stats.image_se(np.array([r["bpd_ode_images"] for r in members]))}
+        for m in ("bpd_bound", "fd", "kid", "saturation", "smoothness", "train_seconds"):
+            vals = [r[m] for r in members if r.get(m) is not None]
+            row[m] = float(np.mean(vals)) if vals else None
+        d = diffs.get(pair)
+        if pair == REFERENCE:
+            row["verdict"] = "reference"
+        elif d is not None:
+            row.update(diff=d["diff"], diff_lo=d["lo"], diff_hi=d["hi"],
+                       verdict="exact (same weights)" if d.get("exact") else stats.words(d))
+        out.append(row)
+    return out
+
+
+def _notes(result: dict, study, references: list[dict], rtol: float, seeds: int, log) -> list[str]:
+    from .evaluate import real_data_quality
+
+    notes = [f"Reference rows on the same test images: {r['q']} {r['bpd_ode']:.3f} bits/dim." for r in references]
+    comp = next((c for c in result["comparisons"] if c["kind"] == "pairs" and c["metric"] == "bpd_ode"), None)
+    if comp is not None and comp["dof"] > 0:
+        notes.append(f"diff: bpd_ode minus gaussian/gaussian's, paired by seed (seed s of every pair shares its "
+                     f"initialization, batches and noise); 95% t interval from the seed variance pooled over "
+                     f"{len(comp['rows'])} pairs ({comp['dof']} degrees of freedom, pooled sd {comp['pooled_sd']:.4f}); "
+                     f"{comp['comparisons']} comparisons were made. 'distinguishable' = the interval excludes 0.")
+    elif seeds < 2:
+        notes.append("One seed per pair: no interval on the differences between pairs (use --seeds 2 or more).")
+    notes.append("bpd_ode_se: the standard error over test images of the seed-averaged bits/dim; bpd_ode_sd: the "
+                 "spread over training seeds. Only the second says whether another training run could reverse a ranking.")
+    notes.append("bpd_ode: probability-flow ODE likelihood of dequantized test images (the continuous-limit model), "
+                 f"dopri5 at rtol = atol = {rtol:g}, the same images, dequantization noise and Hutchinson probes for "
+                 "every model; bpd_bound: the paper's discrete bound at T, which for mismatched pairs carries "
+                 "T*K(0)/ln 2 bits per dimension.")
+    if any(r["weights_from"] != r["pair"] for r in result["rows"]):
+        notes.append("Every pair with a Gaussian p has K(u) = K(0) + u^2/2, so it trains on exactly the gradients of "
+                     "gaussian/gaussian: it reuses those weights, and its row differs only by the bound's constant.")
+    if any(r.get("fd") is not None for r in result["rows"]):
+        features, _ = study.features()
+        real = real_data_quality(study.data, study.plan.n_samples, study.plan.sample_seed)
+        notes.append(f"FD and KID in the features of a classifier with test accuracy {features.test_accuracy:.3f}; "
+                     f"as a scale, {real['n']} real training images against the test split score FD {real['fd']:.3g}, "
+                     f"KID {real['kid']:.3g}.")
         log(f"real training images vs test: FD {real['fd']:.3g}, KID {real['kid']:.3g}")
-    notes += [f"{len(below)} of {len(rows)} pairs beat the per-pixel categorical row.",
-              f"FD and KID: in the feature space of a classifier with test accuracy "
-              f"{', '.join(f'{a:.3f}' for a in sorted(accuracy)) or 'n/a'}, samples against the test split.",
-              "bpd_ode: probability-flow ODE likelihood of dequantized test data (the continuous-limit model), "
-              f"dopri5 at rtol = atol = {rtol:g}; bpd_bound: the paper's discrete bound at T, which for mismatched "
-              "pairs carries T*K(0)/ln 2 bits per dimension.",
-              "Every pair with a Gaussian p has K(u) = K(0) + u^2/2, so it trains exactly like gaussian/gaussian "
-              "with the same seed: its row differs only by the bound's constant (and its curve hides under it).",
-              f"Total time {time.perf_counter() - t_start:.0f} s."]
-    page = html_report(f"nonnormal compare: {dataset}", f"Each pair trained with the same seed and budget "
-                       f"({configs[pairs[0]]['train']['steps']} steps, T={T}).", table, COLUMNS,
-                       {"Figure 1: samples": out / "figure1.png", "Loss curves": out / "loss_curves.png"}, notes)
-    write_atomic(out / "report.html", page.encode())
-    return table
+    notes.append("saturation: share of sample pixels at the lowest or highest level; smoothness: mean absolute "
+                 "difference between neighbouring pixels (total variation), lower is smoother.")
+    return notes
 
 
 def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-
-
 def _write_tables(out: Path, table: list[dict]) -> None:
+    from .runs import write_atomic
+
     slim = [{c: r.get(c) for c in COLUMNS} for r in table]
     write_atomic(out / "table.json", (json.dumps(slim, indent=1) + "\n").encode())
     buf = io.StringIO()
@@ -151,6 +199,3 @@ def _write_tables(out: Path, table: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(slim)
     write_atomic(out / "table.csv", buf.getvalue().encode())
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in slim]
-    write_atomic(out / "table.md", ("\n".join(lines) + "\n").encode())

@@ -35,22 +35,24 @@ class StepKLLoss:
     ``T * D * K(0)``: it does not move the gradients, but it is part of the bound.
     """
 
-    def __init__(self, schedule="vdm", T: int = 1000, q="gaussian", p="gaussian", rule: str = "posterior"):
-        self.walk = StructuredRandomWalk(schedule, T, p)  # the model's walk: grid and reverse rule
+    def __init__(self, schedule="vdm", T: int = 1000, q="gaussian", p="gaussian", rule: str = "posterior", *,
+                 spacing: str = "uniform"):
+        self.walk = StructuredRandomWalk(schedule, T, p, spacing=spacing)  # the model's walk: grid and reverse rule
         self.divergence = divergence(q, p)  # K(u) for the pair
         self.rule = check_rule(rule)  # "posterior" (VDM/DDPM) or "euler" (the paper's)
         self.T = T
+        self.first = self.walk.first_kl_step  # steps first..T-1 carry L_k (the ddpm spacing's step 0 is the decoder's)
         self._v = self.walk.v(rule)
 
     def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32):
         """The loss's randomness for a batch of ``shape``: steps ``k`` (batch,) and noise ``eps``."""
-        k = torch.randint(0, self.T, (shape[0],), generator=generator, device=device)
+        k = torch.randint(self.first, self.T, (shape[0],), generator=generator, device=device)
         return k, torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None) -> torch.Tensor:
         """One-k estimate of ``sum_k L_k`` per example; ``noise``: a :meth:`draw` to use instead of drawing."""
         k, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
-        return self.T * self.term(eps_model, x0, k, eps)
+        return (self.T - self.first) * self.term(eps_model, x0, k, eps)
 
     def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``sum_coords K(v_k r)`` for given steps k (shape (batch,)) and noise eps: one sample of L_k."""

@@ -37,15 +37,17 @@ def check_rule(rule: str) -> str:
 
 
 class StructuredRandomWalk:
-    """A T-step walk on ``schedule.grid(T)`` with increments from ``law``."""
+    """A T-step walk on ``schedule.grid(T, spacing)`` with increments from ``law``."""
 
-    def __init__(self, schedule="vdm", T: int = 1000, law="gaussian", discretization: str = "exact"):
+    def __init__(self, schedule="vdm", T: int = 1000, law="gaussian", discretization: str = "exact", *,
+                 spacing: str = "uniform"):
         self.schedule = schedules.get(schedule)  # VP noise schedule
         self.law: IncrementLaw = increments.get(law)  # law of the standardized increments z_k
         if discretization not in DISCRETIZATIONS:
             raise NonnormalError(f"unknown discretization {discretization!r}: choose one of {', '.join(DISCRETIZATIONS)}")
         self.discretization = discretization  # how a_k, b_k are taken from f and g
-        self.t = self.schedule.grid(T)  # t_0 < ... < t_T (float64)
+        self.spacing = spacing  # time-grid spacing, one of schedules.SPACINGS
+        self.t = self.schedule.grid(T, spacing)  # t_0 < ... < t_T (float64)
         self.T = T
         s = self.schedule
         t0, t1 = self.t[:-1], self.t[1:]
@@ -83,8 +85,15 @@ class StructuredRandomWalk:
         return torch.stack(m), torch.stack(v)
 
     # ----- reverse -----
+    @property
+    def first_kl_step(self) -> int:
+        """The first step with a KL term: 1 when the grid starts at sigma = 0 (the ``ddpm`` spacing),
+        whose last reverse step is deterministic (the decoder's), else 0."""
+        return int(float(self.schedule.sigma(self.t[0])) == 0.0)
+
     def v(self, rule: str = "posterior") -> torch.Tensor:
-        """The standardized shift per unit of ``r = eps - eps_theta`` for each step k (float64, T)."""
+        """The standardized shift per unit of ``r = eps - eps_theta`` for each step k (float64, T);
+        infinite for a deterministic step (see :attr:`first_kl_step`)."""
         s, t0, t1 = self.schedule, self.t[:-1], self.t[1:]
         if check_rule(rule) == "euler":
             return s.g(t1) * (t1 - t0).sqrt() / s.sigma(t1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import NonnormalError
+from ..errors import NonnormalError
 
 
 def check_levels(levels: int) -> int:
