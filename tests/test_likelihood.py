@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from nonnormal.exact import GaussianData, UniformCube
+from nonnormal import Diffusion
 from nonnormal.data import dequantize, levels_to_unit, unit_to_levels
 from nonnormal.errors import NonnormalError
-from nonnormal.likelihood import bits_per_dim, bound_bits_per_dim, ode_log_likelihood
+from nonnormal.exact import GaussianData, UniformCube
 
 # The ODE's prior N(0, I) differs from the true p_1 by O(alpha_1): a schedule ending at
 # gamma = 20 (alpha_1 = 5e-5) makes that negligible, so the ODE must give the data density.
@@ -17,13 +17,14 @@ DATA = GaussianData([0.3, -0.2, 0.1, 0.5], COV, SCHEDULE)
 
 def test_exact_trace_gives_the_gaussian_log_density():
     x = DATA.sample(64, torch.Generator().manual_seed(0))
-    logp, nfe = ode_log_likelihood(DATA.eps, x, SCHEDULE, "exact", rtol=1e-6, atol=1e-6)
+    logp, nfe = Diffusion(SCHEDULE).log_likelihood(DATA.eps, x, trace="exact", rtol=1e-6, atol=1e-6)
     assert ((logp - DATA.log_prob(x)) / 4).abs().max() < 1e-3
 
 
 def test_hutchinson_is_unbiased_within_its_standard_error():
     x = DATA.sample(256, torch.Generator().manual_seed(1))
-    logp, _ = ode_log_likelihood(DATA.eps, x, SCHEDULE, "hutchinson", rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(2))
+    logp, _ = Diffusion(SCHEDULE).log_likelihood(DATA.eps, x, trace="hutchinson", rtol=1e-6, atol=1e-6,
+                                                 generator=torch.Generator().manual_seed(2))
     diff = (logp - DATA.log_prob(x)) / 4
     se = float(diff.std() / math.sqrt(diff.numel()))
     assert se > 1e-4  # the estimator is noisy per example...
@@ -35,7 +36,7 @@ def test_uniform_levels_give_log2_L_bits():
     g = torch.Generator().manual_seed(3)
     L = 17
     x = levels_to_unit(torch.randint(0, L, (200, 2), generator=g), L).double()
-    bpd, _ = bits_per_dim(UniformCube(schedule="vdm").eps, x, L, "vdm", generator=g, trace="exact")
+    bpd, _ = Diffusion("vdm").bits_per_dim(UniformCube().eps, x, L, generator=g, trace="exact")
     assert float(bpd.mean()) == pytest.approx(math.log2(L), abs=0.01)
 
 
@@ -47,7 +48,7 @@ def test_dequantized_bound_tends_to_log2_L_bits():
     x = levels_to_unit(torch.randint(0, L, (2000, 2), generator=g), L).double()
     totals = {}
     for T in (100, 1000):
-        parts = bound_bits_per_dim(UniformCube(schedule="vdm").eps, x, L, "vdm", T, generator=g, dequantized=True)
+        parts = Diffusion("vdm", T).bound_bits_per_dim(UniformCube().eps, x, L, generator=g, dequantized=True)
         totals[T] = float(parts["total"].mean())
         se = float(parts["total"].std()) / math.sqrt(x.shape[0])
         assert totals[T] > math.log2(L) - 3 * se
@@ -70,7 +71,8 @@ def test_bound_parts_with_a_zero_model():
 
     L, T, D = 17, 20, 3
     x = levels_to_unit(torch.randint(0, L, (4000, D), generator=torch.Generator().manual_seed(0)), L)
-    parts = bound_bits_per_dim(lambda x, t: torch.zeros_like(x), x, L, "vdm", T, generator=torch.Generator().manual_seed(1))
+    parts = Diffusion("vdm", T).bound_bits_per_dim(lambda x, t: torch.zeros_like(x), x, L,
+                                                   generator=torch.Generator().manual_seed(1))
     v2 = float((StructuredRandomWalk("vdm", T).v() ** 2).sum())
     expected = D * v2 / 2 / (D * math.log(2))
     se = float(parts["diffusion"].std() / math.sqrt(x.shape[0]))
@@ -82,10 +84,28 @@ def test_bound_parts_with_a_zero_model():
     assert torch.allclose(parts["total"], parts["prior"] + parts["diffusion"] + parts["decoder"])
 
 
+def test_bound_on_the_ddpm_spacing_is_ddpm_s_terms():
+    """On the ddpm spacing (t_0 = 0) the last step is the decoder's: the bound sums L_1..L_{T-1} and
+    decodes at t_1 (DDPM's L_0), as DDPM's bound does. With eps_theta = 0 the diffusion part is
+    sum_{k>=1} D v_k^2 / 2; the decoder is finite."""
+    from nonnormal.walk import StructuredRandomWalk
+
+    L, T, D = 17, 20, 3
+    x = levels_to_unit(torch.randint(0, L, (4000, D), generator=torch.Generator().manual_seed(0)), L)
+    d = Diffusion("ddpm-linear:steps=20", T, spacing="ddpm")
+    parts = d.bound_bits_per_dim(lambda x, t: torch.zeros_like(x), x, L, generator=torch.Generator().manual_seed(1))
+    v = StructuredRandomWalk(d.schedule, T, spacing="ddpm").v()
+    assert math.isinf(float(v[0])) and torch.isfinite(v[1:]).all()
+    expected = float((v[1:] ** 2).sum()) / 2 / math.log(2)
+    se = float(parts["diffusion"].std() / math.sqrt(x.shape[0]))
+    assert abs(float(parts["diffusion"].mean()) - expected) < 4 * se
+    assert all(torch.isfinite(p).all() for p in parts.values())
+
+
 def test_bad_likelihood_input():
     with pytest.raises(NonnormalError, match="unknown trace"):
-        ode_log_likelihood(DATA.eps, torch.zeros(2, 4), trace="exactly")
+        Diffusion().log_likelihood(DATA.eps, torch.zeros(2, 4), trace="exactly")
     with pytest.raises(NonnormalError, match="levels must be an integer"):
-        bits_per_dim(DATA.eps, torch.zeros(2, 4), 1)
+        Diffusion().bits_per_dim(DATA.eps, torch.zeros(2, 4), 1)
     with pytest.raises(NonnormalError, match="uniform.*bounded support"):
-        bound_bits_per_dim(DATA.eps, torch.zeros(2, 4), 17, q="gaussian", p="uniform")
+        Diffusion(q="gaussian", p="uniform")

@@ -128,7 +128,7 @@ def test_kid_is_near_zero_for_one_law_and_positive_for_a_shift():
 
 
 class LabelledImages:
-    """Stands in for a ``nonnormal.datasets.Dataset``."""
+    """Stands in for a ``nonnormal.data.Data``."""
 
     def __init__(self, name, train, train_labels, test, test_labels, levels, num_classes):
         self.name, self.levels, self.num_classes = name, levels, num_classes
@@ -137,6 +137,12 @@ class LabelledImages:
 
     def unit(self, split):
         return levels_to_unit(getattr(self, split), self.levels)
+
+    def tensor(self, split, n=None):
+        return getattr(self, split)[:n]
+
+    def labels(self, split):
+        return getattr(self, f"{split}_labels")
 
 
 def load_digits_dataset():

@@ -54,3 +54,60 @@ def test_bad_schedule_input():
     for T in (0, -3, 2.5):
         with pytest.raises(NonnormalError, match="positive integer"):
             schedules.get("vdm").grid(T)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schedules_hold_their_end_values_outside_0_1(name):
+    """An adaptive ODE solver probes t slightly outside [0, 1]: cosine, ddpm-linear and brownian used
+    to return NaN there. alpha, sigma, f and g are finite everywhere and constant outside."""
+    s = schedules.get(name)
+    t = torch.tensor([-1.0, -1e-3, -1e-9, 1 + 1e-9, 1 + 1e-3, 2.0], dtype=torch.float64)
+    ends = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    for fn in (s.alpha, s.sigma, s.f, s.g):
+        assert torch.isfinite(fn(t)).all(), fn
+        assert torch.equal(fn(t), fn(ends)), fn
+    inner = torch.linspace(s.t_min, 1, 1001, dtype=torch.float64)
+    for fn in (s.alpha, s.sigma, s.f, s.g):
+        assert torch.isfinite(fn(inner)).all()
+
+
+def test_ddpm_linear_drift_is_continuous_at_its_levels():
+    """g^2 = c'(t) must not jump at the levels i/N (a piecewise-linear c made it jump at all 1000,
+    and adaptive ODE solvers then stalled without converging)."""
+    s = schedules.get("ddpm-linear")
+    nodes = torch.arange(1, 1000, dtype=torch.float64) / 1000
+    for h in (1e-7, 1e-9):
+        assert torch.allclose(s.g(nodes - h), s.g(nodes + h), rtol=1e-4)
+    for spec in ("ddpm-linear:steps=2", "ddpm-linear:steps=3"):  # few levels: c stays increasing
+        g = schedules.get(spec).gamma(torch.linspace(1e-4, 1, 1000, dtype=torch.float64))
+        assert torch.isfinite(g).all() and (g.diff() > 0).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spacings(name):
+    """Every spacing runs from its start to 1, increasing; log-snr is uniform in gamma, quadratic in
+    k/T; ddpm starts at t = 0 (the data)."""
+    s = schedules.get(name)
+    T = 37
+    k = torch.arange(T + 1, dtype=torch.float64) / T
+    for spacing in schedules.SPACINGS:
+        t = s.grid(T, spacing)
+        assert t.shape == (T + 1,) and float(t[-1]) == 1.0 and (t.diff() > 0).all(), spacing
+    assert torch.allclose(s.grid(T, "uniform"), s.t_min + (1 - s.t_min) * k, atol=1e-15)
+    assert torch.allclose(s.grid(T, "quadratic"), s.t_min + (1 - s.t_min) * k**2, atol=1e-15)
+    gamma = s.gamma(s.grid(T, "log-snr"))
+    assert torch.allclose(gamma.diff(), torch.full((T,), float(gamma[-1] - gamma[0]) / T, dtype=torch.float64), rtol=1e-9)
+    ddpm = s.grid(T, "ddpm")
+    assert float(ddpm[0]) == 0.0
+    if name == "ddpm-linear":  # on DDPM's levels i/1000
+        assert torch.equal(ddpm * 1000, torch.round(ddpm * 1000))
+        assert torch.equal(s.grid(1000, "ddpm"), torch.arange(1001, dtype=torch.float64) / 1000)
+    else:
+        assert torch.allclose(ddpm, k, atol=1e-15)
+
+
+def test_bad_spacing():
+    with pytest.raises(NonnormalError, match="unknown spacing 'cubic'"):
+        schedules.get("vdm").grid(10, "cubic")
+    with pytest.raises(NonnormalError, match="at most 1000"):
+        schedules.get("ddpm-linear").grid(1001, "ddpm")

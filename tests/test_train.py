@@ -1,21 +1,27 @@
-"""Training: exact resume, data-parallel equivalence, checkpoints and the bad-input cases."""
+"""Training: exact resume (after a stop, a signal, a damaged checkpoint), data-parallel equivalence,
+streamed folder data, callbacks, and the bad-input cases of the loop."""
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from nonnormal import checkpoint, config, train as train_lib
+from nonnormal import config, runs, train as train_lib
 from nonnormal.cli import main
+from nonnormal.data import formats
 from nonnormal.errors import NonnormalError
 
 TINY = ["net.width=8", "net.ch_mult=[1]", "net.attn_resolutions=[]", "train.batch=16", "diffusion.T=10",
-        "train.warmup=2", "train.log_every=1", 'diffusion.q="laplace"', 'diffusion.p="laplace"', "train.ema=0.9"]
+        "train.warmup=2", "train.log_every=1", 'diffusion.q="laplace"', 'diffusion.p="laplace"', "train.ema=0.9",
+        'train.device="cpu"']
+SETS = sum((["--set", s] for s in TINY), [])
 
 
 def tiny(*extra):
@@ -23,32 +29,290 @@ def tiny(*extra):
 
 
 def tensors(run):
-    t, state = checkpoint.load(Path(run) / train_lib.CHECKPOINT)
+    _, t, state = runs.latest(run)
     return t, state
 
 
+def metrics(run, keys=("step", "loss_bpd", "lr", "grad_norm")):
+    return [{k: json.loads(x)[k] for k in keys} for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a, b):
+    """Same weights, EMA, optimizer, RNG, state and metrics, bit for bit (timings aside)."""
+    (ta, sa), (tb, sb) = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys() and any(k.startswith("ema.") for k in ta) and any(k.startswith("opt.") for k in ta)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    drop = {"train_seconds"}
+    assert {k: v for k, v in sa.items() if k not in drop} == {k: v for k, v in sb.items() if k not in drop}
+    assert metrics(a) == metrics(b)
+
+
+def _cli(*args):
+    return main([str(a) for a in args])
+
+
 def test_resume_continues_exactly(tmp_path):
-    """2N straight steps == N steps, stop, resume, N steps: same weights, EMA, optimizer and RNG, bit for bit."""
-    cfg = tiny("train.steps=6", "train.checkpoint_every=3", "net.dropout=0.1")  # dropout: the global RNG matters too
+    """2N straight steps == N steps, stop, resume, N steps: same weights, EMA, optimizer, RNG and metrics."""
+    cfg = tiny("train.steps=6", "train.checkpoint_every=3", "train.log_every=2", "net.dropout=0.1")  # dropout: global RNG
     train_lib.train(cfg, tmp_path / "straight", progress=False)
-    train_lib.train(cfg, tmp_path / "split", progress=False, stop_at=3)
+    train_lib.train(cfg, tmp_path / "split", progress=False, stop_at=3)  # inside a metrics window of 2 steps
     assert tensors(tmp_path / "split")[1]["step"] == 3
     train_lib.train(cfg, tmp_path / "split", resume=True, progress=False)
-    (a, sa), (b, sb) = tensors(tmp_path / "straight"), tensors(tmp_path / "split")
-    assert sa["step"] == sb["step"] == 6
-    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a) and any(k.startswith("opt.") for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    # the metrics of the resumed run are those of the straight run, without duplicated steps
-    ma = [json.loads(x)["loss_bpd"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    mb = [json.loads(x)["loss_bpd"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert ma == mb and len(ma) == 6
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+    assert [m["step"] for m in metrics(tmp_path / "split")] == [2, 4, 6]
+
+
+def test_signal_writes_a_checkpoint_and_resume_is_exact(tmp_path):
+    """SIGUSR1 at a random step: the step finishes, a checkpoint is written, TrainingStopped (exit 75); resume is exact."""
+    cfg = tiny("train.steps=8", "train.checkpoint_every=100", "net.dropout=0.1")
+    train_lib.train(cfg, tmp_path / "straight", progress=False)
+    k = random.randrange(1, 7)
+
+    def send(step, row):
+        if step == k:
+            os.kill(os.getpid(), __import__("signal").SIGUSR1)
+
+    with pytest.raises(train_lib.TrainingStopped, match="SIGUSR1 after step") as info:
+        train_lib.train(cfg, tmp_path / "split", progress=False, callbacks=[send])
+    assert info.value.exit_code == 75 and "\n" not in str(info.value)
+    assert tensors(tmp_path / "split")[1]["step"] in (k, k + 1), k  # the step in progress, or the next
+    train_lib.train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
+def test_resume_is_always_safe(tmp_path, capsys):
+    """--resume with no checkpoint yet starts at step 0 (one line says so); another config is refused."""
+    assert _cli("train", "--quiet", "--out", tmp_path / "new", "--resume", "--steps", 2, *SETS) == 0
+    assert "no checkpoint in" in capsys.readouterr().out and tensors(tmp_path / "new")[1]["step"] == 2
+    run = tmp_path / "early"  # a run killed before its first checkpoint: config and metrics, no checkpoint
+
+    def die(step, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(tiny("train.steps=4", "train.checkpoint_every=100"), run, progress=False, callbacks=[die])
+    assert (run / "config.toml").exists() and (run / "metrics.jsonl").exists() and not runs.checkpoints(run)
+    before = (run / "config.toml").read_bytes()
+    assert _cli("train", "--quiet", "--out", run, "--resume", "--T", 7) == 2
+    err = capsys.readouterr().err
+    assert "diffusion.T=7" in err and err.count("\n") == 1 and (run / "config.toml").read_bytes() == before
+    assert _cli("train", "--quiet", "--out", run, "--resume") == 0  # the run's own config.toml
+    assert metrics(run)[0]["step"] == 1 and len(metrics(run)) == 4  # the torn run's lines were dropped
+    train_lib.train(tiny("train.steps=4", "train.checkpoint_every=100"), tmp_path / "straight", progress=False)
+    assert_same_run(tmp_path / "straight", run)
+
+
+def test_keep_k_verify_and_fall_back(tmp_path, capsys):
+    """The newest `keep` checkpoints stay; checkpoint.json names and matches the newest; a damaged newest
+    falls back to the previous one with a warning, and resuming from it still gives the straight run."""
+    cfg = tiny("train.steps=8", "train.checkpoint_every=1", "train.keep=3")
+    run = tmp_path / "r"
+    train_lib.train(cfg, run, progress=False, stop_at=6)
+    assert [p.name for p in runs.checkpoints(run)] == [f"checkpoint-00000{s}.safetensors" for s in (6, 5, 4)]
+    described = json.loads((run / "checkpoint.json").read_text())
+    assert described.pop("file") == "checkpoint-000006.safetensors" and described == tensors(run)[1]
+    assert oct((run / "checkpoint.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    newest = runs.checkpoints(run)[0]
+    raw = bytearray(newest.read_bytes())
+    raw[-5] ^= 0xFF  # one flipped bit in the tensor data: the file still parses, its sha256 does not match
+    newest.write_bytes(bytes(raw))
+    (run / ".checkpoint-000006.safetensors.x1.tmp").write_bytes(b"torn")  # a write a kill interrupted
+    capsys.readouterr()
+    _, _, state = runs.load_run(run)
+    err = capsys.readouterr().err
+    assert state["step"] == 5 and "sha256" in err and "checkpoint-000005" in err and err.count("\n") == 1
+    train_lib.train(cfg, run, resume=True, progress=False)
+    assert not list(run.glob("*.tmp")) and len(runs.checkpoints(run)) == 3
+    train_lib.train(cfg, tmp_path / "straight", progress=False)
+    assert_same_run(tmp_path / "straight", run)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_writes_respect_the_umask_and_survive_os_errors(tmp_path, monkeypatch):
+    old = os.umask(0o027)
+    try:
+        runs.write_atomic(tmp_path / "a.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    with pytest.raises(NonnormalError, match="cannot write .*No such file"):
+        runs.write_atomic(tmp_path / "nowhere" / "b.json", b"{}")
+    (tmp_path / "c.json").write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    with pytest.raises(NonnormalError, match="No space left on device") as info:
+        runs.write_atomic(tmp_path / "c.json", b"new")
+    assert "\n" not in str(info.value) and (tmp_path / "c.json").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json"]  # no temporary file left
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    real, full = os.fsync, {"on": False}
+
+    def fsync(fd):
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", fsync)
+    with pytest.raises(NonnormalError, match="No space left"):
+        train_lib.train(tiny("train.steps=4", "train.checkpoint_every=2"), run, progress=False,
+                        callbacks=[lambda step, row: full.update(on=step >= 3)])
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-000002.safetensors"] and not list(run.glob(".*.tmp"))
+    assert tensors(run)[1]["step"] == 2
+
+
+def test_folders_that_are_not_runs_and_os_errors(tmp_path, capsys):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "config.toml").write_text("# my notes\n")
+    (user / "metrics.jsonl").write_text('{"mine": 1}\n')
+    (tmp_path / "afile").write_text("x")
+    for out, words in ((user, "not a nonnormal run"), (tmp_path / "afile" / "sub", "cannot create the run folder"),
+                       (tmp_path / "afile", "is a file")):
+        for resume in ((), ("--resume",)):
+            assert _cli("train", "--quiet", "--out", out, *resume, "--steps", 1, *SETS) == 2
+            err = capsys.readouterr().err
+            assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (user / "config.toml").read_text() == "# my notes\n" and sorted(os.listdir(user)) == ["config.toml", "metrics.jsonl"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_folder(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert _cli("train", "--quiet", "--out", tmp_path / "ro" / "r", "--steps", 1, *SETS) == 2
+    assert "Permission denied" in capsys.readouterr().err
+
+
+def _wait_for(path, timeout=120):
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end and not (path.exists() and path.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    assert path.exists(), "the training process never started"
+
+
+def test_one_writer_and_sigterm_from_the_command_line(tmp_path, capsys):
+    """A second `train` on a busy run folder is refused; SIGTERM makes the first write a checkpoint and exit 75."""
+    run = tmp_path / "r"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nonnormal.cli", "train", "--quiet", "--out", str(run),
+                             "--steps", "100000", *SETS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for(run / "metrics.jsonl")
+        assert _cli("train", "--quiet", "--out", run, "--resume", "--steps", 2, *SETS) == 2
+        err = capsys.readouterr().err
+        assert "being trained by another process" in err and err.count("\n") == 1
+        proc.send_signal(__import__("signal").SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err[-2000:]
+    assert err.count("\n") == 1 and "Traceback" not in err and "SIGTERM" in err and "--resume" in err, err
+    step = tensors(run)[1]["step"]
+    assert 2 <= step == metrics(run)[-1]["step"]
+    assert _cli("train", "--quiet", "--out", run, "--resume", "--steps", step + 1) == 0  # the lock died with it
+
+
+def test_checkpoints_that_do_not_match_their_config(tmp_path, capsys):
+    """One loader for resume, sample and eval: a size mismatch and missing EMA tensors are one-line errors."""
+    run = tmp_path / "r"
+    train_lib.train(tiny("train.steps=2"), run, progress=False)
+    path, t, state = runs.latest(run)
+    key = next(k for k in t if k.startswith("model.") and t[k].dim() == 4)
+    cases = {"mismatch": ({**t, key: torch.zeros(tuple(s + 1 for s in t[key].shape))}, "does not match its config"),
+             "no-ema": ({k: v for k, v in t.items() if not k.startswith("ema.")}, "no EMA weights")}
+    for name, (damaged, words) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / runs.LOCK).write_text("")
+        runs.save_checkpoint(folder, 2, damaged, {k: v for k, v in state.items() if k not in ("step", "sha256")}, 2)
+        for args in (["train", "--out", folder, "--resume", "--steps", 3], ["sample", folder, "--n", 2],
+                     ["eval", folder, "--no-quality"]):
+            assert _cli(*args, "--quiet") == 2
+            err = capsys.readouterr().err
+            assert words in err and err.count("\n") == 1 and "Traceback" not in err, (name, args, err)
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    run = tmp_path / "r"
+    train_lib.train(tiny("train.steps=2"), run, progress=False)
+    path = runs.checkpoints(run)[0]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = path.read_bytes()
+    for args in (["sample", run, "--n", 2], ["eval", run], ["train", "--out", run, "--resume", *SETS]):
+        assert _cli(*args) == 2
+        err = capsys.readouterr().err
+        assert "corrupt" in err and str(path) in err, err
+    assert path.read_bytes() == before and not (run / "eval.json").exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "r"
+    train_lib.train(tiny("train.steps=2"), run, progress=False)
+    before = runs.checkpoints(run)[0].read_bytes()
+    assert _cli("train", "--out", run, *SETS) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert runs.checkpoints(run)[0].read_bytes() == before
+
+
+def test_callbacks_see_every_metrics_row(tmp_path):
+    seen = []
+    train_lib.train(tiny("train.steps=4", "train.log_every=2"), tmp_path / "r", progress=False,
+                    callbacks=[lambda step, row: seen.append((step, row))])
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in seen] == [2, 4] and [r for _, r in seen] == rows
+
+
+def test_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert _cli("train", "--quiet", "--out", tmp_path / "r", "--steps", 3, "--tensorboard", *SETS) == 0
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss_bpd")]
+    assert losses == pytest.approx([m["loss_bpd"] for m in metrics(tmp_path / "r")], rel=1e-6)
+
+
+def test_folder_dataset_streams_and_resumes_exactly(tmp_path, monkeypatch):
+    """A folder trains through the DataLoader reading only the batches' files; resume is exact."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    reads = []
+    real = formats.read_image
+    monkeypatch.setattr(formats, "read_image", lambda path, *a: reads.append(path) or real(path, *a))
+    cfg = tiny(f"data.dataset='folder:path={tmp_path}:size=8:channels=1'", "train.steps=4", "train.batch=8")
+    train_lib.train(cfg, tmp_path / "straight", progress=False)
+    assert len(reads) == 4 * 8  # the batches' files, no more: 36 training images are never read at once
+    train_lib.train(cfg, tmp_path / "split", progress=False, stop_at=2)
+    train_lib.train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+    (tmp_path / "00.png").unlink()  # the data changed under the run: refused
+    with pytest.raises(NonnormalError, match="dataset changed"):
+        train_lib.train(config.load(None, TINY + [f"data.dataset='folder:path={tmp_path}:size=8:channels=1'",
+                                                  "train.steps=6", "train.batch=8"]), tmp_path / "split", resume=True,
+                        progress=False)
 
 
 def test_training_reduces_the_loss(tmp_path):
     cfg = tiny("train.steps=60", "train.checkpoint_every=60", "train.lr=3e-3", "train.log_every=10")
     train_lib.train(cfg, tmp_path / "r", progress=False)
-    losses = [json.loads(x)["loss_bpd"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss_bpd"] for m in metrics(tmp_path / "r")]
     assert losses[-1] < 0.85 * losses[0]  # a wrong sign or a detached loss would not move it
 
 
@@ -80,10 +344,6 @@ def test_two_processes_equal_one(tmp_path):
     assert moved > 1e-3  # the weights did change: the comparison is not between two initializations
 
 
-def _cli(*args):
-    return main([str(a) for a in args])
-
-
 def test_bad_config_key_and_type(tmp_path, capsys):
     toml = tmp_path / "bad.toml"
     toml.write_text("[train]\nstepz = 5\n")
@@ -104,29 +364,7 @@ def test_infinite_kl_pair_and_missing_dataset(tmp_path, capsys):
     assert _cli("train", "--dataset", f"npz:path={tmp_path / 'none.npz'}", "--out", tmp_path / "r") == 2
     err = capsys.readouterr().err
     assert "none.npz" in err and err.count("\n") == 1
-    assert not (tmp_path / "r" / train_lib.CHECKPOINT).exists()
-
-
-def test_corrupt_checkpoint(tmp_path, capsys):
-    run = tmp_path / "r"
-    train_lib.train(tiny("train.steps=2"), run, progress=False)
-    path = run / train_lib.CHECKPOINT
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    before = path.read_bytes()
-    for args in (["sample", run, "--n", 2], ["eval", run], ["train", "--out", run, "--resume", *sum((["--set", s] for s in TINY), [])]):
-        assert _cli(*args) == 2
-        err = capsys.readouterr().err
-        assert "corrupt" in err and str(path) in err, err
-    assert path.read_bytes() == before and not (run / "eval.json").exists()
-
-
-def test_existing_run_is_not_overwritten(tmp_path, capsys):
-    run = tmp_path / "r"
-    train_lib.train(tiny("train.steps=2"), run, progress=False)
-    before = (run / train_lib.CHECKPOINT).read_bytes()
-    assert _cli("train", "--out", run, *sum((["--set", s] for s in TINY), [])) == 2
-    assert "--resume" in capsys.readouterr().err
-    assert (run / train_lib.CHECKPOINT).read_bytes() == before
+    assert not runs.checkpoints(tmp_path / "r")
 
 
 def test_nan_loss_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -146,19 +384,18 @@ def test_nan_loss_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
         return fn
 
     monkeypatch.setattr(train_lib, "build_loss", poisoned)
-    args = ["train", "--quiet", "--out", run, "--steps", 6, *sum((["--set", s] for s in TINY + ["train.checkpoint_every=2"]), [])]
+    args = ["train", "--quiet", "--out", run, "--steps", 6, *SETS, "--set", "train.checkpoint_every=2"]
     assert _cli(*args) == 2
     err = capsys.readouterr().err
     assert "NaN at step 3" in err and err.count("\n") == 1
-    tensors_, state = checkpoint.load(run / train_lib.CHECKPOINT)
+    tensors_, state = tensors(run)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in tensors_.values() if v.is_floating_point())
 
 
 def test_resume_from_the_command_line_uses_the_runs_own_config(tmp_path):
     """`train --out RUN --resume --steps M` needs no --config: the run's config is the base."""
     run = tmp_path / "r"
-    sets = sum((["--set", s] for s in TINY), [])
-    assert _cli("train", "--quiet", "--out", run, "--law", "logistic", "--steps", 2, *sets) == 0
+    assert _cli("train", "--quiet", "--out", run, "--law", "logistic", "--steps", 2, *SETS) == 0
     assert _cli("train", "--quiet", "--out", run, "--resume", "--steps", 4) == 0
     _, state = tensors(run)
     assert state["step"] == 4 and state["config"]["diffusion"]["p"] == "logistic"

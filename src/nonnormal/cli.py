@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import write_atomic
+from .runs import write_atomic
 from .errors import NonnormalError
 
 
@@ -130,6 +130,8 @@ def _train_overrides(args) -> list[str]:
             out.append(f"{key}={json.dumps(value) if quote else value}")
     if getattr(args, "bf16", False):
         out.append("train.bf16=true")
+    if getattr(args, "tensorboard", False):
+        out.append("train.tensorboard=true")
     return out
 
 
@@ -150,14 +152,10 @@ def cmd_train(args) -> int:
     if out.exists() and not out.is_dir():
         raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
     base = None
-    if args.resume:
-        if not out.is_dir():
-            raise NonnormalError(f"--resume needs an existing run folder, and {out} does not exist")
-        if not args.config:  # the run's own config, then the flags
-            from .checkpoint import load as load_checkpoint
-            from .train import CHECKPOINT
+    if args.resume and not args.config:  # the run's own config (if it has one yet), then the flags
+        from .runs import saved_config
 
-            base = load_checkpoint(out / CHECKPOINT)[1]["config"]
+        base = saved_config(out)
     cfg = config_lib.load(args.config, overrides, base=base)
     check_pair(increments.get(cfg["diffusion"]["q"]), increments.get(cfg["diffusion"]["p"]))
     try:
@@ -174,33 +172,47 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from . import increments, walk
     from .data import levels_to_unit, unit_to_levels
+    from .diffusion import Diffusion
     from .report import save_grid
-    from .samplers import sample
-    from .train import load_run, pick_device
+    from .runs import load_run
+    from .train import pick_device
 
     device = pick_device(args.device)
-    model, cfg, state = load_run(args.run, device)
-    d = cfg["diffusion"]
-    law = increments.get(args.law or d["p"])
-    rule = walk.check_rule(args.rule or d["rule"])
-    T = d["T"] if args.T is None else args.T
-    if T <= 0 or args.n <= 0:
-        raise NonnormalError(f"--T and --n must be positive, got T={T}, n={args.n}")
-    default = Path(args.run) / f"samples-{law.spec}-T{T}-seed{args.seed}"
-    out = _out_dir(args.out or str(default), "", args.force, ["samples.png", "samples.npz"])
-    shape = tuple(state["shape"])
-    x = sample(model, (args.n,) + shape, d["schedule"], T, law, rule, args.seed, device, progress=not args.quiet).cpu()
+    if _source(args) == "pretrained":  # a diffusers folder, seen as a run (see integrations.diffusers)
+        model, cfg, state = _diffusers().pretrained_as_run(args.pretrained, device)
+    else:
+        model, cfg, state = load_run(args.run, device)
+    if args.n <= 0:
+        raise NonnormalError(f"--n must be positive, got {args.n}")
+    options = _sampler_options(args)
+    overrides = {k: v for k, v in (("T", args.T), ("spacing", args.spacing), ("rule", args.rule)) if v is not None}
+    diffusion = Diffusion.from_config({**cfg["diffusion"], **overrides})  # the run's schedule, laws, rule, grid
+    info = {"sampler": args.sampler, "schedule": diffusion.schedule.spec, "spacing": diffusion.spacing}
+    if args.sampler == "walk":
+        law = diffusion.walk(args.law, T=1).law  # checks the law before any work
+        info.update(law=law.spec, rule=diffusion.rule, T=diffusion.T)
+        stem = f"samples-{law.spec}-T{diffusion.T}-seed{args.seed}"
+    else:
+        info.update({k: v for k, v in (("ode_method", options["method"]), ("ode_steps", options["steps"])) if v})
+        stem = f"samples-ode-{options['method']}{options['steps'] or ''}-seed{args.seed}"
+    out = _out_dir(args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force,
+                   ["samples.png", "samples.npz"])
+    shape = (args.n,) + tuple(state["shape"])
+    if args.sampler == "walk":
+        x = diffusion.sample(model, shape, seed=args.seed, law=law, device=device, progress=not args.quiet)
+    else:
+        x = diffusion.ode_sample(model, shape, seed=args.seed, device=device, **options)
+    x = x.cpu()
     arrays = {"samples": x.numpy()}
     if state["levels"]:
         levels = unit_to_levels(x, state["levels"])
         arrays["levels"] = levels.numpy().astype(np.uint8 if state["levels"] <= 256 else np.int32)
         x = levels_to_unit(levels, state["levels"])
     buf = __import__("io").BytesIO()
-    np.savez(buf, law=law.spec, rule=rule, T=T, seed=args.seed, **arrays)
+    np.savez(buf, seed=args.seed, **info, **arrays)
     write_atomic(out / "samples.npz", buf.getvalue())
-    if len(shape) == 3:
+    if len(shape) == 4:
         tmp = out / ".samples.tmp.png"
         save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
         os.replace(tmp, out / "samples.png")
@@ -210,10 +222,34 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _sampler_options(args) -> dict:
+    """``--sampler`` checked with its flags; for the ODE, its solver options ``{method, steps, rtol, atol}``.
+    Walk flags (--law, --rule, --T) do not go with the ODE, nor ODE flags (--ode-method, --ode-steps) with the walk."""
+    from . import ode
+    from .evaluate import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise NonnormalError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    _check_tolerance(args.rtol)
+    ode_flags = [f for f, v in (("--ode-method", args.ode_method), ("--ode-steps", args.ode_steps)) if v is not None]
+    walk_flags = [f for f, v in (("--law", args.law), ("--rule", args.rule), ("--T", args.T)) if v is not None]
+    if args.sampler == "walk" and ode_flags:
+        raise NonnormalError(f"{ode_flags[0]} goes with --sampler ode (the walk takes --T, --law, --rule, --spacing)")
+    if args.sampler == "ode" and walk_flags:
+        raise NonnormalError(f"{walk_flags[0]} goes with --sampler walk: the probability-flow ODE has no increment "
+                             "law, reverse rule or T (give --ode-method and --ode-steps)")
+    if args.sampler == "walk":
+        return {}
+    return dict(zip(("method", "steps", "rtol", "atol"),
+                    ode.check_options(args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol)))
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
     from .train import pick_device
 
+    if _source(args) == "pretrained":
+        return _eval_pretrained(args)
     if not Path(args.run).is_dir():
         raise NonnormalError(f"run folder {args.run} not found: give the --out folder of a `nonnormal train` run")
     path = Path(args.out) if args.out else Path(args.run) / "eval.json"
@@ -226,11 +262,59 @@ def cmd_eval(args) -> int:
     _check_positive(args, "n_test", "n_samples", "T")
     _check_tolerance(args.rtol)
     result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
-                          seed=args.seed, quality=not args.no_quality, progress=not args.quiet)
+                          seed=args.seed, quality=not args.no_quality, progress=not args.quiet, sampler=args.sampler,
+                          ode_method=args.ode_method or "dopri5", ode_steps=args.ode_steps, spacing=args.spacing)
     text = json.dumps(result, indent=1)
     print(text)
     write_atomic(path, (text + "\n").encode())
     print(f"wrote {path}")
+    return 0
+
+
+def _diffusers():
+    """nonnormal.integrations.diffusers, or a one-line error naming the extra."""
+    try:
+        from .integrations import diffusers
+    except ImportError:
+        raise NonnormalError("this needs diffusers, which is not installed: pip install 'nonnormal[diffusers]'") from None
+    return diffusers
+
+
+def _source(args) -> str:
+    """``run`` or ``pretrained``: exactly one of a run folder and ``--pretrained DIR``."""
+    if bool(args.run) == bool(getattr(args, "pretrained", None)):
+        raise NonnormalError("give a run folder or --pretrained DIR (a local diffusers pipeline folder), not "
+                             f"{'both' if args.run else 'neither'}")
+    return "run" if args.run else "pretrained"
+
+
+def _eval_pretrained(args) -> int:
+    from .train import pick_device
+
+    if not args.dataset:
+        raise NonnormalError("eval --pretrained needs --dataset: the test data to score the model on, e.g. cifar10:path=DIR")
+    path = Path(args.out) if args.out else Path("runs") / f"pretrained-{Path(args.pretrained).resolve().name}" / "eval.json"
+    if path.is_dir():
+        raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
+    if path.exists() and not args.force:
+        raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
+    _check_positive(args, "n_test", "n_samples", "T")
+    _check_tolerance(args.rtol)
+    result = _diffusers().evaluate_pretrained(args.pretrained, args.dataset, pick_device(args.device), args.n_test,
+                                              args.n_samples, args.T, args.rtol, args.rtol, seed=args.seed,
+                                              quality=not args.no_quality, progress=not args.quiet)
+    text = json.dumps(result, indent=1)
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (text + "\n").encode())
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    out = _diffusers().export_run(args.run, args.diffusers, force=args.force)
+    print(f"wrote a diffusers pipeline folder {out}: DiffusionPipeline.from_pretrained({str(out)!r}) loads it "
+          f"(nonnormal sample --pretrained {out} samples it as the run)")
     return 0
 
 
@@ -363,16 +447,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--q", default=None, help="increment law of the data walk")
     p.add_argument("--p", default=None, help="increment law of the model walk")
     p.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint (from step 0 if it has none yet)")
+    p.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
     p.set_defaults(handler=cmd_train)
 
+    def sampler_options(p, what):
+        p.add_argument("--sampler", default="walk", help=f"walk (ancestral, law p) or ode (probability flow) for {what}")
+        p.add_argument("--spacing", default=None, help="time grid: uniform, log-snr, quadratic, ddpm (default: the run's)")
+        p.add_argument("--ode-method", default=None, help="ODE method: dopri5 (adaptive, default), heun, euler, rk4, ...")
+        p.add_argument("--ode-steps", type=int, default=None, help="steps of a fixed-step ODE method (default 100)")
+        p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance of an adaptive method (rtol = atol)")
+
     p = sub.add_parser("sample", help="sample from a trained run: a PNG grid and an .npz")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
+    p.add_argument("--pretrained", default=None, metavar="DIR",
+                   help="a local diffusers pipeline or UNet folder instead of a run (needs the diffusers extra)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--T", type=int, default=None, help="steps (default: the run's T)")
     p.add_argument("--rule", default=None, help="posterior or euler (default: the run's)")
     p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
     p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
+    sampler_options(p, "the samples")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>)")
     p.add_argument("--force", action="store_true", help="overwrite earlier samples in --out")
@@ -380,18 +476,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("eval", help="test-set bits/dim (ODE and bound) and sample quality (FD, KID) of a run")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
+    p.add_argument("--pretrained", default=None, metavar="DIR",
+                   help="a local diffusers pipeline or UNet folder instead of a run (needs --dataset)")
+    p.add_argument("--dataset", default=None, help="test data for --pretrained, e.g. cifar10:path=DIR")
     p.add_argument("--n-test", type=int, default=None, help="first N test images (default all)")
     p.add_argument("--n-samples", type=int, default=None, help="samples for FD/KID (default: test-set size)")
     p.add_argument("--T", type=int, default=None, help="steps for the bound and the samples (default: the run's T)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance (rtol = atol)")
     p.add_argument("--seed", type=int, default=0)
+    sampler_options(p, "FD/KID's samples (the ODE options also set bpd_ode's solver)")
     p.add_argument("--no-quality", action="store_true", help="skip sampling and FD/KID")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="JSON file (default RUN/eval.json)")
     p.add_argument("--force", action="store_true", help="overwrite an earlier eval.json")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("export", help="write a trained run as a diffusers pipeline folder")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--diffusers", required=True, metavar="OUT", help="the pipeline folder to write")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
     run_options(p, "optimizer steps per pair")
@@ -426,9 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         plugins.load_entry_points()
         plugins.REQUESTED[:] = plugins.load(args.plugin)
         return args.handler(args)
-    except NonnormalError as err:
-        print(f"nonnormal: error: {err}", file=sys.stderr)
-        return 2
+    except NonnormalError as err:  # exit_code: 75 for a training stopped by a signal (continue with --resume)
+        code = getattr(err, "exit_code", 2)
+        print(f"nonnormal: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("nonnormal: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,8 @@ from . import increments
 from .errors import NonnormalError
 from .walk import StructuredRandomWalk
 
+SAMPLERS = ("walk", "ode")  # ancestral walk of law p, or the probability-flow ODE
+
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Squared energy distance between samples ``x`` (n, d) and ``y`` (m, d); 0 iff same law."""
@@ -101,9 +103,9 @@ def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[di
     bpd = -logp / (D * math.log(2)) + math.log2(L / 2)
     rows = [{"q": "gaussian-full-cov", "p": "", "bpd_ode": float(bpd.mean()), "bpd_ode_se": _se(bpd)}]
     counts = torch.zeros(D, L, dtype=torch.float64)
-    counts.scatter_add_(1, dataset.train.flatten(1).long().T, torch.ones(D, n, dtype=torch.float64))
+    counts.scatter_add_(1, dataset.tensor("train").flatten(1).long().T, torch.ones(D, n, dtype=torch.float64))
     logq = torch.log2((counts + 1) / (n + L))  # (D, L)
-    x = dataset.test[:n_test].flatten(1).long()
+    x = dataset.tensor("test", n_test).flatten(1).long()
     bits = -logq.gather(1, x.T).T.mean(1)  # per example, bits/dim
     rows.append({"q": "per-pixel-categorical", "p": "", "bpd_ode": float(bits.mean()), "bpd_ode_se": _se(bits)})
     return rows
@@ -116,7 +118,7 @@ def real_data_quality(dataset, n: int | None = None, seed: int = 0) -> dict:
     features = quality.features_for(dataset)
     real = features(dataset.unit("test"))
     n = n or real.shape[0]
-    pick = torch.randperm(dataset.train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    pick = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:n]
     train = features(dataset.unit("train")[pick])
     kid, _ = quality.kernel_distance(real, train, seed=seed)
     return {"fd": quality.frechet_distance(real, train), "kid": kid, "n": n}
@@ -133,40 +135,60 @@ def _batches(x: torch.Tensor, size: int):
 
 def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | None = None, T: int | None = None,
                  rtol: float = 1e-5, atol: float = 1e-5, batch: int = 500, seed: int = 0, quality: bool = True,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, *, sampler: str = "walk", ode_method: str = "dopri5",
+                 ode_steps: int | None = None, spacing: str | None = None) -> dict:
     """Test-set bits/dim (probability-flow ODE and the discrete bound at T) and sample quality.
 
+    Everything runs on the run's own :class:`~nonnormal.diffusion.Diffusion` (its schedule, laws,
+    rule and spacing, from its config), with ``T`` and ``spacing`` overridden when given.
     ``bpd_ode``: ``-log2 p`` of dequantized test images under the continuous-limit model
-    (Hutchinson trace, dopri5 at ``rtol``/``atol``). ``bpd_bound``: the paper's bound for the
-    run's (q, p) pair at ``T`` (default: the run's), on dequantized data with a continuous
-    decoder when the run trained on dequantized data. It bounds ``-log2`` of the T-step walk
-    model's density, a different model from the ODE's, so it is not a bound on ``bpd_ode``. ``fd``/``kid``: Fréchet distance and KID
-    of ``n_samples`` ancestral samples (law p, the run's rule) against the test split, in the
-    feature space of the dataset's classifier (:mod:`nonnormal.quality`).
+    (Hutchinson trace; ``ode_method`` at ``rtol``/``atol``, or ``ode_steps`` fixed steps). ``bpd_bound``:
+    the paper's bound for the run's (q, p) pair at ``T`` (default: the run's), on dequantized
+    data with a continuous decoder when the run trained on dequantized data. It bounds ``-log2`` of
+    the T-step walk model's density, a different model from the ODE's, so it is not a bound on
+    ``bpd_ode``. ``fd``/``kid``: Fréchet distance and KID of ``n_samples`` samples (``sampler="walk"``:
+    ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE) against the test split,
+    in the feature space of the dataset's classifier (:mod:`nonnormal.quality`).
     """
+    from . import ode
     from . import quality as quality_lib
-    from .likelihood import bits_per_dim, bound_bits_per_dim
-    from .samplers import sample
-    from .train import load_data, load_run
+    from .diffusion import Diffusion
+    from .runs import load_data, load_run
 
+    if sampler not in SAMPLERS:
+        raise NonnormalError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
     model, cfg, state = load_run(run, device)
     data = load_data(cfg)
     d = cfg["diffusion"]
-    T = T or d["T"]
+    diffusion = Diffusion.from_config({**d, **({"T": T} if T else {}), **({"spacing": spacing} if spacing else {})})
     x = data.unit("test")
     if n_test is not None:
         x = x[:n_test]
     dtype = next(model.parameters()).dtype
     x = x.to(device, dtype)
     g = torch.Generator(device).manual_seed(seed)
-    out: dict = {"q": d["q"], "p": d["p"], "dataset": data.name, "T": T, "rule": d["rule"], "step": state["step"],
+    out: dict = {"q": d["q"], "p": d["p"], "dataset": data.name, "T": diffusion.T, "rule": d["rule"],
+                 "schedule": diffusion.schedule.spec, "spacing": diffusion.spacing, "sampler": sampler,
+                 "ode_method": ode_method, "ode_steps": ode_options["steps"], "step": state["step"],
                  "train_seconds": state["train_seconds"], "n_test": x.shape[0]}
-    if data.levels is None:
-        return _evaluate_continuous(model, x, d, out, seed, g, rtol, atol, n_samples, device, dtype)
+
+    def draw(n: int) -> torch.Tensor:
+        shape = (n,) + tuple(x.shape[1:])
+        if sampler == "ode":
+            return diffusion.ode_sample(model, shape, seed=seed, device=device, dtype=dtype, **ode_options)
+        return diffusion.sample(model, shape, seed=seed, device=device, dtype=dtype, progress=progress)
+
+    if data.levels is None:  # continuous data (toy2d): the ODE's NLL in nats/dim and the energy distance
+        logp, nfe = diffusion.log_likelihood(model, x, generator=g, **ode_options)
+        nll = -logp.cpu() / x[0].numel()
+        out.update(nll_ode=float(nll.mean()), nll_ode_se=_se(nll), ode_nfe=nfe,
+                   energy_distance=energy_distance(draw(n_samples or x.shape[0]).cpu(), x.cpu()))
+        return out
     t0 = time.perf_counter()
     bpd, nfe = [], 0
     for xb in tqdm(list(_batches(x, batch)), desc="bits/dim (ODE)", disable=not progress, leave=False):
-        b, n = bits_per_dim(model, xb, data.levels, d["schedule"], generator=g, trace="hutchinson", rtol=rtol, atol=atol)
+        b, n = diffusion.bits_per_dim(model, xb, data.levels, generator=g, trace="hutchinson", **ode_options)
         bpd.append(b)
         nfe += n
     bpd = torch.cat(bpd).cpu()
@@ -174,38 +196,22 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     t0 = time.perf_counter()
     parts: dict[str, list] = {}
     for xb in tqdm(list(_batches(x, batch)), desc="bound", disable=not progress, leave=False):
-        for k, v in bound_bits_per_dim(model, xb, data.levels, d["schedule"], T, d["q"], d["p"], d["rule"], g,
-                                         dequantized=cfg["data"]["dequantize"]).items():
+        for k, v in diffusion.bound_bits_per_dim(model, xb, data.levels, generator=g,
+                                                 dequantized=cfg["data"]["dequantize"]).items():
             parts.setdefault(k, []).append(v.cpu())
     total = torch.cat(parts["total"])
     out.update(bpd_bound=float(total.mean()), bpd_bound_se=_se(total),
                bound_parts={k: float(torch.cat(v).mean()) for k, v in parts.items() if k != "total"},
                bound_seconds=time.perf_counter() - t0)
-    if quality and data.train_labels is not None:
+    if quality and data.labels("train") is not None:
+        from .data import levels_to_unit, unit_to_levels
+
         t0 = time.perf_counter()
         features = quality_lib.features_for(data, progress=progress)
         n = n_samples or x.shape[0]
-        xs = sample(model, (n,) + data.shape, d["schedule"], T, d["p"], d["rule"], seed=seed, device=device,
-                    dtype=dtype, progress=progress)
-        from .data import levels_to_unit, unit_to_levels
-
-        xs = levels_to_unit(unit_to_levels(xs.cpu(), data.levels), data.levels).float()  # onto the levels
+        xs = levels_to_unit(unit_to_levels(draw(n).cpu(), data.levels), data.levels).float()  # onto the levels
         real, fake = features(data.unit("test")), features(xs)
         kid, kid_std = quality_lib.kernel_distance(real, fake, seed=seed)
         out.update(fd=quality_lib.frechet_distance(real, fake), kid=kid, kid_std=kid_std, n_samples=n,
                    classifier_accuracy=features.test_accuracy, quality_seconds=time.perf_counter() - t0)
-    return out
-
-
-def _evaluate_continuous(model, x, d, out, seed, g, rtol, atol, n_samples, device, dtype) -> dict:
-    """Continuous data (toy2d): the ODE's negative log-likelihood in nats/dim and the energy distance."""
-    from .likelihood import ode_log_likelihood
-    from .samplers import sample
-
-    logp, nfe = ode_log_likelihood(model, x, d["schedule"], generator=g, rtol=rtol, atol=atol)
-    nll = -logp.cpu() / x[0].numel()
-    xs = sample(model, (n_samples or x.shape[0],) + tuple(x.shape[1:]), d["schedule"], out["T"], d["p"], d["rule"],
-                seed=seed, device=device, dtype=dtype)
-    out.update(nll_ode=float(nll.mean()), nll_ode_se=_se(nll), ode_nfe=nfe,
-               energy_distance=energy_distance(xs.cpu(), x.cpu()))
     return out

@@ -133,18 +133,12 @@ class ProbabilityFlowODE:
         try:
             out = odeint(clamped, state, grid, method=ALIASES.get(self.method, self.method), rtol=self.rtol,
                          atol=self.atol, options=options)
-        except AssertionError as err:  # torchdiffeq's "underflow in dt"
+        except AssertionError as err:
+            if "underflow in dt" not in str(err):
+                raise
             raise NonnormalError(f"the ODE solver {self.method} failed ({err}): loosen rtol/atol "
                                  f"(now {self.rtol:g}/{self.atol:g}) or use a fixed-step method") from None
         return (tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]), nfe
-
-    def _interval_end(self, t_end: float | None, default: float, what: str, lo: float, hi: float, closed: str):
-        t_end = default if t_end is None else t_end
-        ok = (lo <= t_end < hi) if closed == "left" else (lo < t_end <= hi)
-        if not ok:
-            span = f"[{lo:g}, {hi:g})" if closed == "left" else f"({lo:g}, {hi:g}]"
-            raise NonnormalError(f"{what} must lie in {span}, got {t_end!r}: sigma vanishes below t_min = {lo:g}")
-        return float(t_end)
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, *, t_end: float | None = None,
@@ -154,7 +148,9 @@ class ProbabilityFlowODE:
         ``time_grid``: the solver's times (from 1 down), instead of :meth:`time_grid`'s.
         """
         s = self.schedule
-        t_end = self._interval_end(t_end, s.t_min, "t_end", s.t_min, 1.0, "left")
+        t_end = s.t_min if t_end is None else t_end
+        if not s.t_min <= t_end < 1:
+            raise NonnormalError(f"t_end must lie in [t_min, 1) = [{s.t_min:g}, 1), got {t_end!r}: sigma vanishes below t_min")
         grid = self.time_grid(1.0, t_end, x.device) if time_grid is None else torch.as_tensor(time_grid).double()
         return self._solve(lambda t, y: self.velocity(y, t), x, grid)
 
@@ -172,7 +168,9 @@ class ProbabilityFlowODE:
         s = self.schedule
         if trace not in TRACES:
             raise NonnormalError(f"unknown trace {trace!r}: choose one of {', '.join(TRACES)}")
-        t_end = self._interval_end(t_end, 1.0, "the likelihood's t_end", s.t_min, 1.0, "right")
+        t_end = 1.0 if t_end is None else t_end
+        if not s.t_min < t_end <= 1:
+            raise NonnormalError(f"the likelihood's t_end must lie in (t_min, 1] = ({s.t_min:g}, 1], got {t_end!r}")
         D = x[0].numel()
         exact = trace == "exact" or (trace == "auto" and D <= 16)
         probe = None

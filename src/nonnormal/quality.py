@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import write_atomic
+from .runs import write_atomic
 from .errors import NonnormalError
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
@@ -238,22 +238,22 @@ def _load_cached(weights: Path, sidecar: Path, expect: dict) -> Features | None:
 
 
 def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Features:
-    """The feature map of a labelled ``nonnormal.datasets.Dataset``: trained once per dataset and seed, then cached.
+    """The feature map of a labelled dataset (``nonnormal.data.load``): trained once per dataset and seed, then cached.
 
     Trains on ``dataset.unit("train")`` and its labels and reports accuracy on the test split.
     The weights (safetensors) and a JSON sidecar go to ``cache_dir`` or :func:`cache_folder`;
     a damaged cache entry is trained again with a warning.
     """
     name = str(getattr(dataset, "name", "dataset"))
-    if torch.as_tensor(dataset.train).ndim != 4:
+    if len(dataset.shape) != 3:
         raise NonnormalError(f"dataset {name!r} is not images (N, C, H, W), and FD/KID compare images: use an image dataset")
-    if dataset.train_labels is None or dataset.test_labels is None or not dataset.num_classes:
+    if dataset.labels("train") is None or dataset.labels("test") is None or not dataset.num_classes:
         raise NonnormalError(f"dataset {name!r} has no labels, and FD/KID need a labelled dataset to train their "
                              "feature classifier: use one with classes (digits, mnist, cifar10)")
     if len(dataset.train) < MIN_TRAIN or len(dataset.test) < MIN_TEST:
         raise NonnormalError(f"dataset {name!r} has {len(dataset.train)} training and {len(dataset.test)} test images; FD/KID "
                              f"need at least {MIN_TRAIN} and {MIN_TEST} to train their feature classifier: use a larger dataset")
-    data_hash = _hash(dataset.train, dataset.train_labels)
+    data_hash = _hash(dataset.tensor("train"), dataset.labels("train"))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_folder()
     stem = f"classifier-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in name)}-{data_hash[:12]}-seed{seed}"
     weights, sidecar = folder / f"{stem}.safetensors", folder / f"{stem}.json"
@@ -262,7 +262,7 @@ def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = N
     if cached is not None:
         return cached
 
-    features = train_classifier(dataset.unit("train"), dataset.train_labels, dataset.unit("test"), dataset.test_labels,
+    features = train_classifier(dataset.unit("train"), dataset.labels("train"), dataset.unit("test"), dataset.labels("test"),
                                 int(dataset.num_classes), seed=seed, progress=progress)
     from safetensors.torch import save
 

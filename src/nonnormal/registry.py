@@ -6,6 +6,7 @@ parses a spec string and reports an unknown name with the list of known ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +27,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
             params[key.strip()] = float(value)
         except ValueError:
             raise NonnormalError(f"parameter {key!r} in {spec!r} must be a number, got {value!r}") from None
+        if math.isnan(params[key.strip()]):
+            raise NonnormalError(f"parameter {key!r} in {spec!r} must be a number, got {value!r}")
     return name.strip(), params
 
 
@@ -51,5 +54,8 @@ class Registry(Generic[T]):
             raise NonnormalError(f"unknown {self.what} {name!r}: choose one of {', '.join(self.names())}")
         try:
             return self._factories[name](**parsed)
-        except TypeError as err:
-            raise NonnormalError(f"bad parameters for {self.what} {name!r}: {err}") from None
+        except NonnormalError:
+            raise
+        except (TypeError, ValueError, ArithmeticError) as err:  # a factory's own complaint, on one line
+            shown = ", ".join(f"{k}={v!r}" for k, v in parsed.items())
+            raise NonnormalError(f"bad parameters for {self.what} {name!r} ({shown}): {err}") from None

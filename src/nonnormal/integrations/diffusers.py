@@ -43,7 +43,10 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
 
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
+# ModelMixin and SchedulerMixin must be attributes of this module: DiffusionPipeline.from_pretrained
+# finds the loading method of a component from another library by looking them up in its module
 from diffusers.models.modeling_utils import ModelMixin  # noqa: E402
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: E402,F401
 from diffusers.models.unets.unet_2d import UNet2DOutput  # noqa: E402
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput  # noqa: E402
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
@@ -170,9 +173,11 @@ class NonNormalScheduler(DDPMScheduler):
             s = schedules.get(schedule)
             ac = s.alpha(timestep_to_t(torch.arange(num_train_timesteps, dtype=torch.float64),
                                        num_train_timesteps)) ** 2
-            self.alphas_cumprod = ac.float()
-            self.alphas = (ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])).float()
+            # float64: 1 - alphas_cumprod loses most digits in float32 where the noise is small
+            self.alphas_cumprod = ac
+            self.alphas = ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
             self.betas = 1.0 - self.alphas
+            self.one = torch.tensor(1.0, dtype=torch.float64)
             self.continuous_schedule = s
         else:
             self.continuous_schedule = _DiscreteLevels(self.alphas_cumprod)
@@ -326,15 +331,16 @@ class NonNormalNet(ModelMixin, ConfigMixin):
 
         _load_plugins(plugins)
         self.num_train_timesteps = int(num_train_timesteps)
-        self.net = nets.build(net, tuple(shape or (in_channels, sample_size, sample_size)), **(net_options or {}))
+        # (not self.net: ModelMixin looks config keys up before submodules)
+        self.network = nets.build(net, tuple(shape or (in_channels, sample_size, sample_size)), **(net_options or {}))
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x, t)
+        return self.network(x, t)
 
     def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
         k = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64)
         t = timestep_to_t(k, self.num_train_timesteps).reshape(-1).expand(sample.shape[0]).to(sample.dtype)
-        out = self.net(sample, t)
+        out = self.network(sample, t)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
 
@@ -402,68 +408,17 @@ def _schedule_spec(sched: dict, where: Path) -> str:
     return f"ddpm-linear:beta_start={start!r}:beta_end={end!r}:steps={N}"
 
 
-def _spacings() -> tuple[str, ...]:
-    from .. import walk
-
-    return tuple(getattr(schedules, "SPACINGS", None) or getattr(walk, "SPACINGS", None) or ("uniform",))
-
-
 def default_diffusion_config(schedule: str, num_train_timesteps: int) -> dict:
-    """Sampling defaults for a pretrained DDPM model: Gaussian laws, the posterior rule and a grid
-    on the model's own timesteps (``ddpm`` spacing when nonnormal has it, else T = N - 1 uniform steps,
-    whose times ``(k + 1) / N`` are exactly the model's timesteps)."""
-    ddpm = "ddpm" in _spacings()
-    return {"q": "gaussian", "p": "gaussian", "schedule": schedule,
-            "T": num_train_timesteps if ddpm else num_train_timesteps - 1, "rule": "posterior", "loss": "step",
-            "spacing": "ddpm" if ddpm else "uniform"}
-
-
-class _FallbackDiffusion:
-    """The part of ``nonnormal.diffusion.Diffusion`` used here, over the samplers and likelihood modules.
-
-    TODO(D): remove once ``nonnormal.diffusion`` exists in every checkout (helper C builds it).
-    """
-
-    def __init__(self, schedule="vdm", T=1000, q="gaussian", p="gaussian", *, rule="posterior", spacing="uniform",
-                 loss="step"):
-        self.schedule, self.T = schedules.get(schedule), T
-        self.q, self.p, self.rule, self.spacing, self._loss = increments.get(q), increments.get(p), rule, spacing, loss
-        self._spec = schedule if isinstance(schedule, str) else self.schedule.spec
-
-    @classmethod
-    def from_config(cls, d: dict):
-        d = dict(d)
-        return cls(d.pop("schedule"), d.pop("T"), d.pop("q"), d.pop("p"), **d)
-
-    def to_config(self) -> dict:
-        return {"q": self.q.spec, "p": self.p.spec, "schedule": self._spec, "T": self.T, "rule": self.rule,
-                "loss": self._loss, "spacing": self.spacing}
-
-    def sample(self, eps_model, shape, *, seed=0, law=None, T=None, rule=None, spacing=None, device=None,
-               dtype=torch.float32, callback=None, progress=False):
-        from ..samplers import sample
-
-        return sample(eps_model, shape, self.schedule, T or self.T, law or self.p, rule or self.rule, seed, device,
-                      dtype, callback, progress)
-
-    def bits_per_dim(self, eps_model, x, levels, *, generator=None, **ode):
-        from ..likelihood import bits_per_dim
-
-        return bits_per_dim(eps_model, x, levels, self.schedule, generator=generator, **ode)
-
-    def bound_bits_per_dim(self, eps_model, x, levels, *, generator=None, dequantized=False, progress=False):
-        from ..likelihood import bound_bits_per_dim
-
-        return bound_bits_per_dim(eps_model, x, levels, self.schedule, self.T, self.q, self.p, self.rule, generator,
-                                  progress=progress, dequantized=dequantized)
+    """Sampling defaults for a pretrained DDPM model: Gaussian laws, the posterior rule, T = N steps on
+    the ``ddpm`` spacing (the model's own timesteps; a smaller ``T`` keeps to them, rounded)."""
+    return {"q": "gaussian", "p": "gaussian", "schedule": schedule, "T": num_train_timesteps, "rule": "posterior",
+            "loss": "step", "spacing": "ddpm"}
 
 
 def make_diffusion(d: dict):
-    """``nonnormal.diffusion.Diffusion.from_config(d)`` (a stand-in with the same calls while it is missing)."""
-    try:
-        from ..diffusion import Diffusion
-    except ImportError:
-        return _FallbackDiffusion.from_config(d)
+    """``nonnormal.diffusion.Diffusion.from_config(d)``."""
+    from ..diffusion import Diffusion
+
     return Diffusion.from_config(d)
 
 
@@ -536,7 +491,7 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
     spec = _schedule_spec(sched, sched_path or path)
     N = int(sched.get("num_train_timesteps", 1000))
     try:
-        model = classes[kind].from_pretrained(str(unet_dir), local_files_only=True)
+        model = classes[kind].from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
     except NonnormalError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
@@ -562,6 +517,19 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
         eps.levels = 256
     eps.info = {"source": str(path), "prediction_type": prediction, "num_train_timesteps": N, "schedule": spec}
     return eps, make_diffusion(d), shape
+
+
+def pretrained_as_run(path, device="cpu"):
+    """:func:`load_pretrained` in the shape of ``load_run``: ``(eps_model, config, state)`` for the CLI.
+
+    ``config`` has the ``diffusion`` section (and the run's plugins for an export); ``state`` the
+    example ``shape``, the data's ``levels`` and ``folder``, where samples go by default
+    (``runs/pretrained-<name>``: never inside the pretrained folder).
+    """
+    eps, diffusion, shape = load_pretrained(path, device)
+    cfg = {"diffusion": diffusion.to_config(), "plugins": []}
+    folder = Path("runs") / f"pretrained-{Path(path).resolve().name}"
+    return eps, cfg, {"shape": list(shape), "levels": eps.levels, "step": None, "folder": str(folder)}
 
 
 def _load_dataset(spec: str):
@@ -684,7 +652,7 @@ def export_run(run, out, force: bool = False) -> Path:
         unet = NonNormalNet(net=name, net_options=options, shape=list(shape), num_train_timesteps=N,
                             sample_size=H if H == W else [H, W], in_channels=C, out_channels=C,
                             plugins=list(cfg.get("plugins") or []) or None)
-        unet.net.load_state_dict(model.state_dict())
+        unet.network.load_state_dict(model.state_dict())
     pipe = DDPMPipeline(unet=unet.float().eval(), scheduler=scheduler)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))

@@ -1,0 +1,188 @@
+"""One object for the process a model is trained and sampled with: :class:`Diffusion`.
+
+A :class:`Diffusion` binds the noise schedule, the number of steps T and their time grid, the
+laws of the data walk (q) and the model walk (p), the reverse rule and the loss kind. Every
+run saves it (``config["diffusion"]``, see :meth:`Diffusion.to_config`) and every command that
+loads a run rebuilds it with :meth:`Diffusion.from_config`, so nothing downstream re-guesses the
+schedule. The noise model is a plain callable ``eps_model(x, t)`` (a network, or an exact
+model from :mod:`nonnormal.exact`)::
+
+    from nonnormal import Diffusion
+
+    d = Diffusion("cosine", T=100, q="laplace", p="laplace")
+    loss = d.loss()                                   # per-example step KL: loss(net, x0).mean()
+    x = d.sample(net, (16, 1, 8, 8), seed=0)          # ancestral, law p
+    x_u = d.sample(net, (16, 1, 8, 8), seed=0, law="uniform")  # same seed: coupled image by image
+    x_ode = d.ode_sample(net, (16, 1, 8, 8), seed=0)           # probability-flow ODE (dopri5)
+    bpd, nfe = d.bits_per_dim(net, x_test, levels=256)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from . import increments, schedules
+from .data import check_levels, dequantize
+from .divergences import check_pair
+from .errors import NonnormalError
+from .likelihood import bound_bits_per_dim
+from .losses import ContinuousTimeLoss, StepKLLoss
+from .ode import ProbabilityFlowODE
+from .samplers import coupled_noise, walk_sampler
+from .walk import StructuredRandomWalk, check_rule
+
+LOSSES = ("step", "continuous")
+KEYS = ("q", "p", "schedule", "T", "rule", "loss", "spacing")  # the keys of config["diffusion"]
+
+
+def check_spacing(spacing: str) -> str:
+    if spacing not in schedules.SPACINGS:
+        raise NonnormalError(f"unknown spacing {spacing!r}: choose one of {', '.join(schedules.SPACINGS)}")
+    return spacing
+
+
+class Diffusion:
+    """The process of a diffusion model with structured-random-walk steps (paper, sections 2-5)."""
+
+    def __init__(self, schedule="vdm", T: int = 1000, q="gaussian", p="gaussian", *, rule: str = "posterior",
+                 spacing: str = "uniform", loss: str = "step"):
+        self.schedule = schedules.get(schedule)  # VP noise schedule: a name, a spec or a Schedule
+        self.q = increments.get(q)  # law of the data walk's increments
+        self.p = increments.get(p)  # law of the model walk's increments (the sampler's default law)
+        check_pair(self.q, self.p)
+        self.rule = check_rule(rule)  # reverse rule: posterior (DDPM/VDM ancestral) or euler (the paper's)
+        self.spacing = check_spacing(spacing)  # time grid of the walk: uniform, log-snr, quadratic, ddpm
+        if loss not in LOSSES:
+            raise NonnormalError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        self.loss_kind = loss  # step: the pair's per-step KL at T; continuous: its T -> infinity limit
+        self.T = T  # number of steps of the walk (loss, bound, ancestral sampling)
+        self.schedule.grid(T, spacing)  # checks T, and T against the spacing
+        self._losses: dict = {}
+
+    # ----- config -----
+    @classmethod
+    def from_config(cls, d: dict) -> Diffusion:
+        """The Diffusion of a run's ``config["diffusion"]`` (a run saved before spacings existed: uniform)."""
+        unknown = set(d) - set(KEYS)
+        if unknown:
+            raise NonnormalError(f"unknown diffusion keys {', '.join(sorted(unknown))}: the keys are {', '.join(KEYS)}")
+        missing = set(KEYS) - set(d) - {"spacing"}
+        if missing:
+            raise NonnormalError(f"the diffusion config lacks {', '.join(sorted(missing))}")
+        return cls(d["schedule"], d["T"], d["q"], d["p"], rule=d["rule"], spacing=d.get("spacing", "uniform"),
+                   loss=d["loss"])
+
+    def to_config(self) -> dict:
+        """``{"q", "p", "schedule", "T", "rule", "loss", "spacing"}``: what :meth:`from_config` rebuilds."""
+        return {"q": self.q.spec, "p": self.p.spec, "schedule": self.schedule.spec, "T": self.T, "rule": self.rule,
+                "loss": self.loss_kind, "spacing": self.spacing}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Diffusion) and self.to_config() == other.to_config()
+
+    def __repr__(self) -> str:
+        return "Diffusion(" + ", ".join(f"{k}={v!r}" for k, v in self.to_config().items()) + ")"
+
+    # ----- the walk -----
+    def grid(self, T: int | None = None) -> torch.Tensor:
+        """The walk's time grid ``t_0 < ... < t_T = 1`` (float64) in this Diffusion's spacing."""
+        return self.schedule.grid(self.T if T is None else T, self.spacing)
+
+    def walk(self, law=None, T: int | None = None, spacing: str | None = None) -> StructuredRandomWalk:
+        """The structured random walk of ``law`` (default p) on this grid (or another T / spacing)."""
+        return StructuredRandomWalk(self.schedule, self.T if T is None else T, self.p if law is None else law,
+                                    spacing=check_spacing(spacing or self.spacing))
+
+    def loss(self, kind: str | None = None) -> StepKLLoss | ContinuousTimeLoss:
+        """The training loss (default: this Diffusion's kind), a callable ``(eps_model, x0, generator=None,
+        noise=None)`` returning nats per example, with ``.draw(shape, generator, device, dtype)``."""
+        kind = kind or self.loss_kind
+        if kind not in LOSSES:
+            raise NonnormalError(f"unknown loss {kind!r}: choose one of {', '.join(LOSSES)}")
+        if kind not in self._losses:
+            self._losses[kind] = (StepKLLoss(self.schedule, self.T, self.q, self.p, self.rule, spacing=self.spacing)
+                                  if kind == "step" else ContinuousTimeLoss(self.schedule, self.q, self.p))
+        return self._losses[kind]
+
+    # ----- sampling -----
+    @staticmethod
+    def _prior(shape, seed: int, device, dtype) -> tuple[torch.Tensor, torch.Generator]:
+        """``x_T ~ N(0, I)`` from a generator seeded by ``seed`` (drawn through the shared uniforms)."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise NonnormalError(f"the seed must be an integer, got {seed!r}")
+        generator = torch.Generator(device or "cpu").manual_seed(seed)
+        x = increments.get("gaussian").icdf(increments.uniforms(shape, generator, device)).to(dtype)
+        return x, generator
+
+    def sample(self, eps_model: Callable, shape, *, seed: int = 0, law=None, T: int | None = None,
+               rule: str | None = None, spacing: str | None = None, device=None, dtype=torch.float32,
+               callback=None, progress: bool = False) -> torch.Tensor:
+        """``shape`` samples by ancestral sampling: the reverse walk of ``law`` (default p).
+
+        The prior and every step's uniforms come from one generator seeded by ``seed``: two laws
+        (or rules) with the same seed see the same prior and the same uniforms. ``rule="euler"``
+        with ``law="gaussian"`` is Euler-Maruyama for the reverse SDE.
+        """
+        walk = self.walk(law, T, spacing)
+        x, generator = self._prior(shape, seed, device, dtype)
+        noise = coupled_noise(walk.law, shape, generator, device, dtype)
+        return walk_sampler(eps_model, x, walk, rule=rule or self.rule, noise=noise, callback=callback,
+                            progress=progress)
+
+    def ode(self, eps_model: Callable, *, method: str = "dopri5", steps: int | None = None, rtol: float = 1e-5,
+            atol: float = 1e-5) -> ProbabilityFlowODE:
+        """The probability-flow ODE of ``eps_model`` under this schedule (fixed steps on this spacing)."""
+        return ProbabilityFlowODE(eps_model, self.schedule, method=method, steps=steps, rtol=rtol, atol=atol,
+                                  spacing=self.spacing)
+
+    def ode_sample(self, eps_model: Callable, shape_or_x, *, seed: int = 0, method: str = "dopri5",
+                   steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5, device=None,
+                   dtype=torch.float32, t_end: float | None = None) -> torch.Tensor:
+        """Samples by the probability-flow ODE from t = 1 to ``t_end`` (default t_min).
+
+        ``shape_or_x``: a shape (the prior is drawn as :meth:`sample` draws it for the same seed) or
+        the states ``x_1`` themselves. ``method``: any of :func:`nonnormal.ode.methods` (adaptive with
+        ``rtol``/``atol``, or fixed-step with ``steps`` on this spacing's grid). For the number of
+        model evaluations use ``self.ode(...).sample(x)``, which returns ``(x, nfe)``.
+        """
+        ode = self.ode(eps_model, method=method, steps=steps, rtol=rtol, atol=atol)
+        if isinstance(shape_or_x, torch.Tensor):
+            x = shape_or_x
+        else:
+            x, _ = self._prior(tuple(shape_or_x), seed, device, dtype)
+        return ode.sample(x, t_end=t_end)[0]
+
+    # ----- likelihood -----
+    def log_likelihood(self, eps_model: Callable, x: torch.Tensor, *, trace: str = "auto", method: str = "dopri5",
+                       steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
+                       generator: torch.Generator | None = None, prior: Callable | None = None,
+                       t_end: float | None = None) -> tuple[torch.Tensor, int]:
+        """``log p(x)`` in nats per example under the probability-flow model, and the NFE.
+
+        ``prior``: log-density of the state at ``t_end`` (default 1), default ``log N(0, I)``.
+        See :meth:`nonnormal.ode.ProbabilityFlowODE.log_likelihood`.
+        """
+        ode = self.ode(eps_model, method=method, steps=steps, rtol=rtol, atol=atol)
+        return ode.log_likelihood(x, trace=trace, generator=generator, prior=prior, t_end=t_end)
+
+    def bits_per_dim(self, eps_model: Callable, x: torch.Tensor, levels: int, *,
+                     generator: torch.Generator | None = None, **ode_options) -> tuple[torch.Tensor, int]:
+        """Bits/dim of discrete data ``x`` (level centres in [-1, 1]) per example, and the NFE.
+
+        ``x`` is dequantized uniformly over its bins: ``-log2 p(x_deq) / D + log2(L / 2)``;
+        ``ode_options`` go to :meth:`log_likelihood`.
+        """
+        L = check_levels(levels)
+        logp, nfe = self.log_likelihood(eps_model, dequantize(x, L, generator), generator=generator, **ode_options)
+        return -logp / (x[0].numel() * math.log(2)) + math.log2(L / 2), nfe
+
+    def bound_bits_per_dim(self, eps_model: Callable, x: torch.Tensor, levels: int, *,
+                           generator: torch.Generator | None = None, dequantized: bool = False,
+                           progress: bool = False) -> dict[str, torch.Tensor]:
+        """The paper's discrete bound (Eq. 5) at this T, rule and grid: ``{"prior", "diffusion", "decoder",
+        "total"}`` in bits/dim per example (see :func:`nonnormal.likelihood.bound_bits_per_dim`)."""
+        return bound_bits_per_dim(eps_model, x, levels, self.loss("step"), generator=generator, progress=progress,
+                                  dequantized=dequantized)
