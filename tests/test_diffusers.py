@@ -181,7 +181,8 @@ def test_wrong_folder_prediction_type_and_beta_schedule_are_one_line_errors(unet
     assert "no such folder" in _one_line_error(capsys, ["sample", "--pretrained", str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
     assert "not a diffusers pipeline" in _one_line_error(capsys, ["sample", "--pretrained", str(tmp_path / "empty")])
-    assert "not both" not in _one_line_error(capsys, ["sample"])  # neither a run nor --pretrained
+    assert "give a run folder or --pretrained" in _one_line_error(capsys, ["sample"])
+    assert "not both" in _one_line_error(capsys, ["sample", str(tmp_path), "--pretrained", str(pipeline_dir)])
     for key, value, words in (("prediction_type", "flow", "prediction_type 'flow'"),
                               ("beta_schedule", "scaled_linear", "beta_schedule 'scaled_linear'")):
         bad = tmp_path / f"bad-{key}"
@@ -238,6 +239,11 @@ def test_diffusers_unet2d_run_resumes_exactly_and_exports_to_a_pipeline(tmp_path
     a, b = _tensors(tmp_path / "straight"), _tensors(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    ev = tmp_path / "eval.json"
+    assert main(["eval", str(tmp_path / "straight"), "--n-test", "4", "--rtol", "1e-2", "--no-quality", "--quiet",
+                 "--device", "cpu", "--out", str(ev)]) == 0
+    assert np.isfinite(json.loads(ev.read_text())["bpd_ode"])
+
     out = export_run(tmp_path / "straight", tmp_path / "export")
     pipe = DiffusionPipeline.from_pretrained(str(out), low_cpu_mem_usage=False)
     assert isinstance(pipe.unet, UNet2DModel) and isinstance(pipe.scheduler, NonNormalScheduler)
@@ -258,7 +264,9 @@ def test_diffusers_unet2d_run_resumes_exactly_and_exports_to_a_pipeline(tmp_path
 def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
     run = tmp_path / "run"
     _train(run, ["net.width=8", "net.attn_resolutions=[]", 'diffusion.q="laplace"', 'diffusion.p="laplace"'], steps=2)
-    out = export_run(run, tmp_path / "export")
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--diffusers", str(out)]) == 0
+    assert (out / "model_index.json").is_file() and (out / "nonnormal.json").is_file()
     pipe = DiffusionPipeline.from_pretrained(str(out), low_cpu_mem_usage=False)
     assert type(pipe.unet).__name__ == "NonNormalNet" and pipe.scheduler.config.schedule == "vdm"
     assert pipe.scheduler.law.spec == "laplace"
@@ -268,7 +276,19 @@ def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
 
     model, cfg, _ = load_run(run)
     eps, diffusion, shape = load_pretrained(out)
-    assert diffusion.to_config() == cfg["diffusion"] or diffusion.to_config()["schedule"] == "vdm:gamma_min=-13.3:gamma_max=5"
+    from nonnormal.diffusion import Diffusion
+
+    assert diffusion == Diffusion.from_config(cfg["diffusion"]) and diffusion.p.spec == "laplace"
     a = diffusion.sample(eps, (3,) + shape, seed=5)
     b = diffusion.sample(model, (3,) + shape, seed=5)
     assert torch.equal(a, b)
+
+
+def test_the_core_does_not_import_diffusers():
+    import subprocess
+    import sys
+
+    code = ("import sys, nonnormal, nonnormal.cli, nonnormal.nets, nonnormal.config as c; c.load(None, []); "
+            "nonnormal.cli.build_parser(); print('diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

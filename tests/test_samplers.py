@@ -21,10 +21,10 @@ def reference():
     return MIXTURE.sample(N, torch.Generator().manual_seed(123))
 
 
-@pytest.mark.parametrize("rule,law", [("posterior", "gaussian"), ("posterior", "laplace"), ("euler", "uniform"),
-                                      ("euler", "logistic")])
+@pytest.mark.parametrize("rule,law", [("posterior", "laplace"), ("euler", "uniform")])
 def test_exact_score_sampling_reaches_the_mixture(reference, law, rule):
-    """With the exact score, each law and rule samples the mixture at T=1000, and does better than at T=20."""
+    """With the exact score, non-Gaussian laws with either rule sample a multimodal mixture at T=1000,
+    and do better than at T=20. (Moments for every law, rule-independent: the test below.)"""
     d = Diffusion("vdm", rule=rule)
     dist = {T: energy_distance(d.sample(MIXTURE.eps, (N, 2), T=T, law=law, seed=1, dtype=torch.float64), reference)
             for T in (20, 1000)}

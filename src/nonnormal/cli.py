@@ -283,8 +283,8 @@ def _diffusers():
 def _source(args) -> str:
     """``run`` or ``pretrained``: exactly one of a run folder and ``--pretrained DIR``."""
     if bool(args.run) == bool(getattr(args, "pretrained", None)):
-        raise NonnormalError("give a run folder or --pretrained DIR (a local diffusers pipeline folder), not "
-                             f"{'both' if args.run else 'neither'}")
+        raise NonnormalError("give a run folder or --pretrained DIR (a local diffusers pipeline folder)"
+                             + (", not both" if args.run else ""))
     return "run" if args.run else "pretrained"
 
 

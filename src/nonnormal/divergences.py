@@ -34,7 +34,7 @@ from .interpolation import HermiteTable
 from .quadrature import dyadic_points, integrate
 
 F64 = torch.float64
-_U_MAX, _NODES = 1e5, 480  # table nodes: sinh-spaced on [0, 1e5], plus a geometric run near 0
+_U_MAX, _NODES = 1e5, 640  # table nodes: sinh-spaced on [0, 1e5], plus a geometric run near 0
 _G_MAX = 460.0  # tables stop where log(1 + K) passes this (K ~ 1e200)
 _EDGE = 1e-9  # largest trusted share of the integral left out beyond the tails' last nodes
 _CHUNK = 64
@@ -57,15 +57,20 @@ def _singular(law: IncrementLaw) -> list[float]:
     return sorted({0.0, *map(float, law.kinks), *(e for e in _support(law) if math.isfinite(e))})
 
 
-def _score(law: IncrementLaw, y: torch.Tensor) -> torch.Tensor:
-    """``(log p)'(y)`` by autograd (0 where it is not finite: measure-zero points, cusps)."""
+def _log_prob_and_score(law: IncrementLaw, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p(y)`` and ``(log p)'(y)`` by autograd (the score is 0 where it is not finite:
+    measure-zero points such as a cusp)."""
     y = y.detach().requires_grad_(True)
     with torch.enable_grad():
         out = law.log_prob(y)
         if not out.requires_grad:
-            return torch.zeros_like(y)
+            return out.detach(), torch.zeros_like(y)
         (g,) = torch.autograd.grad(out.sum(), y)
-    return torch.where(torch.isfinite(g), g, torch.zeros((), dtype=F64))
+    return out.detach(), torch.where(torch.isfinite(g), g, torch.zeros((), dtype=F64))
+
+
+def _score(law: IncrementLaw, y: torch.Tensor) -> torch.Tensor:
+    return _log_prob_and_score(law, y)[1]
 
 
 def _points(q: IncrementLaw) -> torch.Tensor:
@@ -89,12 +94,13 @@ def _k_and_slope(q: IncrementLaw, p: IncrementLaw, u: torch.Tensor):
     pk = torch.tensor(sorted({0.0, *map(float, p.kinks)}), dtype=F64)
 
     def f(x, y):
-        lq, lp = q.log_prob(x), p.log_prob(y)
+        lq = q.log_prob(x)
+        lp, sp = _log_prob_and_score(p, y)
         dens = torch.exp(lq)
         # where q is below e^-500, -log p may have overflowed (doubly exponential tails): count nothing
         none = (dens == 0) | ((lq < -500) & ~torch.isfinite(lp))
         kl = torch.where(none, 0.0, dens * (lq - lp))
-        slope = torch.where(none, 0.0, -dens * _score(p, y))
+        slope = torch.where(none, 0.0, -dens * sp)
         return torch.stack([kl, slope])
 
     out = []

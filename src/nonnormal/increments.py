@@ -286,11 +286,12 @@ class StudentT(_ScipyQuantiles):
 
     def log_prob(self, z):
         x = (z / self.c).abs()
-        big = x > 1e150  # x * x would overflow: log1p(x^2/nu) = 2 log x - log nu + log1p(nu/x^2)
-        xs = torch.where(big, torch.ones_like(x), x)
-        xb = torch.where(big, x, torch.full_like(x, 1e150))
-        far = 2 * torch.log(xb) - math.log(self.nu) + torch.log1p(self.nu / xb / xb)
-        inner = torch.where(big, far, torch.log1p(xs * xs / self.nu))
+        inner = torch.log1p(x * x / self.nu)
+        big = x > 1e150  # x * x overflows: log1p(x^2/nu) = 2 log x - log nu + log1p(nu/x^2)
+        if bool(big.any()):
+            xb = torch.where(big, x, torch.ones_like(x))
+            far = 2 * torch.log(xb) - math.log(self.nu) + torch.log1p(self.nu / xb / xb)
+            inner = torch.where(big, far, inner)
         return self._norm - (self.nu + 1) / 2 * inner
 
 
