@@ -116,6 +116,8 @@ class ProbabilityFlowODE:
         """Integrate ``func`` over ``grid`` from ``state``; the final state and the number of calls."""
         from torchdiffeq import odeint
 
+        y0 = state[0] if isinstance(state, tuple) else state
+        grid = torch.as_tensor(grid, dtype=torch.float64, device=y0.device)
         lo, hi = float(grid.min()), float(grid.max())
         nfe = 0
 
@@ -151,7 +153,7 @@ class ProbabilityFlowODE:
         t_end = s.t_min if t_end is None else t_end
         if not s.t_min <= t_end < 1:
             raise NonnormalError(f"t_end must lie in [t_min, 1) = [{s.t_min:g}, 1), got {t_end!r}: sigma vanishes below t_min")
-        grid = self.time_grid(1.0, t_end, x.device) if time_grid is None else torch.as_tensor(time_grid).double()
+        grid = self.time_grid(1.0, t_end, x.device) if time_grid is None else time_grid
         return self._solve(lambda t, y: self.velocity(y, t), x, grid)
 
     def log_likelihood(self, x: torch.Tensor, *, trace: str = "auto", generator: torch.Generator | None = None,
@@ -193,7 +195,7 @@ class ProbabilityFlowODE:
                     div = (grad * probe).reshape(v.shape[0], -1).sum(1)
             return v.detach(), div.detach()
 
-        grid = self.time_grid(s.t_min, t_end, x.device) if time_grid is None else torch.as_tensor(time_grid).double()
+        grid = self.time_grid(s.t_min, t_end, x.device) if time_grid is None else time_grid
         state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
         with torch.no_grad():
             (x_end, delta), nfe = self._solve(dynamics, state, grid)

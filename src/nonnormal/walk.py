@@ -16,6 +16,10 @@ with ``zeta_k`` from the model's law:
 
 Each rule has its own standardized shift per unit of ``r = eps - eps_theta``, ``v_k``:
 ``g(t) sqrt(dt) / sigma_t`` (euler) and ``sqrt(expm1(gamma_{k+1} - gamma_k))`` (posterior).
+
+The grid ``t_0 < ... < t_T = 1`` is the schedule's in a spacing (:meth:`Schedule.grid`). On the
+``ddpm`` spacing ``t_0 = 0`` (sigma = 0 for ddpm-linear): the posterior rule's last step is then
+DDPM's, ``x_0 = x0_hat`` with zero noise, and carries no KL term (the decoder's step).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class StructuredRandomWalk:
 
     def v(self, rule: str = "posterior") -> torch.Tensor:
         """The standardized shift per unit of ``r = eps - eps_theta`` for each step k (float64, T);
-        infinite for a deterministic step (see :attr:`first_kl_step`)."""
+        for the posterior rule, infinite at a deterministic step (see :attr:`first_kl_step`)."""
         s, t0, t1 = self.schedule, self.t[:-1], self.t[1:]
         if check_rule(rule) == "euler":
             return s.g(t1) * (t1 - t0).sqrt() / s.sigma(t1)

@@ -533,10 +533,8 @@ def pretrained_as_run(path, device="cpu"):
 
 
 def _load_dataset(spec: str):
-    try:
-        from ..data import load
-    except ImportError:  # TODO(D): the older layout (nonnormal.datasets) until helper A's data package lands
-        from ..datasets import load
+    from ..data import load
+
     return load(spec)
 
 
@@ -602,10 +600,8 @@ def evaluate_pretrained(path, dataset: str, device="cpu", n_test: int | None = N
 
 # ----- 4. runs out ----------------------------------------------------------------------------
 def _load_run(run):
-    try:
-        from ..runs import load_run
-    except ImportError:  # TODO(D): drop once helper A's runs.py lands
-        from ..train import load_run
+    from ..runs import load_run
+
     return load_run(run, "cpu")
 
 
