@@ -300,3 +300,22 @@ def test_toy2d_trains_and_evaluates(tmp_path):
         results[steps] = json.loads((run / "eval.json").read_text())
     assert results[300]["nll_ode"] < results[1]["nll_ode"] - 0.3
     assert results[300]["energy_distance"] < 0.5 * results[1]["energy_distance"]
+
+
+def test_a_run_of_the_old_layout_loads_and_resumes(tmp_path):
+    """A run folder from before keep-k (checkpoint.safetensors, no digest, no run.lock) is still a run."""
+    from safetensors.torch import save_file
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    train_lib.train(tiny("train.steps=4"), new, progress=False, stop_at=2)
+    _, t, state = runs.latest(new)
+    old.mkdir()
+    legacy = {k: v for k, v in state.items() if k not in ("sha256", "metrics_window", "data", "sampler")}
+    save_file(t, str(old / "checkpoint.safetensors"), metadata={"format": "nonnormal-checkpoint-1",
+                                                                "state": json.dumps(legacy)})
+    (old / "metrics.jsonl").write_text((new / "metrics.jsonl").read_text())
+    assert runs.load_run(old)[2]["step"] == 2
+    train_lib.train(tiny("train.steps=4"), old, resume=True, progress=False)
+    train_lib.train(tiny("train.steps=4"), new, resume=True, progress=False)
+    assert_same_run(new, old)
+    assert [p.name for p in runs.checkpoints(old)] == ["checkpoint-000004.safetensors"]

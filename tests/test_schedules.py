@@ -111,3 +111,5 @@ def test_bad_spacing():
         schedules.get("vdm").grid(10, "cubic")
     with pytest.raises(NonnormalError, match="at most 1000"):
         schedules.get("ddpm-linear").grid(1001, "ddpm")
+    with pytest.raises(NonnormalError, match="more than 10,000,000"):
+        schedules.get("vdm").grid(10**12)

@@ -11,9 +11,9 @@ likelihood or a pair of increment laws against the truth::
 
     mix = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], std=0.1, schedule="cosine")
     d = Diffusion("cosine", T=100, p="laplace")
-    x = d.sample(mix.eps, (1000, 2), seed=0)              # compare with mix.sample(1000, generator)
-    logp, nfe = d.log_likelihood(mix.eps, x.double(),      # equals mix.log_prob(x) up to the ODE's
-                                 prior=mix.marginal_log_prob_at(1.0))  # tolerance
+    x = d.sample(mix.eps, (1000, 2), seed=0, dtype=torch.float64)  # vs mix.sample(1000, generator)
+    logp, nfe = d.log_likelihood(mix.eps, x, prior=mix.marginal_log_prob_at(1.0))
+    # logp equals mix.marginal_log_prob(x, d.schedule.t_min) (~ mix.log_prob(x)) to the ODE's tolerance
 
 - :class:`GaussianData`: ``N(mu, Sigma)``; ``p_t = N(alpha_t mu, alpha_t^2 Sigma + sigma_t^2 I)``.
 - :class:`GaussianMixture`: equal-weight isotropic mixture ``N(m_i, s^2 I)``; ``p_t`` a mixture too.

@@ -59,7 +59,8 @@ class IncrementLaw:
     @property
     def spec(self) -> str:
         """The string that :func:`get` turns back into this law, e.g. ``student_t:nu=5``."""
-        return ":".join([self.name] + [f"{k}={v:g}" for k, v in self.params.items()])
+        params = self.params or getattr(self, "_given", {})  # a user law's parameters as given to get()
+        return ":".join([self.name] + [f"{k}={v:g}" for k, v in params.items()])
 
     @property
     def tails(self) -> tuple[tuple, tuple]:
@@ -397,12 +398,14 @@ _BUILTIN = {"gaussian", "laplace", "uniform", "logistic", "student_t", "gennorm"
 _CHECKED: set[tuple[type, str]] = set()
 
 
-def _named(law, name: str) -> IncrementLaw:
-    """The law, named (and so specified) by the name it is registered under."""
+def _named(law, name: str, params: dict | None = None) -> IncrementLaw:
+    """The law, named (and so specified) by the name it is registered under and its parameters."""
     if not isinstance(law, IncrementLaw):
         raise NonnormalError(f"the factory of increment law {name!r} returned {type(law).__name__}, not an IncrementLaw")
     if law.name != name:
         law.name = name
+    if params and not law.params:
+        law._given = dict(params)
     return law
 
 
@@ -424,7 +427,7 @@ def register(name: str, factory: Callable[..., IncrementLaw], *, overwrite: bool
     except TypeError as err:
         raise NonnormalError(f"increment law {name!r} must be buildable with default parameters: {err}") from None
     check_law(_named(law, name))
-    _LAWS.register(name, lambda **params: _named(factory(**params), name), overwrite=overwrite)
+    _LAWS.register(name, lambda **params: _named(factory(**params), name, params), overwrite=overwrite)
     _CHECKED.add((type(law), law.spec))
 
 

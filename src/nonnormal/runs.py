@@ -110,10 +110,14 @@ def append_line(path: Path, line: str) -> None:
 def truncate_metrics(run: Path, step: int) -> None:
     """Drop metric lines past ``step`` (written after the checkpoint a resumed run restarts from)."""
     path = run / METRICS
-    if not path.exists():
+    try:
+        lines = path.read_text().splitlines() if path.exists() else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise NonnormalError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    if lines is None:
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             if json.loads(line)["step"] <= step:
                 keep.append(line)
@@ -156,8 +160,9 @@ def open_run(run: str | Path) -> int:
     try:
         if os.fstat(fd).st_size == 0:
             os.write(fd, b"nonnormal run folder: locked by the process that trains it\n")
-        for tmp in run.glob(".*.tmp"):  # writes that a kill interrupted; no other writer can be at work
-            tmp.unlink(missing_ok=True)
+        for tmp in run.glob(".*.tmp"):  # training's own writes that a kill interrupted (we hold the lock)
+            if tmp.name.startswith((".checkpoint", f".{CONFIG}.", f".{METRICS}.")):
+                tmp.unlink(missing_ok=True)
     except OSError as err:
         release(fd)
         raise NonnormalError(f"cannot prepare the run folder {run}: {_why(err)}") from None

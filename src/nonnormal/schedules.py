@@ -24,6 +24,7 @@ from .errors import NonnormalError
 from .registry import Registry
 
 SPACINGS = ("uniform", "log-snr", "quadratic", "ddpm")
+MAX_STEPS = 10_000_000  # the most steps a grid may have (a walk keeps ~10 float64 arrays of that length)
 
 
 class Schedule:
@@ -82,6 +83,9 @@ class Schedule:
         """
         if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
             raise NonnormalError(f"the number of steps T must be a positive integer, got {T!r}: use e.g. T=1000")
+        if T > MAX_STEPS:
+            raise NonnormalError(f"T = {T:,} steps is more than {MAX_STEPS:,}: a walk holds several arrays of T "
+                                 "values and loops over every step; use fewer steps")
         u = torch.linspace(0.0, 1.0, T + 1, dtype=torch.float64)
         lo = self.t_min
         if spacing == "uniform":

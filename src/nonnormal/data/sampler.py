@@ -14,6 +14,7 @@ global batch depend on the number of processes.)
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -63,6 +64,13 @@ def _stack(items) -> torch.Tensor:
     return items if torch.is_tensor(items) else torch.stack(list(items))
 
 
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    # Ctrl-C or a scheduler's SIGTERM reaches the whole process group; the training process
+    # finishes its step, writes a checkpoint and shuts its workers down itself.
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def batches(dataset: Dataset, sampler: GlobalBatchSampler, workers: int = 0) -> Iterator[torch.Tensor]:
     """The examples of each batch the sampler names, as one tensor, through torch's DataLoader.
 
@@ -72,7 +80,7 @@ def batches(dataset: Dataset, sampler: GlobalBatchSampler, workers: int = 0) -> 
     """
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_stack,
                         generator=torch.Generator(),  # the loader's base seed comes from here, not the global RNG
-                        persistent_workers=False)
+                        worker_init_fn=_leave_signals_to_the_trainer if workers else None)
     it = iter(loader)
     try:
         while True:
