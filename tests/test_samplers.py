@@ -5,7 +5,7 @@ import torch
 
 from nonnormal import Diffusion
 from nonnormal.errors import NonnormalError
-from nonnormal.evaluate import energy_distance
+from nonnormal.metrics.distances import energy_distance
 from nonnormal.exact import GaussianData, GaussianMixture
 from nonnormal.samplers import coupled_noise, walk_sampler
 

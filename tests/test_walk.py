@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nonnormal.evaluate import invariance_study, wasserstein1_to_gaussian
+from nonnormal.invariance import invariance_study
+from nonnormal.metrics.distances import wasserstein1_to_gaussian
 from nonnormal.walk import StructuredRandomWalk
 
 LAWS = ["gaussian", "laplace", "uniform", "logistic", "student_t", "gennorm", "rademacher"]

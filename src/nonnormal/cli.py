@@ -94,7 +94,7 @@ def cmd_kl(args) -> int:
 
 def cmd_invariance(args) -> int:
     from . import increments, schedules
-    from .evaluate import invariance_study
+    from .invariance import invariance_study
     from .report import plot_invariance
 
     laws = [increments.get(s) for s in args.laws.split(",") if s.strip()]

@@ -1,11 +1,9 @@
-"""Distances between samples and laws, and the invariance experiment.
+"""Evaluation of a trained run, and the reference rows it is read against.
 
-- :func:`energy_distance`: the (squared) energy distance between two sample sets, a proper
-  metric on laws: ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (V-statistic).
-- :func:`wasserstein1_to_gaussian`: the exact 1-Wasserstein distance between the empirical law
-  of 1-D samples and ``N(mean, std^2)``.
-- :func:`invariance_study`: the invariance theorem made visible: W1 between a forward walk's
-  terminal samples and the exact Gaussian marginal, per law and number of steps.
+- :func:`evaluate_run`: test-set bits/dim (probability-flow ODE and the paper's bound) and sample
+  quality of a run, on its own :class:`~nonnormal.diffusion.Diffusion`;
+- :func:`reference_rows`: two simple models' bits/dim on the same test split;
+- :func:`real_data_quality`: FD/KID of real training images, the floor a model can reach.
 """
 
 from __future__ import annotations
@@ -16,66 +14,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import increments
 from .errors import NonnormalError
-from .walk import StructuredRandomWalk
+from .metrics.distances import energy_distance, sliced_wasserstein
 
 SAMPLERS = ("walk", "ode")  # ancestral walk of law p, or the probability-flow ODE
-
-
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Squared energy distance between samples ``x`` (n, d) and ``y`` (m, d); 0 iff same law."""
-    x, y = x.double().reshape(x.shape[0], -1), y.double().reshape(y.shape[0], -1)
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
-
-
-def wasserstein1_to_gaussian(samples: torch.Tensor, mean: float = 0.0, std: float = 1.0) -> float:
-    """Exact ``W1`` between the empirical law of ``samples`` (1-D) and ``N(mean, std^2)``.
-
-    With sorted standardized samples ``c_i``, ``W1 = std * sum_i int_{Q(i-1/n)}^{Q(i/n)} |c_i - x| phi(x) dx``,
-    each integral in closed form through ``G(x) = c Phi(x) + phi(x)``.
-    """
-    c = ((samples.double().flatten() - mean) / std).sort().values
-    n = c.numel()
-    edges = torch.special.ndtri(torch.arange(n + 1, dtype=torch.float64, device=c.device) / n)
-    lo, hi = edges[:-1], edges[1:]
-    phi = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
-    G = lambda x: c * torch.special.ndtr(x) + phi(x)  # noqa: E731  (antiderivative of (c - x) phi(x))
-    mid = c.clamp(lo, hi)
-    total = (G(mid) - G(lo)) - (G(hi) - G(mid))
-    return float(std * total.sum())
-
-
-def invariance_study(laws=("laplace", "uniform", "rademacher"), steps=(4, 16, 64, 256), schedule="vdm",
-                     paths: int = 200_000, seed: int = 0, progress: bool = False) -> dict[str, dict[int, float]]:
-    """``{law: {T: W1}}``: forward walks from fixed data against their exact Gaussian marginal.
-
-    The walk starts from 16 fixed data values in [-1, 1] (``paths`` walks in all) and takes the
-    exact VP transition per step; its terminal law has Theorem 3.1's mean and variance for
-    every increment law, and is Gaussian for Gaussian increments. ``gaussian`` is always
-    added as the reference: its W1 is pure sampling noise.
-    """
-    laws = [increments.get(law) for law in laws]
-    if not laws:
-        raise NonnormalError("no laws given: name at least one, e.g. --laws laplace,uniform")
-    for T in steps:
-        if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
-            raise NonnormalError(f"step counts must be positive integers, got {T!r}: use e.g. --steps 4,16,64,256")
-    if paths < 16:
-        raise NonnormalError(f"need at least 16 paths, got {paths}")
-    if "gaussian" not in [law.spec for law in laws]:
-        laws = [increments.get("gaussian")] + laws
-    x0 = torch.linspace(-1, 1, 16, dtype=torch.float64).repeat(paths // 16)
-    result: dict[str, dict[int, float]] = {}
-    jobs = [(law, T) for law in laws for T in steps]
-    for law, T in tqdm(jobs, desc="invariance", disable=not progress):
-        walk = StructuredRandomWalk(schedule, T, law)
-        generator = torch.Generator().manual_seed(seed)
-        xT = walk.simulate(x0, generator)
-        m, v = walk.moments()
-        z = (xT - m[-1] * x0) / v[-1].sqrt()
-        result.setdefault(law.spec, {})[T] = float(v[-1].sqrt()) * wasserstein1_to_gaussian(z)
-    return result
 
 
 def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[dict]:
@@ -113,7 +55,7 @@ def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[di
 
 def real_data_quality(dataset, n: int | None = None, seed: int = 0) -> dict:
     """FD and KID of ``n`` real training images against the test split: the floor a model can reach."""
-    from . import quality
+    from .metrics import features as quality
 
     features = quality.features_for(dataset)
     real = features(dataset.unit("test"))
@@ -148,10 +90,10 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     the T-step walk model's density, a different model from the ODE's, so it is not a bound on
     ``bpd_ode``. ``fd``/``kid``: Fréchet distance and KID of ``n_samples`` samples (``sampler="walk"``:
     ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE) against the test split,
-    in the feature space of the dataset's classifier (:mod:`nonnormal.quality`).
+    in the feature space of the dataset's classifier (:mod:`nonnormal.metrics.features`).
     """
     from . import ode
-    from . import quality as quality_lib
+    from .metrics import features as quality_lib
     from .diffusion import Diffusion
     from .runs import load_data, load_run
 
@@ -179,11 +121,12 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
             return diffusion.ode_sample(model, shape, seed=seed, device=device, dtype=dtype, **ode_options)
         return diffusion.sample(model, shape, seed=seed, device=device, dtype=dtype, progress=progress)
 
-    if data.levels is None:  # continuous data (toy2d): the ODE's NLL in nats/dim and the energy distance
+    if data.levels is None:  # continuous data (toy2d): the ODE's NLL in nats/dim and two sample distances
         logp, nfe = diffusion.log_likelihood(model, x, generator=g, **ode_options)
         nll = -logp.cpu() / x[0].numel()
+        xs = draw(n_samples or x.shape[0]).cpu()
         out.update(nll_ode=float(nll.mean()), nll_ode_se=_se(nll), ode_nfe=nfe,
-                   energy_distance=energy_distance(draw(n_samples or x.shape[0]).cpu(), x.cpu()))
+                   energy_distance=energy_distance(xs, x.cpu()), sliced_wasserstein=sliced_wasserstein(xs, x.cpu(), seed=seed))
         return out
     t0 = time.perf_counter()
     bpd, nfe = [], 0

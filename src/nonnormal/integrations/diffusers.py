@@ -585,7 +585,7 @@ def evaluate_pretrained(path, dataset: str, device="cpu", n_test: int | None = N
         except Exception:  # noqa: BLE001 - no labels: no quality
             labels = None
     if quality and labels is not None:
-        from .. import quality as quality_lib
+        from ..metrics import features as quality_lib
         from ..data import levels_to_unit, unit_to_levels
 
         features = quality_lib.features_for(data, progress=progress)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from nonnormal.data import levels_to_unit
 from nonnormal.errors import NonnormalError
-from nonnormal.quality import (
+from nonnormal.metrics.features import (
     FeatureClassifier,
     cache_folder,
     features_for,

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .runs import write_atomic
-from .errors import NonnormalError
+from ..runs import write_atomic
+from ..errors import NonnormalError
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
 MIN_TRAIN = 100  # fewer training images than this cannot give a meaningful feature space

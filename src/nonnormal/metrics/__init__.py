@@ -1,0 +1,8 @@
+"""Sample-quality metrics.
+
+- :mod:`.features`: a small classifier's features per dataset, Fréchet distance and KID in them
+  (and Inception FID when ``pytorch-fid`` and its weights are installed);
+- :mod:`.style`: what samples look like: saturation, smoothness, pixel-histogram distance;
+- :mod:`.distances`: distances between point clouds (energy distance, sliced Wasserstein, W1 to a
+  Gaussian) for low-dimensional data.
+"""
