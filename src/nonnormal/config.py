@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        "dataset": "digits",  # dataset spec, see nonnormal.datasets (e.g. mnist5k, cifar10:path=...)
+        "dataset": "digits",  # dataset spec, see nonnormal.data (e.g. mnist5k, cifar10:path=...)
         "split_seed": 0,  # seed of the train/test split where the data has no official one
         "dequantize": True,  # train on uniformly dequantized data (needed for a meaningful ODE likelihood)
     },

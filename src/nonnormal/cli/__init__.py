@@ -1,0 +1,165 @@
+"""The ``nonnormal`` command: parses, validates, calls the library. No math lives here.
+
+One module per group of commands: :mod:`.runs` (train, sample, eval, export) and :mod:`.studies`
+(laws, kl, invariance, compare, study); :mod:`.common` holds their shared checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import NonnormalError
+from .runs import cmd_eval, cmd_export, cmd_sample, cmd_train
+from .studies import cmd_compare, cmd_invariance, cmd_kl, cmd_laws, cmd_study
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, and where to look) and exit 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="nonnormal", description="Non-normal diffusion models.")
+    parser.add_argument("--version", action="version", version=f"nonnormal {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module (or .py file) that registers laws, schedules or networks; repeatable; "
+                             "runs record it, so later commands on the run load it again")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("laws", help="list the increment laws")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_laws)
+
+    p = sub.add_parser("kl", help="the per-step divergence K(u) of a (q, p) pair of laws")
+    p.add_argument("q", help="law of the data walk's steps, e.g. uniform")
+    p.add_argument("p", help="law of the model walk's steps, e.g. laplace")
+    p.add_argument("--u", default="0,0.5,1,2,4", help="comma-separated standardized shifts u")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_kl)
+
+    p = sub.add_parser("invariance", help="forward walks with non-normal increments against their Gaussian limit")
+    p.add_argument("--laws", default="laplace,uniform,rademacher", help="comma-separated laws (gaussian is always added)")
+    p.add_argument("--steps", default="4,16,64,256", help="comma-separated step counts T")
+    p.add_argument("--schedule", default="vdm", help="noise schedule: vdm, cosine, ddpm-linear, brownian")
+    p.add_argument("--paths", type=int, default=200_000, help="number of simulated walks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default runs/invariance-<timestamp>)")
+    p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_invariance)
+
+    def run_options(p, steps_help):
+        p.add_argument("--config", default=None, help="TOML config (see configs/); flags below override it")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+        p.add_argument("--dataset", default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE")
+        p.add_argument("--schedule", default=None, help="noise schedule: vdm, cosine, ddpm-linear, brownian")
+        p.add_argument("--T", type=int, default=None, help="number of steps of the walk")
+        p.add_argument("--steps", type=int, default=None, help=steps_help)
+        p.add_argument("--batch", type=int, default=None, help="global batch size")
+        p.add_argument("--seed", type=int, default=None, help="training seed")
+        p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
+    run_options(p, "optimizer steps")
+    p.add_argument("--law", default=None, help="increment law of both walks")
+    p.add_argument("--q", default=None, help="increment law of the data walk")
+    p.add_argument("--p", default=None, help="increment law of the model walk")
+    p.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint (from step 0 if it has none yet)")
+    p.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
+    p.set_defaults(handler=cmd_train)
+
+    def sampler_options(p, what):
+        p.add_argument("--sampler", default="walk", help=f"walk (ancestral, law p) or ode (probability flow) for {what}")
+        p.add_argument("--spacing", default=None, help="time grid: uniform, log-snr, quadratic, ddpm (default: the run's)")
+        p.add_argument("--ode-method", default=None, help="ODE method: dopri5 (adaptive, default), heun, euler, rk4, ...")
+        p.add_argument("--ode-steps", type=int, default=None, help="steps of a fixed-step ODE method (default 100)")
+        p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance of an adaptive method (rtol = atol)")
+
+    p = sub.add_parser("sample", help="sample from a trained run: a PNG grid and an .npz")
+    p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
+    p.add_argument("--pretrained", default=None, metavar="DIR",
+                   help="a local diffusers pipeline or UNet folder instead of a run (needs the diffusers extra)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--T", type=int, default=None, help="steps (default: the run's T)")
+    p.add_argument("--rule", default=None, help="posterior or euler (default: the run's)")
+    p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
+    p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
+    sampler_options(p, "the samples")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>)")
+    p.add_argument("--force", action="store_true", help="overwrite earlier samples in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("eval", help="test-set bits/dim (ODE and bound) and sample quality (FD, KID) of a run")
+    p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
+    p.add_argument("--pretrained", default=None, metavar="DIR",
+                   help="a local diffusers pipeline or UNet folder instead of a run (needs --dataset)")
+    p.add_argument("--dataset", default=None, help="test data for --pretrained, e.g. cifar10:path=DIR")
+    p.add_argument("--n-test", type=int, default=None, help="first N test images (default all)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples for FD/KID (default: test-set size)")
+    p.add_argument("--T", type=int, default=None, help="steps for the bound and the samples (default: the run's T)")
+    p.add_argument("--seed", type=int, default=0)
+    sampler_options(p, "FD/KID's samples (the ODE options also set bpd_ode's solver)")
+    p.add_argument("--no-quality", action="store_true", help="skip sampling and FD/KID")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="JSON file (default RUN/eval.json)")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier eval.json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("export", help="write a trained run as a diffusers pipeline folder")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--diffusers", required=True, metavar="OUT", help="the pipeline folder to write")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
+    run_options(p, "optimizer steps per pair")
+    p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four + logistic, student_t)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per pair for FD/KID (default: test-set size)")
+    p.add_argument("--n-test", type=int, default=None, help="first N test images for bits/dim (default all)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="ODE tolerance for bits/dim (rtol = atol; eval uses 1e-5)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (shared by every pair)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")
+    p.add_argument("--force", action="store_true", help="rebuild the table in a finished --out")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("study", help="what the law changes: pairs x training T x seeds, sampled with several laws and T")
+    p.add_argument("what", nargs="?", default="grid", choices=("grid", "bias"),
+                   help="grid (default): train and measure the grid of a study config; bias: the bias of non-L2 "
+                        "losses on exact-score mixtures")
+    run_options(p, "optimizer steps per model")
+    p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (configs/study-quick.toml)")
+    p.add_argument("--seeds", type=int, default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)")
+    p.add_argument("--out", default=None, help="output folder (default runs/study-<timestamp>); an unfinished one resumes")
+    p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out")
+    p.set_defaults(handler=cmd_study)
+    return parser
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .. import plugins
+
+        plugins.load_entry_points()
+        plugins.REQUESTED[:] = plugins.load(args.plugin)
+        return args.handler(args)
+    except NonnormalError as err:  # exit_code: 75 for a training stopped by a signal (continue with --resume)
+        code = getattr(err, "exit_code", 2)
+        print(f"nonnormal: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("nonnormal: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,189 @@
+"""Commands on one run: train, sample, eval, export (a run folder or a pretrained diffusers folder)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from ..errors import NonnormalError
+from ..runs import write_atomic
+from .common import _check_positive, _check_tolerance, _out_dir, _train_overrides
+
+
+def cmd_train(args) -> int:
+    from .. import config as config_lib, increments
+    from ..divergences import check_pair
+    from ..train import train
+
+    overrides = _train_overrides(args)
+    q, p = args.q or args.law, args.p or args.law
+    if args.law and (args.q or args.p):
+        raise NonnormalError("give either --law (for both walks) or --q/--p, not both")
+    overrides += [f"diffusion.q={json.dumps(q)}"] if q else []
+    overrides += [f"diffusion.p={json.dumps(p)}"] if p else []
+    if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NonnormalError("under torchrun, give --out: every process must write to the same run folder")
+    out = Path(args.out) if args.out else Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
+    base = None
+    if args.resume and not args.config:  # the run's own config (if it has one yet), then the flags
+        from ..runs import saved_config
+
+        base = saved_config(out)
+    cfg = config_lib.load(args.config, overrides, base=base)
+    check_pair(increments.get(cfg["diffusion"]["q"]), increments.get(cfg["diffusion"]["p"]))
+    try:
+        state = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    print(f"trained {state['step']} steps in {state['train_seconds']:.0f} s: {out}")
+    return 0
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from ..data import levels_to_unit, unit_to_levels
+    from ..diffusion import Diffusion
+    from ..report import save_grid
+    from ..runs import load_run
+    from ..train import pick_device
+
+    device = pick_device(args.device)
+    if _source(args) == "pretrained":  # a diffusers folder, seen as a run (see integrations.diffusers)
+        model, cfg, state = _diffusers().pretrained_as_run(args.pretrained, device)
+    else:
+        model, cfg, state = load_run(args.run, device)
+    if args.n <= 0:
+        raise NonnormalError(f"--n must be positive, got {args.n}")
+    options = _sampler_options(args)
+    overrides = {k: v for k, v in (("T", args.T), ("spacing", args.spacing), ("rule", args.rule)) if v is not None}
+    diffusion = Diffusion.from_config({**cfg["diffusion"], **overrides})  # the run's schedule, laws, rule, grid
+    info = {"sampler": args.sampler, "schedule": diffusion.schedule.spec, "spacing": diffusion.spacing}
+    if args.sampler == "walk":
+        law = diffusion.walk(args.law, T=1).law  # checks the law before any work
+        info.update(law=law.spec, rule=diffusion.rule, T=diffusion.T)
+        stem = f"samples-{law.spec}-T{diffusion.T}-seed{args.seed}"
+    else:
+        info.update({k: v for k, v in (("ode_method", options["method"]), ("ode_steps", options["steps"])) if v})
+        stem = f"samples-ode-{options['method']}{options['steps'] or ''}-seed{args.seed}"
+    out = _out_dir(args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force,
+                   ["samples.png", "samples.npz"])
+    shape = (args.n,) + tuple(state["shape"])
+    if args.sampler == "walk":
+        x = diffusion.sample(model, shape, seed=args.seed, law=law, device=device, progress=not args.quiet)
+    else:
+        x = diffusion.ode_sample(model, shape, seed=args.seed, device=device, **options)
+    x = x.cpu()
+    arrays = {"samples": x.numpy()}
+    if state["levels"]:
+        levels = unit_to_levels(x, state["levels"])
+        arrays["levels"] = levels.numpy().astype(np.uint8 if state["levels"] <= 256 else np.int32)
+        x = levels_to_unit(levels, state["levels"])
+    buf = __import__("io").BytesIO()
+    np.savez(buf, seed=args.seed, **info, **arrays)
+    write_atomic(out / "samples.npz", buf.getvalue())
+    if len(shape) == 4:
+        tmp = out / ".samples.tmp.png"
+        save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
+        os.replace(tmp, out / "samples.png")
+        print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
+    else:
+        print(f"wrote {out / 'samples.npz'}")
+    return 0
+
+def _sampler_options(args) -> dict:
+    """``--sampler`` checked with its flags; for the ODE, its solver options ``{method, steps, rtol, atol}``.
+    Walk flags (--law, --rule, --T) do not go with the ODE, nor ODE flags (--ode-method, --ode-steps) with the walk."""
+    from .. import ode
+    from ..evaluate import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise NonnormalError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    _check_tolerance(args.rtol)
+    ode_flags = [f for f, v in (("--ode-method", args.ode_method), ("--ode-steps", args.ode_steps)) if v is not None]
+    walk_flags = [f for f, v in (("--law", args.law), ("--rule", args.rule), ("--T", args.T)) if v is not None]
+    if args.sampler == "walk" and ode_flags:
+        raise NonnormalError(f"{ode_flags[0]} goes with --sampler ode (the walk takes --T, --law, --rule, --spacing)")
+    if args.sampler == "ode" and walk_flags:
+        raise NonnormalError(f"{walk_flags[0]} goes with --sampler walk: the probability-flow ODE has no increment "
+                             "law, reverse rule or T (give --ode-method and --ode-steps)")
+    if args.sampler == "walk":
+        return {}
+    return dict(zip(("method", "steps", "rtol", "atol"),
+                    ode.check_options(args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol)))
+
+def cmd_eval(args) -> int:
+    from ..evaluate import evaluate_run
+    from ..train import pick_device
+
+    if _source(args) == "pretrained":
+        return _eval_pretrained(args)
+    if not Path(args.run).is_dir():
+        raise NonnormalError(f"run folder {args.run} not found: give the --out folder of a `nonnormal train` run")
+    path = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    if path.is_dir():
+        raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
+    if not path.parent.is_dir():
+        raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
+    if path.exists() and not args.force:
+        raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
+    _check_positive(args, "n_test", "n_samples", "T")
+    _check_tolerance(args.rtol)
+    result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
+                          seed=args.seed, quality=not args.no_quality, progress=not args.quiet, sampler=args.sampler,
+                          ode_method=args.ode_method or "dopri5", ode_steps=args.ode_steps, spacing=args.spacing)
+    text = json.dumps(result, indent=1)
+    print(text)
+    write_atomic(path, (text + "\n").encode())
+    print(f"wrote {path}")
+    return 0
+
+def _diffusers():
+    """nonnormal.integrations.diffusers, or a one-line error naming the extra."""
+    try:
+        from ..integrations import diffusers
+    except ImportError:
+        raise NonnormalError("this needs diffusers, which is not installed: pip install 'nonnormal[diffusers]'") from None
+    return diffusers
+
+def _source(args) -> str:
+    """``run`` or ``pretrained``: exactly one of a run folder and ``--pretrained DIR``."""
+    if bool(args.run) == bool(getattr(args, "pretrained", None)):
+        raise NonnormalError("give a run folder or --pretrained DIR (a local diffusers pipeline folder)"
+                             + (", not both" if args.run else ""))
+    return "run" if args.run else "pretrained"
+
+def _eval_pretrained(args) -> int:
+    from ..train import pick_device
+
+    if not args.dataset:
+        raise NonnormalError("eval --pretrained needs --dataset: the test data to score the model on, e.g. cifar10:path=DIR")
+    path = Path(args.out) if args.out else Path("runs") / f"pretrained-{Path(args.pretrained).resolve().name}" / "eval.json"
+    if path.is_dir():
+        raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
+    if path.exists() and not args.force:
+        raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
+    _check_positive(args, "n_test", "n_samples", "T")
+    _check_tolerance(args.rtol)
+    result = _diffusers().evaluate_pretrained(args.pretrained, args.dataset, pick_device(args.device), args.n_test,
+                                              args.n_samples, args.T, args.rtol, args.rtol, seed=args.seed,
+                                              quality=not args.no_quality, progress=not args.quiet)
+    text = json.dumps(result, indent=1)
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (text + "\n").encode())
+    print(f"wrote {path}")
+    return 0
+
+def cmd_export(args) -> int:
+    out = _diffusers().export_run(args.run, args.diffusers, force=args.force)
+    print(f"wrote a diffusers pipeline folder {out}: DiffusionPipeline.from_pretrained({str(out)!r}) loads it "
+          f"(nonnormal sample --pretrained {out} samples it as the run)")
+    return 0

@@ -1,0 +1,135 @@
+"""Commands across laws: laws, kl, invariance, compare, study."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from ..errors import NonnormalError
+from ..runs import write_atomic
+from .common import _int_list, _check_positive, _check_tolerance, _out_dir, _train_overrides, _repo_config, _default_compare_config
+
+
+def cmd_laws(args) -> int:
+    from .. import increments
+
+    rows = []
+    for name in increments.names():
+        law = increments.get(name)
+        rows.append({"name": name, "spec": law.spec, "params": law.params, "variance": 1.0,
+                     "fourth_moment": law.fourth_moment, "has_density": law.has_density,
+                     "support": [law.support[0], law.support[1]]})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=lambda v: str(v)))
+        return 0
+    print(f"{'law':<12}{'parameters':<14}{'variance':>9}{'E z^4':>9}  density  support")
+    for r in rows:
+        params = ",".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-"
+        lo, hi = r["support"]
+        support = "R" if math.isinf(lo) and math.isinf(hi) else f"[{lo:.3g}, {hi:.3g}]"
+        print(f"{r['name']:<12}{params:<14}{r['variance']:>9.3g}{r['fourth_moment']:>9.4g}  {'yes' if r['has_density'] else 'no ':<7}  {support}")
+    print("parameters: name:key=value, e.g. student_t:nu=8 (nu > 4 needed for a finite fourth moment)")
+    return 0
+
+def cmd_kl(args) -> int:
+    import torch
+
+    from ..divergences import divergence
+
+    try:
+        us = [float(v) for v in args.u.split(",") if v.strip()]
+    except ValueError:
+        raise NonnormalError(f"--u must be comma-separated numbers, got {args.u!r}: e.g. 0,0.5,1,2") from None
+    d = divergence(args.q, args.p)
+    values = d(torch.tensor(us, dtype=torch.float64)).tolist()
+    if args.json:
+        print(json.dumps({"q": d.q.spec, "p": d.p.spec, "kind": d.kind, "k0": d.k0, "u": us, "K": values}, indent=2))
+        return 0
+    print(f"K(u) = KL(q(. - u) || p) per coordinate, q = {d.q.spec}, p = {d.p.spec} ({d.kind}); K(0) = {d.k0:.6f}")
+    for u, k in zip(us, values):
+        print(f"  u = {u:>8g}   K = {k:.6f}")
+    return 0
+
+def cmd_invariance(args) -> int:
+    from .. import increments, schedules
+    from ..invariance import invariance_study
+    from ..report import plot_invariance
+
+    laws = [increments.get(s) for s in args.laws.split(",") if s.strip()]
+    steps = _int_list(args.steps, "--steps")
+    schedule = schedules.get(args.schedule)
+    if args.paths < 16:
+        raise NonnormalError(f"--paths must be at least 16, got {args.paths}")
+    out = _out_dir(args.out, "invariance", args.force, ["invariance.json", "invariance.png"])
+    result = invariance_study(laws, steps, schedule, args.paths, args.seed, progress=not args.quiet)
+    payload = {law: {str(T): w for T, w in row.items()} for law, row in result.items()}
+    write_atomic(out / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
+    png = out / ".invariance.tmp.png"
+    plot_invariance(result, png, f"Walks vs their Gaussian limit ({schedule.name} schedule, {args.paths:,} paths)")
+    os.replace(png, out / "invariance.png")
+    width = max(len(k) for k in result)
+    print(f"W1 to the Gaussian limit ({schedule.spec}, {args.paths} paths, seed {args.seed})")
+    print(f"{'law':<{width}}" + "".join(f"{'T=' + str(T):>10}" for T in steps))
+    for law, row in result.items():
+        print(f"{law:<{width}}" + "".join(f"{row[T]:>10.4f}" for T in steps))
+    print(f"wrote {out / 'invariance.json'} and {out / 'invariance.png'}")
+    return 0
+
+def cmd_compare(args) -> int:
+    from ..compare import OUTPUTS, PAIRS, compare, parse_pairs
+
+    pairs = parse_pairs(args.pairs) if args.pairs else list(PAIRS)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
+    clash = [f for f in OUTPUTS if (out / f).exists()]
+    if clash and not args.force:
+        raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
+    config = args.config or _default_compare_config()
+    t0 = time.time()
+    _check_positive(args, "n_test", "n_samples", "seeds")
+    _check_tolerance(args.rtol)
+    compare(out, pairs, config, _train_overrides(args), seeds=args.seeds, n_samples=args.n_samples,
+            n_test=args.n_test, rtol=args.rtol, sample_seed=args.sample_seed, progress=not args.quiet)
+    print()
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/: {', '.join(OUTPUTS)} ({time.time() - t0:.0f} s)")
+    return 0
+
+def cmd_study(args) -> int:
+    if args.what == "bias":
+        return _study_bias(args)
+    from ..report import write_study
+    from ..study import Study, load_plan
+
+    config = args.config or (str(_repo_config("study-quick.toml") or "") if args.quick else _repo_config("study-digits.toml"))
+    if args.quick and not config:
+        raise NonnormalError("--quick needs configs/study-quick.toml: run from the repository or give --config")
+    if not config:
+        raise NonnormalError("give --config (e.g. configs/study-digits.toml) or --quick")
+    seeds = list(range(args.seeds)) if args.seeds else None
+    if args.seeds is not None and args.seeds <= 0:
+        raise NonnormalError(f"--seeds must be positive, got {args.seeds}")
+    plan, run_config = load_plan(config, {"seeds": seeds})
+    out = Path(args.out) if args.out else Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
+    if (out / "study.json").exists() and not args.force:
+        raise NonnormalError(f"{out / 'study.json'} already exists: pass --force to rebuild it or choose another --out")
+    t0 = time.time()
+    study = Study(out, plan, run_config, _train_overrides(args), progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    result = study.run()
+    figures = {T: study.figure_rows(T, plan.seeds[0]) for T in plan.T_train}
+    files = write_study(out, result, figures, run_config)
+    print()
+    for line in result["findings"]:
+        print(f"- {line}")
+    print(f"wrote {out}/: {', '.join(files)} ({time.time() - t0:.0f} s)")
+    return 0
+
+def _study_bias(args) -> int:
+    raise NonnormalError("nonnormal study bias is not wired yet")
