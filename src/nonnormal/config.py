@@ -205,7 +205,7 @@ def check_memory(cfg: dict, shape: tuple[int, ...], what: str = "train.batch", n
     import os
 
     n = cfg["train"]["batch"] if n is None else n
-    bytes_per = 8 if cfg["train"]["dtype"] == "float64" else 4
+    bytes_per = 8 if cfg.get("train", {}).get("dtype") == "float64" else 4
     need = 64 * n * math.prod(shape) * bytes_per
     try:
         have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

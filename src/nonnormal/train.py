@@ -199,6 +199,7 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
     run = Path(run)
     data = load_data(cfg)
     cfg = {**cfg, "data": {**cfg["data"], "dataset": data.name}}  # canonical spec: absolute paths
+    config_lib.check_memory(cfg, data.shape)  # a batch that cannot fit is refused before any work
     t = cfg["train"]
     device = pick_device(t["device"])
     dist = _Distributed(device)
@@ -206,6 +207,9 @@ def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = Tru
         device = dist.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     main = dist.rank == 0
+    with torch.device("meta"):  # bad network options and losses are refused before the run folder is touched
+        build_model(cfg, data.shape)
+    build_loss(cfg)
     lock, failure = None, None
     if main:  # the first process owns the folder; every process learns whether that worked
         try:

@@ -76,6 +76,9 @@ def cmd_sample(args) -> int:
     out = _out_dir(args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force,
                    ["samples.png", "samples.npz"])
     shape = (args.n,) + tuple(state["shape"])
+    from ..config import check_memory
+
+    check_memory(cfg, shape[1:], "--n", args.n)
     if args.sampler == "walk":
         x = diffusion.sample(model, shape, seed=args.seed, law=law, device=device, progress=not args.quiet)
     else:
