@@ -31,10 +31,11 @@ from . import increments
 from .errors import NonnormalError
 from .increments import Gaussian, IncrementLaw, Laplace, Uniform
 from .interpolation import HermiteTable
-from .quadrature import dyadic_points, integrate
+from .quadrature import H, T_MAX, dyadic_points, integrate
 
 F64 = torch.float64
-_U_MAX, _NODES = 1e5, 640  # table nodes: sinh-spaced on [0, 1e5], plus a geometric run near 0
+_U_MAX, _NODES = 1e5, 300  # table nodes: sinh-spaced on [0, 1e5], plus geometric runs near kinks
+_TOL, _REFINE = 1e-9, 8  # tables are refined until log(1 + K) is this close at every midpoint
 _G_MAX = 460.0  # tables stop where log(1 + K) passes this (K ~ 1e200)
 _EDGE = 1e-9  # largest trusted share of the integral left out beyond the tails' last nodes
 _CHUNK = 64
@@ -87,8 +88,11 @@ def _points(q: IncrementLaw) -> torch.Tensor:
     return torch.tensor(sorted({v for v in pts.tolist() if a <= v <= b} | special), dtype=F64)
 
 
-def _k_and_slope(q: IncrementLaw, p: IncrementLaw, u: torch.Tensor):
-    """``K(u)``, ``K'(u)`` and the tails' outermost share, by quadrature over x (float64, shape (n,))."""
+def _k_and_slope(q: IncrementLaw, p: IncrementLaw, u: torch.Tensor, h: float | None = None):
+    """``K(u)``, ``K'(u)`` and what the tails leave out, by quadrature over x (float64, shape (n,)).
+
+    ``h``: the tanh-sinh step (default: the pair's, see :func:`_step`)."""
+    h = _step(q, p) if h is None else h
     lo, hi = _support(q)
     fixed = _points(q)
     pk = torch.tensor(sorted({0.0, *map(float, p.kinks)}), dtype=F64)
@@ -106,9 +110,25 @@ def _k_and_slope(q: IncrementLaw, p: IncrementLaw, u: torch.Tensor):
     out = []
     for uc in u.to(F64).split(_CHUNK):
         pts = torch.cat([fixed.expand(uc.shape[0], -1), pk[None, :] - uc[:, None]], 1)
-        (k, dk), (edge, _) = integrate(f, pts, lo, hi, shift=uc)
+        (k, dk), (edge, _) = integrate(f, pts, lo, hi, shift=uc, h=h, tmax=T_MAX)
         out.append((k, dk, edge))
     return tuple(torch.cat(v) for v in zip(*out))
+
+
+@lru_cache(maxsize=None)
+def _step(q: IncrementLaw, p: IncrementLaw) -> float:
+    """The tanh-sinh step for the pair: 1/8, halved until K at a few probe shifts agrees with the
+    next halving to 1e-12 relative (a steep log p, such as gennorm with a large beta, needs it)."""
+    probe = torch.tensor([0.0, -0.377, 0.61, -2.71, 4.4, -13.0, 40.0], dtype=F64)
+    h = H
+    k = _k_and_slope(q, p, probe, h)[0]
+    while h > 1 / 64:
+        finer = _k_and_slope(q, p, probe, h / 2)[0]
+        ok = torch.isfinite(k) & torch.isfinite(finer)
+        if bool(((k - finer).abs() <= 1e-12 * (1 + finer.abs()))[ok].all()):
+            break
+        h, k = h / 2, finer
+    return h
 
 
 def k_by_quadrature(q, p, u) -> torch.Tensor:
@@ -176,10 +196,11 @@ def check_pair(q: IncrementLaw, p: IncrementLaw) -> None:
 class Divergence:
     """``K(u)`` for one (q, p) pair: call it on a tensor of standardized shifts u."""
 
-    def __init__(self, q: IncrementLaw, p: IncrementLaw, kind: str, fn, k0: float, curvature=None):
+    def __init__(self, q: IncrementLaw, p: IncrementLaw, kind: str, fn, k0: float, curvature=None, slope=None):
         self.q, self.p = q, p  # laws of the data walk's and the model walk's steps
         self.kind = kind  # "closed-form" or "tabulated"
         self._fn = fn
+        self._slope = slope
         self.k0 = float(k0)  # K(0): the per-coordinate, per-step constant of a mismatched pair
         self.u_range = (-math.inf, math.inf)  # where values are exact (tables: continued linearly beyond)
         if curvature is not None:
@@ -187,6 +208,14 @@ class Divergence:
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return self._fn(u)
+
+    def slope(self, u: torch.Tensor) -> torch.Tensor:
+        """``K'(u)``, without autograd (closed forms and tables have it explicitly)."""
+        if self._slope is not None:
+            return self._slope(u)
+        x = u.detach().requires_grad_(True)
+        with torch.enable_grad():
+            return torch.autograd.grad(self._fn(x).sum(), x)[0]
 
     @cached_property
     def curvature(self) -> float:
@@ -248,11 +277,13 @@ def _closed_form(q: IncrementLaw, p: IncrementLaw) -> Divergence | None:
     a, b = math.sqrt(3), 1 / math.sqrt(2)
     if _exact(q, Laplace) and _exact(p, Laplace):
         fn = lambda u: torch.expm1(-u.abs() / b) + u.abs() / b  # noqa: E731  (no cancellation near 0)
-        return Divergence(q, p, "closed-form", fn, 0.0, curvature=2.0)
+        slope = lambda u: -torch.sign(u) * torch.expm1(-u.abs() / b) / b  # noqa: E731
+        return Divergence(q, p, "closed-form", fn, 0.0, curvature=2.0, slope=slope)
     if _exact(q, Uniform) and _exact(p, Laplace):
         c = math.log(b / a)
         fn = lambda u: c + torch.where(u.abs() <= a, (a * a + u * u) / (2 * a * b), u.abs() / b)  # noqa: E731
-        return Divergence(q, p, "closed-form", fn, c + a / (2 * b), curvature=1 / (a * b))
+        slope = lambda u: torch.where(u.abs() <= a, u / (a * b), torch.sign(u) / b)  # noqa: E731
+        return Divergence(q, p, "closed-form", fn, c + a / (2 * b), curvature=1 / (a * b), slope=slope)
     if _exact(p, Gaussian):
         m1, m2 = 0.0, 1.0
         if _exact(q, Gaussian):
@@ -264,7 +295,7 @@ def _closed_form(q: IncrementLaw, p: IncrementLaw) -> Divergence | None:
             if type(q) not in increments.BUILTIN_CLASSES:  # built-in laws are standardized exactly
                 m1, m2 = _mean(q, lambda x, lq: x), _mean(q, lambda x, lq: x * x)
             k0 += m2 / 2
-        return Divergence(q, p, "closed-form", lambda u: k0 + m1 * u + u * u / 2, k0, curvature=1.0)
+        return Divergence(q, p, "closed-form", lambda u: k0 + m1 * u + u * u / 2, k0, curvature=1.0, slope=lambda u: m1 + u)
     return None
 
 
@@ -289,8 +320,19 @@ def _u_nodes(q: IncrementLaw, p: IncrementLaw, symmetric: bool) -> torch.Tensor:
     return u[keep]
 
 
+def _table(u, k, dk, in_u: bool) -> HermiteTable:
+    """``log(1 + K)`` against s = asinh(u) (K ~ |u|^k is then linear in s far out), or against u
+    itself (``in_u``: where p's tail is doubly exponential, K ~ e^{c|u|} is linear in u)."""
+    if in_u:
+        return HermiteTable(u, torch.log1p(k), dk / (1 + k))
+    return HermiteTable(torch.asinh(u), torch.log1p(k), dk / (1 + k) * torch.sqrt(1 + u * u))
+
+
 def _tabulated(q: IncrementLaw, p: IncrementLaw) -> Divergence:
     symmetric = q.symmetric and p.symmetric
+    in_u = any(t is not None and t[0] == "dexp" for t in p.tails)
+    var = (lambda x: x) if in_u else torch.asinh
+    inv = (lambda x: x) if in_u else torch.sinh
     u = _u_nodes(q, p, symmetric)
     k, dk, edge = _k_and_slope(q, p, u)
     ok = _tail_check(q, p, k, edge, u) & (torch.log1p(k.clamp(min=0)) <= _G_MAX)
@@ -302,19 +344,41 @@ def _tabulated(q: IncrementLaw, p: IncrementLaw) -> Divergence:
     u, k, dk = u[lo:hi], k[lo:hi].clamp(min=0.0), dk[lo:hi]
     if symmetric:
         dk[0] = 0.0  # K'(0) = 0 for a symmetric pair
-    table = HermiteTable(u, torch.log1p(k), dk / (1 + k))
+    table = _table(u, k, dk, in_u)
+    todo = torch.ones(len(u) - 1, dtype=torch.bool)
+    for _ in range(_REFINE):  # check intervals at their midpoints; split those that miss, check the halves
+        x, idx = var(u), todo.nonzero()[:, 0]
+        mid = inv((x[idx] + x[idx + 1]) / 2)
+        km, dkm, _ = _k_and_slope(q, p, mid)
+        miss = ((torch.expm1(table(var(mid))) - km).abs() > _TOL * (1 + km.abs())) & torch.isfinite(km)
+        if not bool(miss.any()):
+            break
+        order = torch.argsort(torch.cat([u, mid[miss]]))
+        new = torch.cat([torch.zeros_like(u, dtype=torch.bool), torch.ones(int(miss.sum()), dtype=torch.bool)])[order]
+        u, k, dk = (torch.cat([a, b[miss]])[order] for a, b in ((u, mid), (k, km.clamp(min=0.0)), (dk, dkm)))
+        todo = new[1:] | new[:-1]
+        table = _table(u, k, dk, in_u)
     u_lo, u_hi = (-float(u[-1]), float(u[-1])) if symmetric else (float(u[0]), float(u[-1]))
     k_lo, k_hi, d_lo, d_hi = float(k[0]), float(k[-1]), float(dk[0]), float(dk[-1])
 
     def fn(x):
         a = x.abs() if symmetric else x
-        inside = torch.expm1(table(a.clamp(min=float(u[0]), max=u_hi)))
+        inside = torch.expm1(table(var(a.clamp(min=float(u[0]), max=u_hi))))
         out = torch.where(a > u_hi, k_hi + d_hi * (a - u_hi), inside)
         if not symmetric:
             out = torch.where(a < u_lo, k_lo + d_lo * (a - u_lo), out)
         return out
 
-    d = Divergence(q, p, "tabulated", fn, float(k[i0 - lo]))
+    def slope(x):
+        a = x.abs() if symmetric else x
+        c = a.clamp(min=float(u[0]), max=u_hi)
+        inside = torch.exp(table(var(c))) * table.derivative(var(c)) * (1.0 if in_u else torch.rsqrt(1 + c * c))
+        out = torch.where(a > u_hi, torch.full_like(a, d_hi), inside)
+        if not symmetric:
+            out = torch.where(a < u_lo, torch.full_like(a, d_lo), out)
+        return out * torch.sign(x) if symmetric else out
+
+    d = Divergence(q, p, "tabulated", fn, float(k[int(u.abs().argmin())]), slope=slope)
     d.u_range = (u_lo, u_hi)
     return d
 

@@ -48,6 +48,18 @@ class HermiteTable:
         above = ys[-1] + ds[-1] * (x - xs[-1])
         return torch.where(x < xs[0], below, torch.where(x > xs[-1], above, inside))
 
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """The interpolant's first derivative at ``x`` (the end slopes outside the table)."""
+        xs, ys, ds = self._on(x.device, x.dtype)
+        n = xs.numel()
+        i = torch.searchsorted(xs, x.detach().contiguous(), right=True).sub_(1).clamp_(0, n - 2)
+        x0, h = xs[i], xs[i + 1] - xs[i]
+        s = ((x - x0) / h).clamp(0.0, 1.0)
+        y0, y1, d0, d1 = ys[i], ys[i + 1], ds[i] * h, ds[i + 1] * h
+        s2 = s * s
+        inside = ((6 * s2 - 6 * s) * (y0 - y1) + (3 * s2 - 4 * s + 1) * d0 + (3 * s2 - 2 * s) * d1) / h
+        return torch.where(x < xs[0], ds[0].expand_as(x), torch.where(x > xs[-1], ds[-1].expand_as(x), inside))
+
     @classmethod
     def spline(cls, x, y, even: bool = False) -> "HermiteTable":
         """The C2 cubic spline through ``(x, y)`` as a Hermite table (scipy's not-a-knot ends).

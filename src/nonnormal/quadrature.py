@@ -36,7 +36,7 @@ def _tanh_sinh(h: float, tmax: float) -> tuple[torch.Tensor, torch.Tensor, torch
 def _exp_sinh(h: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes of ``[0, inf)`` as distances ``d`` with weights ``w``."""
     thi = math.asinh(2 / math.pi * math.log(X_FAR / scale))
-    t = torch.arange(-round(3.0 / h), math.floor(thi / h) + 1, dtype=F64) * h
+    t = torch.arange(-round(4.5 / h), math.floor(thi / h) + 1, dtype=F64) * h  # from d = 1e-30 scale
     e = math.pi / 2 * torch.sinh(t)
     d = scale * torch.exp(e)
     w = h * d * math.pi / 2 * torch.cosh(t)

@@ -210,47 +210,49 @@ def html_image(path: str | Path, alt: str = "") -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}'>"
 
 
-def plot_metric_vs_T(series: dict[str, dict[int, list[float]]], metrics: list[str], path: str | Path,
+def plot_metric_vs_T(series: dict[str, dict[str, dict[int, list[float]]]], metrics: list[str], path: str | Path,
                      title: str = "", units: dict[str, str] | None = None) -> None:
-    """Metric against the step count, one line per label, with a band over seeds (min to max).
-
-    ``series[metric][label] = {T: [value per seed]}`` (passed as ``{metric: {label: {T: [...]}}}``).
-    """
+    """Each metric against the step count, one line per label (the same colour in every panel), with a
+    band over seeds (min to max): ``series[metric][label] = {T: [value per seed]}``."""
     import numpy as np
 
     plt = _plt()
+    labels = list(dict.fromkeys(label for m in metrics for label in series.get(m, {})))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    Ts_all = sorted({T for m in metrics for by_T in series.get(m, {}).values() for T in by_T})
     n = len(metrics)
     cols = min(n, 3)
     rows_ = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.3 * cols, 3.4 * rows_), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.3 * cols, 3.2 * rows_ + 0.8), dpi=120, squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         for label, by_T in series.get(metric, {}).items():
             Ts = sorted(by_T)
-            if not Ts:
-                continue
             mean = [float(np.mean(by_T[T])) for T in Ts]
             lo = [float(np.min(by_T[T])) for T in Ts]
             hi = [float(np.max(by_T[T])) for T in Ts]
-            style = "--" if label.startswith("ODE") else "-"
-            (line,) = ax.plot(Ts, mean, style, marker="o", ms=3, label=label)
-            ax.fill_between(Ts, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            ax.plot(Ts, mean, "--" if label.startswith("ODE") else "-", marker="o", ms=3, color=colours[label], label=label)
+            ax.fill_between(Ts, lo, hi, color=colours[label], alpha=0.15, lw=0)
         ax.set_xscale("log")
-        ax.set_xlabel("T")
-        ax.set_ylabel(metric + (f" ({units[metric]})" if units and units.get(metric) else ""))
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xticks(Ts_all, [str(T) for T in Ts_all])
+        ax.minorticks_off()
+        ax.set_xlabel("T (training steps of the walk)")
+        ax.set_title(metric + (f" [{units[metric]}]" if units and units.get(metric) else ""), fontsize=8)
+        ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=colours[label], ls="--" if label.startswith("ODE") else "-", marker="o", ms=3)
+               for label in labels]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(title or "Metrics against the number of steps (band: min to max over seeds)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(labels) / 4), 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
 
-UNITS = {"bpd_ode": "bits/dim", "bpd_bound": "bits/dim", "fd": "classifier-feature FD",
-         "kid": "MMD^2, cubic kernel", "saturation": "share of pixels at the extreme levels",
-         "smoothness": "mean total variation per pixel, lower = smoother", "hf_power": "share of spectral power above half Nyquist",
-         "hist_distance": "total variation distance of pixel histograms", "train_seconds": "s"}
+UNITS = {"bpd_ode": "bits/dim", "bpd_bound": "bits/dim", "fd": "classifier-feature FD", "kid": "MMD^2",
+         "saturation": "share at extreme levels", "smoothness": "total variation, lower = smoother",
+         "hf_power": "power share above 1/4 cycle/px", "hist_distance": "TV distance of pixel histograms",
+         "train_seconds": "s"}
 
 
 def summarize(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dict]:
@@ -304,11 +306,13 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     flat_cols = ["T_train", "T_sample", "model", "metric", "which", "vs", "n", "diff", "lo", "hi", "dof", "verdict"]
     # metric vs T: own-law walk rows at T_sample = T_train, and the ODE
     series: dict[str, dict[str, dict[int, list[float]]]] = {}
+    seen = set()
     for r in slim:
         own = r["sampler"] == "walk" and r["law_sample"] == r["p"] and r["T_sample"] == r["T_train"]
-        label = r["pair"] if own else (f"ODE ({r['pair']})" if r["sampler"] == "ode" else None)
-        if label is None:
+        label = r["pair"] if own else (f"ODE ({r['weights_from']})" if r["sampler"] == "ode" else None)
+        if label is None or (label, r["T_train"], r["seed"]) in seen:  # pairs sharing weights share one ODE line
             continue
+        seen.add((label, r["T_train"], r["seed"]))
         for m in metrics:
             if isinstance(r.get(m), (int, float)) and not (r["sampler"] == "ode" and m in ("bpd_ode", "bpd_bound")):
                 series.setdefault(m, {}).setdefault(label, {}).setdefault(r["T_train"], []).append(r[m])

@@ -162,7 +162,7 @@ class Study:
         for i, ((q, p, T, seed), cfg) in enumerate(todo, 1):
             run = self.model_dir(q, p, T, seed)
             self.log(f"[train {i}/{len(todo)}] {q}/{p} T={T} seed={seed} ({cfg['train']['steps']} steps)")
-            train(cfg, run, resume=True, progress=self.progress)
+            train(cfg, run, resume=run.exists(), progress=self.progress)  # an interrupted study continues
 
     # ----- evaluation -----
     def features(self):
@@ -250,8 +250,18 @@ class Study:
         fake = features(x)
         kid, _ = features_lib.kernel_distance(real, fake, seed=self.plan.sample_seed)
         out = {"fd": features_lib.frechet_distance(real, fake), "kid": kid}
-        out.update(style.style_metrics(x, self.data.unit("train"), self.data.levels))
+        from .data import unit_to_levels
+
+        L = self.data.levels
+        look = style.style_metrics(unit_to_levels(x, L), L, self._train_levels())
+        out.update(saturation=look["saturation"], smoothness=look["tv"], hf_power=look["hf_share"],
+                   hist_distance=look["hist_tv"], hist_w1=look["hist_w1"])
         return out
+
+    def _train_levels(self) -> torch.Tensor:
+        if getattr(self, "_levels_cache", None) is None:
+            self._levels_cache = self.data.tensor("train")
+        return self._levels_cache
 
     def figure_rows(self, T: int, seed: int) -> dict[str, torch.Tensor]:
         """Figure 1 at one T: a row per pair (its own law, T steps), the same sample seed in every row."""

@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ode-steps", type=int, default=None, help="steps of a fixed-step ODE method (default 100)")
         p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance of an adaptive method (rtol = atol)")
 
+    def tail_options(p, out_help: str, force_help: str, handler) -> None:
+        p.add_argument("--device", default="auto")
+        p.add_argument("--out", default=None, help=out_help)
+        p.add_argument("--force", action="store_true", help=force_help)
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(handler=handler)
+
     p = sub.add_parser("sample", help="sample from a trained run: a PNG grid and an .npz")
     p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
     p.add_argument("--pretrained", default=None, metavar="DIR",
@@ -94,11 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
     p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
     sampler_options(p, "the samples")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="output folder (default RUN/samples-<law>-T<T>-seed<seed>)")
-    p.add_argument("--force", action="store_true", help="overwrite earlier samples in --out")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=cmd_sample)
+    tail_options(p, "output folder (default RUN/samples-<law>-T<T>-seed<seed>)", "overwrite earlier samples in --out",
+                 cmd_sample)
 
     p = sub.add_parser("eval", help="test-set bits/dim (ODE and bound) and sample quality (FD, KID) of a run")
     p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
@@ -111,11 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     sampler_options(p, "FD/KID's samples (the ODE options also set bpd_ode's solver)")
     p.add_argument("--no-quality", action="store_true", help="skip sampling and FD/KID")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="JSON file (default RUN/eval.json)")
-    p.add_argument("--force", action="store_true", help="overwrite an earlier eval.json")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=cmd_eval)
+    tail_options(p, "JSON file (default RUN/eval.json)", "overwrite an earlier eval.json", cmd_eval)
 
     p = sub.add_parser("export", help="write a trained run as a diffusers pipeline folder")
     p.add_argument("run", help="run folder")
