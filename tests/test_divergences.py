@@ -332,6 +332,11 @@ def test_gradients_are_smooth_and_right():
         fd = (d(u.detach() + h) - d(u.detach() - h)) / (2 * h)
         assert torch.allclose(grad, fd, atol=1e-5), (q, p, grad, fd)
         assert abs(float(grad[0])) < 1e-9
+        assert torch.allclose(d.slope(u.detach()), grad, rtol=1e-9, atol=1e-12)  # K' without autograd
+    d = divergence("laplace", "gumbel")  # asymmetric, tabulated in u, continued linearly past its range
+    u = torch.tensor([d.u_range[0] - 5, -30.0, -0.7, 0.0, 2.0, 2e5], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(d(u).sum(), u)
+    assert torch.allclose(d.slope(u.detach()), grad, rtol=1e-9)
 
 
 def test_float32_evaluation_and_large_u():

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .errors import NonnormalError
-from .registry import Registry
 from .interpolation import HermiteTable
+from .registry import Registry, bounded_parameter
 
 INF = math.inf
 
@@ -213,17 +213,6 @@ class Gumbel(IncrementLaw):
         return -y - torch.exp(-y) - math.log(self.beta)
 
 
-def _parameter(law: str, key: str, value, lo: float, hi: float, hint: str, closed: bool = False) -> float:
-    """``value`` as a float in ``(lo, hi]`` (``[lo, hi]`` if ``closed``), or a one-line refusal with ``hint``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise NonnormalError(f"{law} parameter {key} must be a number, got {value!r}") from None
-    if not ((lo <= v if closed else lo < v) and v <= hi):
-        raise NonnormalError(f"{law} needs {lo:g} {'<=' if closed else '<'} {key} <= {hi:g} (got {key}={v:g}): {hint}")
-    return v
-
-
 class _ScipyQuantiles(IncrementLaw):
     """A law whose quantile (and distribution) function torch lacks: tabulated once from scipy.
 
@@ -263,7 +252,7 @@ class StudentT(_ScipyQuantiles):
     name, tail_exponent = "student_t", 0.0
 
     def __init__(self, nu: float = 5.0):
-        nu = _parameter("student_t", "nu", nu, 4.0, 1e300,
+        nu = bounded_parameter("student_t", "nu", nu, 4.0, 1e300,
                         "nu > 4 gives the finite fourth moment the invariance theorem assumes (use nu=5 or more); nu = inf is the gaussian law")
         from scipy.special import betaln
 
@@ -308,7 +297,7 @@ class GeneralizedNormal(_ScipyQuantiles):
     kinks = (0.0,)
 
     def __init__(self, beta: float = 1.5):
-        beta = _parameter("gennorm", "beta", beta, 0.2, 20.0,
+        beta = bounded_parameter("gennorm", "beta", beta, 0.2, 20.0,
                           "beta -> inf is the uniform law (use uniform); e.g. beta=1.5", closed=True)
         self.beta = beta
         self.tail_exponent = beta

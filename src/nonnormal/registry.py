@@ -32,6 +32,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
     return name.strip(), params
 
 
+def bounded_parameter(owner: str, key: str, value, lo: float, hi: float, hint: str, closed: bool = False) -> float:
+    """``value`` as a float in ``(lo, hi]`` (``[lo, hi]`` if ``closed``), or a one-line refusal with ``hint``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise NonnormalError(f"{owner} parameter {key} must be a number, got {value!r}") from None
+    if not ((lo <= v if closed else lo < v) and v <= hi):
+        raise NonnormalError(f"{owner} needs {lo:g} {'<=' if closed else '<'} {key} <= {hi:g} (got {key}={v:g}): {hint}")
+    return v
+
+
 class Registry(Generic[T]):
     """A table of named factories of one kind (``what`` names the kind in error messages)."""
 
