@@ -31,6 +31,7 @@ from . import config as config_lib
 from .errors import NonnormalError
 
 REFERENCE = "gaussian/gaussian"
+METRICS_VERSION = 1  # part of every cached result's key: bump it when a metric's definition changes
 METRICS = ("bpd_ode", "bpd_bound", "fd", "kid", "saturation", "smoothness", "hf_power", "hist_distance")
 
 
@@ -197,7 +198,7 @@ class Study:
         run = self.model_dir(tq, tp, T, seed)
         device = torch.device("cpu")
         model, cfg, state = load_run(run, device)
-        base = {"run": str(run), "step": state["step"], "rtol": self.plan.rtol, "n_test": self.plan.n_test,
+        base = {"metrics_version": METRICS_VERSION, "run": str(run), "step": state["step"], "rtol": self.plan.rtol, "n_test": self.plan.n_test,
                 "n_samples": self.plan.n_samples, "sample_seed": self.plan.sample_seed}
         diffusion = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
         L = self.data.levels
