@@ -26,8 +26,8 @@ def test_checkerboard_known_answers():
     assert style.high_frequency_share(x, cutoff=0.7) == pytest.approx(1.0)  # at (0.5, 0.5): radius 0.707
     assert style.high_frequency_share(x, cutoff=0.71) == pytest.approx(0.0)
     assert style.saturation(x, 2) == 1.0 and style.saturation(x, 256) == 1.0
-    levels = ((x + 1) / 2 * 255).round().long()  # the same board in integer levels
-    assert style.total_variation(levels, 256) == pytest.approx(4.0)
+    levels = ((x + 1) / 2 * 255).round().long()  # the same board in integer levels 0 and 255, whose bin
+    assert style.total_variation(levels, 256) == pytest.approx(4 * (1 - 1 / 256))  # centres are 1/256 inside +-1
 
 
 def test_stripes_and_smooth_ramp():
@@ -44,10 +44,12 @@ def test_stripes_and_smooth_ramp():
 
 
 def test_saturation_share_and_rounding():
-    """A known share at the extremes: 3 of 8 pixels at 0 or 255; floats round to the nearest level."""
+    """A known share at the extremes: 3 of 8 pixels at 0 or 255; floats go to the bin that holds them."""
+    from nonnormal.data import levels_to_unit
+
     lv = torch.tensor([[[0, 255, 255, 3], [128, 254, 1, 7]]])
     assert style.saturation(lv, 256) == pytest.approx(3 / 8)
-    unit = lv.double() / 255 * 2 - 1
+    unit = levels_to_unit(lv, 256).double()
     assert style.saturation(unit, 256) == pytest.approx(3 / 8)
     assert style.saturation(unit * 1.5, 256) > 3 / 8  # values past [-1, 1] are clamped to the extremes
 
@@ -56,11 +58,11 @@ def test_histogram_distances():
     a = torch.zeros(1, 4, 4, dtype=torch.long)
     b = torch.full((1, 4, 4), 3, dtype=torch.long)
     h = style.histogram_distance(a, b, 4)
-    assert h["tv"] == pytest.approx(1.0) and h["w1"] == pytest.approx(2.0)  # level 0 vs 3: -1 vs 1
+    assert h["tv"] == pytest.approx(1.0) and h["w1"] == pytest.approx(1.5)  # level 0 vs 3: bin centres -3/4 vs 3/4
     assert style.histogram_distance(a, a, 4) == {"tv": 0.0, "w1": 0.0}
     half = torch.tensor([[[0, 0], [1, 1]]])
     h = style.histogram_distance(half, torch.zeros(1, 2, 2, dtype=torch.long), 2)
-    assert h["tv"] == pytest.approx(0.5) and h["w1"] == pytest.approx(1.0)  # half the mass moves by 2
+    assert h["tv"] == pytest.approx(0.5) and h["w1"] == pytest.approx(0.5)  # half the mass moves by 1 (-1/2 to 1/2)
 
 
 def test_style_metrics_row_and_errors():

@@ -2,8 +2,9 @@
 
 The paper says Laplace rows are "smoother and more saturated"; these metrics make that testable.
 Images come either as integer levels ``0 .. L-1`` (any integer dtype) or as floats on the
-model's scale ``[-1, 1]`` (level ``l`` sits at ``2 l / (L - 1) - 1``), shaped ``(N, H, W)`` or
-``(N, C, H, W)``. Floats are rounded to the nearest of ``levels`` levels where levels matter
+model's scale ``[-1, 1]`` (level ``l`` of ``L`` sits at the centre of its bin, ``(2 l + 1) / L - 1``,
+the project's convention, :mod:`nonnormal.data.levels`), shaped ``(N, H, W)`` or
+``(N, C, H, W)``. Floats are put in the bin that holds them where levels matter
 (saturation, histograms) and used as they are (clamped to ``[-1, 1]``) for smoothness.
 
 - :func:`saturation`: the share of pixels at the two extreme levels (0 and ``L - 1``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.levels import levels_to_unit, unit_to_levels
 from ..errors import NonnormalError
 
 
@@ -40,7 +42,7 @@ def to_levels(x: torch.Tensor, levels: int) -> torch.Tensor:
         if int(x.min()) < 0 or int(x.max()) > levels - 1:
             raise NonnormalError(f"integer images must hold levels 0..{levels - 1}, got values in [{int(x.min())}, {int(x.max())}]")
         return x.long()
-    return torch.round((x.double().clamp(-1, 1) + 1) / 2 * (levels - 1)).long()
+    return unit_to_levels(x.double(), levels)
 
 
 def to_unit(x: torch.Tensor, levels: int | None = None) -> torch.Tensor:
@@ -48,7 +50,7 @@ def to_unit(x: torch.Tensor, levels: int | None = None) -> torch.Tensor:
     if not torch.is_floating_point(x):
         if levels is None:
             raise NonnormalError("integer images need their number of levels")
-        return to_levels(x, levels).double() / (levels - 1) * 2 - 1
+        return levels_to_unit(to_levels(x, levels), levels).double()
     return x.double().clamp(-1, 1)
 
 
@@ -85,11 +87,11 @@ def pixel_histogram(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 def histogram_distance(x: torch.Tensor, y: torch.Tensor, levels: int) -> dict[str, float]:
-    """``{"tv": 1/2 sum |p - q|, "w1": sum |P - Q| * 2/(L-1)}`` between the pixel histograms of two
-    image sets (``P``, ``Q`` the cumulative shares; ``w1`` is on the [-1, 1] scale)."""
+    """``{"tv": 1/2 sum |p - q|, "w1": sum |P - Q| * 2/L}`` between the pixel histograms of two
+    image sets (``P``, ``Q`` the cumulative shares; ``w1`` is on the [-1, 1] scale, bins 2/L apart)."""
     p, q = pixel_histogram(x, levels), pixel_histogram(y, levels)
     return {"tv": float(0.5 * (p - q).abs().sum()),
-            "w1": float((p.cumsum(0) - q.cumsum(0)).abs()[:-1].sum() * 2 / (levels - 1))}
+            "w1": float((p.cumsum(0) - q.cumsum(0)).abs()[:-1].sum() * 2 / levels)}
 
 
 def style_metrics(samples: torch.Tensor, levels: int, data: torch.Tensor | None = None, cutoff: float = 0.25) -> dict[str, float]:
