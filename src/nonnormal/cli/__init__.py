@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
     run_options(p, "optimizer steps per pair")
-    p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four + logistic, student_t)")
+    p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four; add e.g. logistic/logistic,student_t/student_t)")
     p.add_argument("--seeds", type=int, default=2, help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals")
     p.add_argument("--n-samples", type=int, default=None, help="samples per pair for FD/KID (default: test-set size)")
     p.add_argument("--n-test", type=int, default=None, help="first N test images for bits/dim (default all)")
