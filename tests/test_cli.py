@@ -50,10 +50,25 @@ def test_invariance_writes_json_and_png(tmp_path, capsys):
     (["kl", "gaussian", "uniform"], "bounded support"),
     (["kl", "rademacher", "laplace"], "no density"),
 ])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message, capsys):
+    """In-process (main() is all `python -m nonnormal.cli` runs; an uncaught error here raises, so
+    this is at least as strict as a subprocess, at no torch import per case): the test below
+    checks one case through the real process."""
     extra = ["--out", str(tmp_path / "x"), "--quiet"] if args[0] == "invariance" else []
-    code, out, err = run_cli(*args, *extra)
+    try:
+        code = main([*args, *extra])
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
+    err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x" / "invariance.json").exists()
+
+
+def test_bad_input_exits_2_with_one_line_from_the_real_process(tmp_path):
+    code, out, err = run_cli("invariance", "--laws", "cauchy", "--out", str(tmp_path / "x"), "--quiet")
+    assert code == 2
+    assert "unknown increment law 'cauchy'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -13,6 +13,7 @@ import tomllib
 import torch
 from test_train import SETS, _cli, assert_same_run, metrics, tensors, tiny
 
+from nonnormal import compare as compare_lib
 from nonnormal import config, runs, train as train_lib
 from nonnormal.cli import main
 from nonnormal.errors import NonnormalError
@@ -234,7 +235,8 @@ def test_eval_writes_json_and_never_overwrites(run, tmp_path, capsys):
 
 
 def test_compare_tiny(tmp_path, monkeypatch, capsys):
-    """Two pairs at a tiny budget: every output exists, the table has both reference rows, a rerun resumes."""
+    """Two pairs x 2 seeds at a tiny budget: every output exists, the table has both reference rows and the
+    seed statistics, and a rerun with --force reuses the trained models and cached results."""
     monkeypatch.setenv("NONNORMAL_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(config.to_toml(config.load(None, E2E + ["train.steps=3"])))
@@ -242,18 +244,24 @@ def test_compare_tiny(tmp_path, monkeypatch, capsys):
     args = ["compare", "--config", cfg, "--pairs", "gaussian/gaussian,uniform/laplace", "--n-samples", 16,
             "--n-test", 16, "--rtol", 1e-2, "--out", out, "--quiet"]
     assert cli(*args) == 0
-    for name in ("table.md", "table.csv", "table.json", "figure1.png", "loss_curves.png", "report.html"):
+    for name in ("table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
     table = json.loads((out / "table.json").read_text())
     assert [r["q"] for r in table] == ["gaussian", "uniform", "gaussian-full-cov", "per-pixel-categorical"]
-    assert set(table[0]) == {"q", "p", "bpd_ode", "bpd_ode_se", "bpd_bound", "fd", "kid", "train_seconds"}
+    assert set(table[0]) == set(compare_lib.COLUMNS)
+    assert table[0]["seeds"] == 2 and table[0]["verdict"] == "reference"
+    assert table[1]["verdict"] in ("distinguishable", "not distinguishable")  # 1 dof from 2 seeds of one pair
+    assert table[1]["diff_lo"] <= table[1]["diff"] <= table[1]["diff_hi"]
     assert 2.7 < table[2]["bpd_ode"] < 3.2 and 2.2 < table[3]["bpd_ode"] < 2.6
     assert "data:image/png;base64," in (out / "report.html").read_text()
-    # a second call refuses to overwrite the finished table; with --force it reuses the finished pairs
+    assert "\\begin{tabular}" in (out / "table.tex").read_text()
+    # a second call refuses to overwrite the finished table; with --force it reuses models and cached results
     assert cli(*args) == 2
-    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".safetensors", ".json") and
+              ("models" in p.parts or "cache" in p.parts)}
+    assert any("cache" in p.parts for p in stamps) and any(p.suffix == ".safetensors" for p in stamps)
     assert cli(*args, "--force") == 0
-    assert capsys.readouterr().out.count("already done") == 2
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_compare_refuses_continuous_data_before_any_work(tmp_path, capsys):
