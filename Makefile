@@ -12,7 +12,7 @@ $(BIN)/nonnormal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,data,bench]'
+	$(BIN)/pip install -q -e '.[test,data,diffusers,bench,tensorboard]'
 	touch $@
 
 setup: $(BIN)/nonnormal
