@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ def world(tmp_path_factory):
     (root / "bogus-section.toml").write_text("[bogus]\nx = 1\n")
     (root / "bad-study.toml").write_text("[study]\nbogus = 1\n")
     (root / "raises.py").write_text("raise RuntimeError('plugin exploded')\n")
+    (root / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    os.mkfifo(root / "fifo")
     user = root / "user-folder"
     user.mkdir()
     (user / "config.toml").write_text("# my own notes\n")
@@ -91,7 +94,8 @@ def _snapshot(root: Path) -> dict[str, str]:
     for dirpath, _, files in os.walk(root):
         for f in files:
             p = Path(dirpath) / f
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_file():  # the FIFO is checked by its type below
+                out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
@@ -179,6 +183,24 @@ CASES = [
     ("plugin-raises", "--plugin {R}/raises.py laws"),
     ("study-bad-key", "study --config {R}/bad-study.toml --out {R}/st1"),
     ("unknown-flag", "laws --bogus"),
+    # found by a hostile review
+    ("export-onto-run", "export {R}/run --diffusers {R}/run --force"),
+    ("export-onto-parent", "export {R}/run --diffusers {R} --force"),
+    ("eval-out-fifo", "eval {R}/run --out {R}/fifo --force --n-test 2 --no-quality"),
+    ("seed-negative", "train --config {R}/tiny.toml --out {R}/n1 --seed -1"),
+    ("seed-huge", "sample {R}/run --seed 99999999999999999999 --out {R}/s1"),
+    ("n-samples-huge", "eval {R}/run --n-samples 100000000 --out {R}/e1.json"),
+    ("paths-huge", "invariance --paths 99999999999 --out {R}/i1"),
+    ("seeds-huge", "compare --seeds 1000000000 --out {R}/c1"),
+    ("law-empty", "train --config {R}/tiny.toml --out {R}/n1 --law {EMPTY}"),
+    ("pairs-empty", "compare --pairs {EMPTY} --out {R}/c1"),
+    ("law-param-twice", "train --config {R}/tiny.toml --out {R}/n1 --law student_t:nu=5:nu=6"),
+    ("newline-in-path", "sample {R}/no{NL}run --n 2"),
+    ("newline-in-config", "train --config {R}/no{NL}file.toml --out {R}/n1"),
+    ("plugin-exits", "--plugin {R}/exits.py laws"),
+    ("kl-u-nan", "kl gaussian laplace --u nan,1"),
+    ("config-is-folder", "train --config {R}/user-folder --out {R}/n1"),
+    ("invariance-steps-twice", "invariance --steps 4,4 --out {R}/i1"),
 ]
 
 
@@ -186,7 +208,8 @@ CASES = [
 def test_refused_with_one_line(world, case, argv, capsys):
     before = _snapshot(world)
     capsys.readouterr()
-    args = argv.format(R=world).split()
+    args = [a.replace("{NL}", "\n") for a in argv.format(R=world, EMPTY="{EMPTY}", NL="{NL}").split()]
+    args = ["" if a == "{EMPTY}" else a for a in args]
     try:
         code = main(args)
     except SystemExit as e:  # argparse
@@ -199,6 +222,7 @@ def test_refused_with_one_line(world, case, argv, capsys):
     after = _snapshot(world)
     changed = [k for k in before if after.get(k) != before[k]]
     assert not changed, f"{case} changed or removed {changed}"
+    assert stat.S_ISFIFO(os.stat(world / "fifo").st_mode), f"{case} replaced the FIFO"
     for p in ("n1", "s1", "e1.json", "i1", "c1", "st1", "afile/sub"):  # nothing half-created
         assert not (world / p).exists() or p in before, f"{case} left {p}"
 

@@ -175,6 +175,9 @@ def _check_values(cfg: dict) -> None:
     if d["T"] > MAX_T:
         raise NonnormalError(f"config diffusion.T={d['T']} is more than {MAX_T:,} steps: every sample and bound "
                              "would loop over them; use diffusion.loss = \"continuous\" for the T -> infinity limit")
+    for where, v in (("train.seed", t["seed"]), ("data.split_seed", cfg["data"]["split_seed"])):
+        if not 0 <= v < 2**32:
+            raise NonnormalError(f"config {where} must lie in [0, 2^32), got {v}")
     if t["batch"] > MAX_BATCH:
         raise NonnormalError(f"config train.batch={t['batch']} is more than {MAX_BATCH:,} examples per step: lower it")
     if not t["lr"] > 0:
@@ -235,7 +238,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def read_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise NonnormalError(f"config file {path} not found: give a TOML file, e.g. configs/digits.toml")
+        what = "is a folder" if path.is_dir() else ("is not a regular file" if path.exists() else "not found")
+        raise NonnormalError(f"config file {path} {what}: give a TOML file, e.g. configs/digits.toml")
     try:
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

@@ -101,6 +101,10 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
         raise NonnormalError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
     model, cfg, state = load_run(run, device)
+    if n_samples:
+        from .config import check_memory
+
+        check_memory(cfg, tuple(state["shape"]), "--n-samples", n_samples)
     data = load_data(cfg)
     d = cfg["diffusion"]
     diffusion = Diffusion.from_config({**d, **({"T": T} if T else {}), **({"spacing": spacing} if spacing else {})})

@@ -67,6 +67,9 @@ def load_one(spec: str) -> str:
             importlib.import_module(canonical)
     except NonnormalError:
         raise
+    except SystemExit as err:
+        raise NonnormalError(f"plugin {canonical!r} exited on import (SystemExit {err.code!r}): a plugin must only "
+                             "register laws, schedules or networks") from None
     except ModuleNotFoundError as err:
         if err.name and canonical.split(".")[0] == err.name.split(".")[0]:
             raise NonnormalError(f"plugin module {canonical!r} not found: install it, add its folder to PYTHONPATH, "

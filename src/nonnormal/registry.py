@@ -21,6 +21,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
     params: dict[str, float] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        if key.strip() in params:
+            raise NonnormalError(f"parameter {key.strip()!r} is given twice in {spec!r}: give it once")
         if not sep or not key:
             raise NonnormalError(f"bad parameter {pair!r} in {spec!r}: write name:key=value, e.g. student_t:nu=5")
         try:

@@ -49,7 +49,7 @@ def _why(err: OSError) -> str:
 
 def warn(message: str) -> None:
     """One line on stderr: the run goes on."""
-    print(f"nonnormal: warning: {message}", file=sys.stderr, flush=True)
+    print(f"nonnormal: warning: {str(message).replace(chr(10), chr(92) + 'n')}", file=sys.stderr, flush=True)
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -79,6 +79,8 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     denied) is a one-line :class:`NonnormalError`, and the file already at ``path`` is unchanged.
     """
     path, tmp = Path(path), None
+    if path.exists() and not path.is_file():
+        raise NonnormalError(f"{path} exists and is not a regular file: give another output path")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:

@@ -63,8 +63,10 @@ class Plan:
                 raise NonnormalError(f"study.{name} must be a non-empty list of {'non-negative' if name == 'seeds' else 'positive'} integers, got {v!r}")
             if name != "seeds" and any(i > config_lib.MAX_T for i in v):
                 raise NonnormalError(f"study.{name} holds a step count over {config_lib.MAX_T:,}: lower it")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise NonnormalError(f"study.seeds has repeats: {self.seeds}")
+        for name in ("seeds", "T_train", "T_sample", "laws_sample", "pairs"):
+            v = getattr(self, name)
+            if len(set(v)) != len(v):
+                raise NonnormalError(f"study.{name} has repeats: {v}: list each once")
         from . import increments
 
         for law in self.laws_sample:
@@ -279,6 +281,8 @@ class Study:
 
     def run(self) -> dict:
         """Train, evaluate, aggregate; returns ``{"rows", "comparisons", "findings", ...}`` (not yet written)."""
+        first = next(iter(self.configs.values()))
+        config_lib.check_memory(first, tuple(self.data.shape), "study.n_samples", self.plan.n_samples)
         t0 = time.perf_counter()
         self.train_all()
         rows = []

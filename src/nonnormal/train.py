@@ -305,9 +305,12 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                 schedule.step()
                 value, stop = dist.reduce(float(loss), signals.received is not None)  # nats/dim; one stop step
                 if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
+                    fix = ("lower train.lr or set train.grad_clip" if step > 0 else
+                           "this is the first step, before any update: the pair's K(u) overflows at the untrained "
+                           "network's residuals (a light-tailed or one-sided p); use train.dtype = \"float64\", a "
+                           "larger T, or another p")
                     raise NonnormalError(f"the loss became {'NaN' if math.isnan(value) else value} at step {step}: "
-                                         f"training stopped and the last checkpoint in {run} is untouched; lower "
-                                         "train.lr or set train.grad_clip")
+                                         f"training stopped and the last checkpoint in {run} is untouched; {fix}")
                 step += 1
                 elapsed += time.perf_counter() - t0
                 window.append(value / math.log(2))

@@ -14,6 +14,39 @@ from .runs import cmd_eval, cmd_export, cmd_sample, cmd_train
 from .studies import cmd_compare, cmd_invariance, cmd_kl, cmd_laws, cmd_study
 
 
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2^32) (numpy's and every generator's range)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed must be an integer, got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2^32), got {v}")
+    return v
+
+
+def _count(lo: int, hi: int):
+    """An integer flag with bounds checked before any work (a size that cannot run is refused with the number)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must lie in [{lo:,}, {hi:,}], got {v:,}")
+        return v
+
+    return parse
+
+
+def _text(text: str) -> str:
+    """A non-empty value: an empty string is a mistake, not "use the default"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the flag out for the default)")
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what is wrong, and where to look) and exit 2."""
 
@@ -43,76 +76,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_kl)
 
     p = sub.add_parser("invariance", help="forward walks with non-normal increments against their Gaussian limit")
-    p.add_argument("--laws", default="laplace,uniform,rademacher", help="comma-separated laws (gaussian is always added)")
+    p.add_argument("--laws", type=_text, default="laplace,uniform,rademacher", help="comma-separated laws (gaussian is always added)")
     p.add_argument("--steps", default="4,16,64,256", help="comma-separated step counts T")
-    p.add_argument("--schedule", default="vdm", help="noise schedule: vdm, cosine, ddpm-linear, brownian")
-    p.add_argument("--paths", type=int, default=200_000, help="number of simulated walks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default runs/invariance-<timestamp>)")
+    p.add_argument("--schedule", type=_text, default="vdm", help="noise schedule: vdm, cosine, ddpm-linear, brownian")
+    p.add_argument("--paths", type=_count(16, 10_000_000), default=200_000, help="number of simulated walks")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", type=_text, default=None, help="output folder (default runs/invariance-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_invariance)
 
     def run_options(p, steps_help):
-        p.add_argument("--config", default=None, help="TOML config (see configs/); flags below override it")
+        p.add_argument("--config", type=_text, default=None, help="TOML config (see configs/); flags below override it")
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
-        p.add_argument("--dataset", default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE")
-        p.add_argument("--schedule", default=None, help="noise schedule: vdm, cosine, ddpm-linear, brownian")
+        p.add_argument("--dataset", type=_text, default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE")
+        p.add_argument("--schedule", type=_text, default=None, help="noise schedule: vdm, cosine, ddpm-linear, brownian")
         p.add_argument("--T", type=int, default=None, help="number of steps of the walk")
         p.add_argument("--steps", type=int, default=None, help=steps_help)
         p.add_argument("--batch", type=int, default=None, help="global batch size")
-        p.add_argument("--seed", type=int, default=None, help="training seed")
-        p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--seed", type=_seed, default=None, help="training seed")
+        p.add_argument("--device", type=_text, default=None, help="auto, cpu, cuda, cuda:N")
         p.add_argument("--bf16", action="store_true", help="bf16 autocast")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
     run_options(p, "optimizer steps")
-    p.add_argument("--law", default=None, help="increment law of both walks")
-    p.add_argument("--q", default=None, help="increment law of the data walk")
-    p.add_argument("--p", default=None, help="increment law of the model walk")
-    p.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
+    p.add_argument("--law", type=_text, default=None, help="increment law of both walks")
+    p.add_argument("--q", type=_text, default=None, help="increment law of the data walk")
+    p.add_argument("--p", type=_text, default=None, help="increment law of the model walk")
+    p.add_argument("--out", type=_text, default=None, help="run folder (default runs/train-<timestamp>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint (from step 0 if it has none yet)")
     p.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
     p.set_defaults(handler=cmd_train)
 
     def sampler_options(p, what):
-        p.add_argument("--sampler", default="walk", help=f"walk (ancestral, law p) or ode (probability flow) for {what}")
-        p.add_argument("--spacing", default=None, help="time grid: uniform, log-snr, quadratic, ddpm (default: the run's)")
-        p.add_argument("--ode-method", default=None, help="ODE method: dopri5 (adaptive, default), heun, euler, rk4, ...")
-        p.add_argument("--ode-steps", type=int, default=None, help="steps of a fixed-step ODE method (default 100)")
+        p.add_argument("--sampler", type=_text, default="walk", help=f"walk (ancestral, law p) or ode (probability flow) for {what}")
+        p.add_argument("--spacing", type=_text, default=None, help="time grid: uniform, log-snr, quadratic, ddpm (default: the run's)")
+        p.add_argument("--ode-method", type=_text, default=None, help="ODE method: dopri5 (adaptive, default), heun, euler, rk4, ...")
+        p.add_argument("--ode-steps", type=_count(1, 1_000_000), default=None, help="steps of a fixed-step ODE method (default 100)")
         p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance of an adaptive method (rtol = atol)")
 
     def tail_options(p, out_help: str, force_help: str, handler) -> None:
-        p.add_argument("--device", default="auto")
-        p.add_argument("--out", default=None, help=out_help)
+        p.add_argument("--device", type=_text, default="auto")
+        p.add_argument("--out", type=_text, default=None, help=out_help)
         p.add_argument("--force", action="store_true", help=force_help)
         p.add_argument("--quiet", action="store_true")
         p.set_defaults(handler=handler)
 
     p = sub.add_parser("sample", help="sample from a trained run: a PNG grid and an .npz")
     p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
-    p.add_argument("--pretrained", default=None, metavar="DIR",
+    p.add_argument("--pretrained", type=_text, default=None, metavar="DIR",
                    help="a local diffusers pipeline or UNet folder instead of a run (needs the diffusers extra)")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--n", type=_count(1, 1_000_000), default=64, help="number of samples")
     p.add_argument("--T", type=int, default=None, help="steps (default: the run's T)")
-    p.add_argument("--rule", default=None, help="posterior or euler (default: the run's)")
-    p.add_argument("--law", default=None, help="increment law of the reverse walk (default: the run's p)")
-    p.add_argument("--seed", type=int, default=0, help="one seed couples every law: same prior, same uniforms")
+    p.add_argument("--rule", type=_text, default=None, help="posterior or euler (default: the run's)")
+    p.add_argument("--law", type=_text, default=None, help="increment law of the reverse walk (default: the run's p)")
+    p.add_argument("--seed", type=_seed, default=0, help="one seed couples every law: same prior, same uniforms")
     sampler_options(p, "the samples")
     tail_options(p, "output folder (default RUN/samples-<law>-T<T>-seed<seed>)", "overwrite earlier samples in --out",
                  cmd_sample)
 
     p = sub.add_parser("eval", help="test-set bits/dim (ODE and bound) and sample quality (FD, KID) of a run")
     p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
-    p.add_argument("--pretrained", default=None, metavar="DIR",
+    p.add_argument("--pretrained", type=_text, default=None, metavar="DIR",
                    help="a local diffusers pipeline or UNet folder instead of a run (needs --dataset)")
-    p.add_argument("--dataset", default=None, help="test data for --pretrained, e.g. cifar10:path=DIR")
-    p.add_argument("--n-test", type=int, default=None, help="first N test images (default all)")
-    p.add_argument("--n-samples", type=int, default=None, help="samples for FD/KID (default: test-set size)")
+    p.add_argument("--dataset", type=_text, default=None, help="test data for --pretrained, e.g. cifar10:path=DIR")
+    p.add_argument("--n-test", type=_count(1, 10_000_000), default=None, help="first N test images (default all)")
+    p.add_argument("--n-samples", type=_count(2, 1_000_000), default=None, help="samples for FD/KID (default: test-set size)")
     p.add_argument("--T", type=int, default=None, help="steps for the bound and the samples (default: the run's T)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     sampler_options(p, "FD/KID's samples (the ODE options also set bpd_ode's solver)")
     p.add_argument("--no-quality", action="store_true", help="skip sampling and FD/KID")
     tail_options(p, "JSON file (default RUN/eval.json)", "overwrite an earlier eval.json", cmd_eval)
@@ -125,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
     run_options(p, "optimizer steps per pair")
-    p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (default: the paper's four; add e.g. logistic/logistic,student_t/student_t)")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals")
-    p.add_argument("--n-samples", type=int, default=None, help="samples per pair for FD/KID (default: test-set size)")
-    p.add_argument("--n-test", type=int, default=None, help="first N test images for bits/dim (default all)")
+    p.add_argument("--pairs", type=_text, default=None, help="comma-separated q/p pairs (default: the paper's four; add e.g. logistic/logistic,student_t/student_t)")
+    p.add_argument("--seeds", type=_count(1, 100), default=2, help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals")
+    p.add_argument("--n-samples", type=_count(2, 1_000_000), default=None, help="samples per pair for FD/KID (default: test-set size)")
+    p.add_argument("--n-test", type=_count(1, 10_000_000), default=None, help="first N test images for bits/dim (default all)")
     p.add_argument("--rtol", type=float, default=1e-3, help="ODE tolerance for bits/dim (rtol = atol; eval uses 1e-5)")
-    p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (shared by every pair)")
-    p.add_argument("--out", default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")
+    p.add_argument("--sample-seed", type=_seed, default=0, help="seed of the samples (shared by every pair)")
+    p.add_argument("--out", type=_text, default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")
     p.add_argument("--force", action="store_true", help="rebuild the table in a finished --out")
     p.set_defaults(handler=cmd_compare)
 
@@ -141,14 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "losses on exact-score mixtures")
     run_options(p, "optimizer steps per model")
     p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (configs/study-quick.toml)")
-    p.add_argument("--seeds", type=int, default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)")
-    p.add_argument("--pairs", default=None, help="comma-separated q/p pairs (overrides study.pairs; bias: default the paper's four)")
-    p.add_argument("--Ts", default=None, help="comma-separated step counts (overrides study.T_train; bias: default 10,30,100,1000)")
-    p.add_argument("--n", type=int, default=None, help="bias: samples per (pair, T, predictor) (default 1000)")
-    p.add_argument("--out", default=None, help="output folder (default runs/study-<timestamp>); an unfinished one resumes")
+    p.add_argument("--seeds", type=_count(1, 100), default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)")
+    p.add_argument("--pairs", type=_text, default=None, help="comma-separated q/p pairs (overrides study.pairs; bias: default the paper's four)")
+    p.add_argument("--Ts", type=_text, default=None, help="comma-separated step counts (overrides study.T_train; bias: default 10,30,100,1000)")
+    p.add_argument("--n", type=_count(16, 1_000_000), default=None, help="bias: samples per (pair, T, predictor) (default 1000)")
+    p.add_argument("--out", type=_text, default=None, help="output folder (default runs/study-<timestamp>); an unfinished one resumes")
     p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out")
     p.set_defaults(handler=cmd_study)
     return parser
+
+def _one_line(text) -> str:
+    """A message on one line whatever the paths in it hold (a newline in a file name is shown as \\n)."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -160,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except NonnormalError as err:  # exit_code: 75 for a training stopped by a signal (continue with --resume)
         code = getattr(err, "exit_code", 2)
-        print(f"nonnormal: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        print(f"nonnormal: {'error: ' if code == 2 else ''}{_one_line(err)}", file=sys.stderr)
         return code
+    except OSError as err:  # the environment, not the input: a path, its permissions, free space
+        where = f" ({_one_line(err.filename)})" if getattr(err, "filename", None) else ""
+        print(f"nonnormal: error: {_one_line(err.strerror or err)}{where}: check the path, its permissions and "
+              "the free space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("nonnormal: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,8 @@ def _int_list(text: str, what: str) -> list[int]:
     bad = [v for v in values if v <= 0]
     if not values or bad:
         raise NonnormalError(f"{what} must be positive integers, got {text!r}: e.g. 4,16,64,256")
+    if len(set(values)) != len(values):
+        raise NonnormalError(f"{what} lists a value twice ({text!r}): list each once")
     return values
 
 def _check_positive(args, *names: str) -> None:
@@ -33,14 +35,24 @@ def _check_tolerance(rtol: float, what: str = "--rtol") -> float:
     return rtol
 
 def _out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
+    """The output folder, checked before any work; :func:`_make` creates it when there is something to write."""
     path = Path(out) if out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
         raise NonnormalError(f"--out {str(path)!r} is a file: give a folder")
     clash = [f for f in files if (path / f).exists()]
     if clash and not force:
         raise NonnormalError(f"{path / clash[0]} already exists: pass --force to overwrite it or choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _make(path: Path) -> Path:
+    """Create the output folder (and its parents), an OS error as one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NonnormalError(f"cannot create the folder {path}: {err.strerror or err}: give another --out") from None
+    return path
+
 
 def _train_overrides(args) -> list[str]:
     """The shortcut flags of train/compare as ``section.key=value`` overrides (after --set)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NonnormalError
 from ..runs import write_atomic
-from .common import _check_positive, _check_tolerance, _out_dir, _train_overrides
+from .common import _make, _check_positive, _check_tolerance, _out_dir, _train_overrides
 
 
 def cmd_train(args) -> int:
@@ -91,7 +91,7 @@ def cmd_sample(args) -> int:
         x = levels_to_unit(levels, state["levels"])
     buf = __import__("io").BytesIO()
     np.savez(buf, seed=args.seed, **info, **arrays)
-    write_atomic(out / "samples.npz", buf.getvalue())
+    write_atomic(_make(out) / "samples.npz", buf.getvalue())
     if len(shape) == 4:
         tmp = out / ".samples.tmp.png"
         save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
@@ -133,6 +133,8 @@ def cmd_eval(args) -> int:
     path = Path(args.out) if args.out else Path(args.run) / "eval.json"
     if path.is_dir():
         raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
+    if path.exists() and not path.is_file():
+        raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
     if not path.parent.is_dir():
         raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
     if path.exists() and not args.force:
@@ -171,6 +173,8 @@ def _eval_pretrained(args) -> int:
     path = Path(args.out) if args.out else Path("runs") / f"pretrained-{Path(args.pretrained).resolve().name}" / "eval.json"
     if path.is_dir():
         raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
+    if path.exists() and not path.is_file():
+        raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
     if path.exists() and not args.force:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     _check_positive(args, "n_test", "n_samples", "T")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NonnormalError
 from ..runs import write_atomic
-from .common import _int_list, _check_positive, _check_tolerance, _out_dir, _train_overrides, _repo_config, _default_compare_config
+from .common import _make, _int_list, _check_positive, _check_tolerance, _out_dir, _train_overrides, _repo_config, _default_compare_config
 
 
 def cmd_laws(args) -> int:
@@ -43,6 +43,8 @@ def cmd_kl(args) -> int:
         us = [float(v) for v in args.u.split(",") if v.strip()]
     except ValueError:
         raise NonnormalError(f"--u must be comma-separated numbers, got {args.u!r}: e.g. 0,0.5,1,2") from None
+    if not us or not all(math.isfinite(u) for u in us):
+        raise NonnormalError(f"--u must be finite numbers, got {args.u!r}: e.g. 0,0.5,1,2")
     d = divergence(args.q, args.p)
     values = d(torch.tensor(us, dtype=torch.float64)).tolist()
     if args.json:
@@ -66,7 +68,7 @@ def cmd_invariance(args) -> int:
     out = _out_dir(args.out, "invariance", args.force, ["invariance.json", "invariance.png"])
     result = invariance_study(laws, steps, schedule, args.paths, args.seed, progress=not args.quiet)
     payload = {law: {str(T): w for T, w in row.items()} for law, row in result.items()}
-    write_atomic(out / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(_make(out) / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
     png = out / ".invariance.tmp.png"
     plot_invariance(result, png, f"Walks vs their Gaussian limit ({schedule.name} schedule, {args.paths:,} paths)")
     os.replace(png, out / "invariance.png")
@@ -153,7 +155,7 @@ def _study_bias(args) -> int:
                           f"  {r['q']}/{r['p']} T={r['T']} {r['predictor']}: sliced W1 {r['sliced_w1']:.4f}, gap {r['gap']:.4f}",
                           flush=True))
     columns = ["q", "p", "T", "predictor", "sliced_w1", "energy", "occupancy_mse", "spread", "gap", "n"]
-    write_atomic(out / "bias.json", (json.dumps({"provenance": provenance(), "rows": rows}, indent=1) + "\n").encode())
+    write_atomic(_make(out) / "bias.json", (json.dumps({"provenance": provenance(), "rows": rows}, indent=1) + "\n").encode())
     write_atomic(out / "bias.md", markdown_table(rows, columns).encode())
     write_atomic(out / "bias.tex", latex_table(rows, columns, "Loss-optimal predictor vs conditional mean on a "
                                                "Gaussian mixture with exact scores").encode())

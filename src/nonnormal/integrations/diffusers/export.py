@@ -38,6 +38,12 @@ def export_run(run, out, force: bool = False) -> Path:
         raise NonnormalError(f"--diffusers {out} is a file: give a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise NonnormalError(f"{out} is not empty: pass --force to replace it or choose another folder")
+    run_path, target = Path(run).resolve(), out.resolve()
+    if target == run_path or target in run_path.parents:
+        raise NonnormalError(f"--diffusers {out} is the run or holds it: --force would delete the run; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file() and not (out / "model_index.json").is_file():
+        raise NonnormalError(f"{out} holds files that are not an exported pipeline: --force replaces only an earlier "
+                             "export; choose another folder")
     model, cfg, state = _load_run(run)
     shape = tuple(state["shape"])
     if len(shape) != 3:

@@ -167,13 +167,23 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
     _load_plugins(sched.get("plugins"))
     spec = _schedule_spec(sched, sched_path or path)
     N = int(sched.get("num_train_timesteps", 1000))
-    try:
-        model = classes[kind].from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    try:  # diffusers' warnings and log lines about a broken folder would add lines to our one-line error
+        diffusers_logging.set_verbosity_error()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = classes[kind].from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
     except NonnormalError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise NonnormalError(f"cannot load the model in {unet_dir} ({str(err).splitlines()[0][:150]}): "
                              "is the folder complete?") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     channels = int(unet_cfg.get("in_channels", 3))
     size = unet_cfg.get("sample_size")
     if size is None:
