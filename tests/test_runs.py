@@ -308,6 +308,10 @@ def test_toy2d_trains_and_evaluates(tmp_path):
         results[steps] = json.loads((run / "eval.json").read_text())
     assert results[300]["nll_ode"] < results[1]["nll_ode"] - 0.3
     assert results[300]["energy_distance"] < 0.5 * results[1]["energy_distance"]
+    assert results[300]["sliced_wasserstein"] < 0.5 * results[1]["sliced_wasserstein"]
+    # 2-D samples come with a scatter plot over the test points
+    assert cli("sample", tmp_path / "toy300", "--n", 200, "--out", tmp_path / "s", "--quiet", "--device", "cpu") == 0
+    assert (tmp_path / "s" / "samples.png").stat().st_size > 0
 
 
 def test_a_run_of_the_old_layout_loads_and_resumes(tmp_path):

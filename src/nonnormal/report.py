@@ -67,6 +67,21 @@ def save_grid(x, path: str | Path, nrow: int = 8) -> None:
     Image.fromarray(image_grid(x, nrow, scale=max(1, 64 // H))).save(path)
 
 
+def plot_scatter(clouds: dict[str, "object"], path: str | Path, title: str = "") -> None:
+    """2-D point clouds, one colour each (the first drawn last, on top)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    for i, (label, x) in reversed(list(enumerate(clouds.items()))):
+        x = x.detach().cpu().double().numpy() if hasattr(x, "detach") else x
+        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.5 if i else 0.8, color=f"C{i}", label=f"{label} ({len(x)})")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8, markerscale=3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_sample_rows(rows: dict[str, "object"], path: str | Path, title: str = "") -> None:
     """Figure 1: one row of samples per (q, p) pair, the same seeds in every column."""
     plt = _plt()

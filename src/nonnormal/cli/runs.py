@@ -97,6 +97,16 @@ def cmd_sample(args) -> int:
         save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
         os.replace(tmp, out / "samples.png")
         print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
+    elif shape[1:] == (2,):  # 2-D data: the samples over the test points
+        from ..report import plot_scatter
+        from ..runs import load_data
+
+        tmp = out / ".samples.tmp.png"
+        reference = load_data(cfg).unit("test") if args.run else None
+        plot_scatter({"samples": x, **({"test data": reference} if reference is not None else {})}, tmp,
+                     f"{info.get('law', 'ODE')} samples, seed {args.seed}")
+        os.replace(tmp, out / "samples.png")
+        print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
     else:
         print(f"wrote {out / 'samples.npz'}")
     return 0
