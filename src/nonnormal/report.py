@@ -322,8 +322,11 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     # metric vs T: own-law walk rows at T_sample = T_train, and the ODE
     series: dict[str, dict[str, dict[int, list[float]]]] = {}
     seen = set()
+    from .study import own_T_sample
+
     for r in slim:
-        own = r["sampler"] == "walk" and r["law_sample"] == r["p"] and r["T_sample"] == r["T_train"]
+        own = (r["sampler"] == "walk" and r["law_sample"] == r["p"]
+               and r["T_sample"] == own_T_sample(result["plan"]["T_sample"], r["T_train"]))
         label = r["pair"] if own else (f"ODE ({r['weights_from']})" if r["sampler"] == "ode" else None)
         if label is None or (label, r["T_train"], r["seed"]) in seen:  # pairs sharing weights share one ODE line
             continue

@@ -295,6 +295,12 @@ class Study:
                 "findings": findings(comparisons, self.plan), "seconds": time.perf_counter() - t0}
 
 
+def own_T_sample(plan_T_sample: list, T: int) -> int:
+    """The sampling step count that stands for a model trained at T: T itself when it is sampled there
+    (or when the plan samples each model at its own T only), else the largest sampled step count."""
+    return T if not plan_T_sample or T in plan_T_sample else max(plan_T_sample)
+
+
 def _group(rows, **match) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
@@ -310,7 +316,7 @@ def compare_rows(rows: list[dict], plan: Plan) -> list[dict]:
         for metric in METRICS:
             # across pairs: each model sampled with its own law at its own T (or the ODE for bpd)
             own = [r for r in _group(rows, T_train=T) if r["sampler"] == "walk" and r["law_sample"] == r["p"]
-                   and r["T_sample"] == (T if not plan.T_sample or T in plan.T_sample else plan.T_sample[-1])]
+                   and r["T_sample"] == own_T_sample(plan.T_sample, T)]
             values: dict[str, dict[int, float]] = {}
             for r in own:
                 if r.get(metric) is not None and math.isfinite(r[metric]):
