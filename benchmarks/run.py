@@ -339,7 +339,8 @@ BENCHES = {"train": bench_train_overhead, "laws": bench_laws, "sampling": bench_
 def write_markdown(path: Path, meta: dict, results: list[dict]) -> None:
     lines = ["# Benchmark results", "",
              f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads. "
-             f"Command: `{meta['command']}`. Date: {meta['date']}. Total {meta['seconds']:.0f} s.", "",
+             f"Command: `{meta['command']}`. Date: {meta['date']}. Total {meta['seconds']:.0f} s."
+             + (f" Partial run: {meta['note']}." if meta.get("note") else ""), "",
              "Ratios are time(ours) / time(reference), the ratio of medians over repetitions "
              "(min..max of the per-repetition ratios); lower is better.", "",
              "| comparison | ratio | min..max | target | met | notes |", "|---|---|---|---|---|---|"]
@@ -402,6 +403,17 @@ def main(argv=None) -> int:
                        f"{platform.release()}", "torch": torch.__version__, "threads": a.threads,
             "command": "python benchmarks/run.py" + (" " + " ".join(argv or sys.argv[1:]) if (argv or sys.argv[1:]) else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.time() - t0}
+    previous = out / "results.json"
+    if a.only and previous.exists() and not a.quick:  # a partial run keeps the other rows, each with its own date
+        old = json.loads(previous.read_text())
+        for r in results:
+            r["measured"] = meta["date"]
+        fresh = {r["name"] for r in results}
+        kept = [{**r, "measured": r.get("measured", old["meta"]["date"])} for r in old["results"] if r["name"] not in fresh]
+        results = kept + results
+        meta["note"] = (f"rows of {', '.join(names)} from this command; the others from earlier runs "
+                        f"(see each row's measured date; last full run: {old['meta'].get('full_run', old['meta']['date'])})")
+        meta["full_run"] = old["meta"].get("full_run", old["meta"]["date"])
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     write_markdown(out / "RESULTS.md", meta, results)
     print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} ({meta['seconds']:.0f} s)")
