@@ -71,9 +71,13 @@ def test_sample_is_coupled_by_seed_across_laws():
 
 
 def _cli(*argv):
+    """The command's exit status: its return value, or argparse's SystemExit code for a usage error."""
     from nonnormal.cli import main
 
-    return main([str(a) for a in argv])
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
 
 
 def test_cli_samples_and_evaluates_a_cosine_run_with_cosine(tmp_path, capsys):
@@ -120,7 +124,7 @@ def tiny_run(tmp_path_factory):
     (["--ode-steps", "5"], "--ode-steps goes with --sampler ode"),
     (["--sampler", "ode", "--ode-method", "rk45"], "unknown ODE method 'rk45'"),
     (["--sampler", "ode", "--ode-steps", "5"], "dopri5 chooses its own steps"),
-    (["--sampler", "ode", "--ode-method", "heun", "--ode-steps", "0"], "positive integer"),
+    (["--sampler", "ode", "--ode-method", "heun", "--ode-steps", "0"], "must lie in [1, 1,000,000], got 0"),
     (["--sampler", "ode", "--rtol", "-1"], "finite positive"),
     (["--sampler", "ode", "--rtol", "nan"], "finite positive"),
     (["--spacing", "cubic"], "unknown spacing 'cubic'"),
