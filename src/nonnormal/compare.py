@@ -71,10 +71,9 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), *, see
         raise NonnormalError(f"seeds must be a positive integer, got {seeds!r}")
     first = base["train"]["seed"]
     plan = Plan(pairs=[f"{q}/{p}" for q, p in pairs], T_train=[T], seeds=list(range(first, first + seeds)),
-                T_sample=[], laws_sample=[], ode=False, n_samples=n_samples or 10**9, n_test=n_test or 0,
+                T_sample=[], laws_sample=[], ode=False, n_samples=n_samples or 0, n_test=n_test or 0,
                 rtol=rtol, sample_seed=sample_seed, columns=columns)
-    study = Study(out, plan.check(), run_config, overrides, progress=progress, log=log)
-    plan.n_samples = min(plan.n_samples, study.x_test.shape[0]) if n_samples is None else n_samples
+    study = Study(out, plan.check(), run_config, overrides, progress=progress, log=log)  # n_samples 0: test size
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = study.run()

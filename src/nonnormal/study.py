@@ -45,7 +45,7 @@ class Plan:
     T_sample: list = field(default_factory=list)  # sampling step counts ([]: each model's own T_train)
     laws_sample: list = field(default_factory=list)  # laws swapped in at sampling ([]: each model's own p)
     ode: bool = True  # also sample with the probability-flow ODE (law-free reference)
-    n_samples: int = 256  # samples per sampler setting (FD, KID, style metrics)
+    n_samples: int = 256  # samples per sampler setting (FD, KID, style metrics; 0: as many as test images)
     n_test: int = 0  # test images for bits/dim (0: all)
     rtol: float = 1e-3  # ODE tolerance (rtol = atol) for bits/dim and ODE samples
     sample_seed: int = 0  # one seed for every sampler setting: coupled samples
@@ -71,7 +71,9 @@ class Plan:
 
         for law in self.laws_sample:
             increments.get(law)
-        for name in ("n_samples", "columns"):
+        if self.n_samples < 0:
+            raise NonnormalError(f"study.n_samples must be >= 0 (0: as many as test images), got {self.n_samples}")
+        for name in ("columns",):
             if getattr(self, name) < 1:
                 raise NonnormalError(f"study.{name} must be positive, got {getattr(self, name)}")
         if self.n_test < 0 or not (math.isfinite(self.rtol) and self.rtol > 0):
@@ -152,6 +154,8 @@ class Study:
                                  "is not: use nonnormal train and eval for low-dimensional data")
         n_test = plan.n_test or None
         self.x_test = self.data.unit("test", n_test)
+        if plan.n_samples == 0:
+            plan.n_samples = int(self.x_test.shape[0])
         self._features = None
 
     # ----- training -----
