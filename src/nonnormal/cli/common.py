@@ -71,10 +71,6 @@ def _train_overrides(args) -> list[str]:
     return out
 
 def _repo_config(name: str) -> str | None:
+    """configs/NAME when run from the repository, else None (the built-in defaults)."""
     path = Path("configs") / name
-    return str(path) if path.is_file() else None
-
-def _default_compare_config() -> str | None:
-    """configs/compare-digits.toml when run from the repository, else the built-in defaults."""
-    path = Path("configs") / "compare-digits.toml"
     return str(path) if path.is_file() else None

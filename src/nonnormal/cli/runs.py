@@ -149,7 +149,7 @@ def cmd_eval(args) -> int:
         raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
     if path.exists() and not args.force:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    _check_positive(args, "n_test", "n_samples", "T")
+    _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
     _check_tolerance(args.rtol)
     result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
                           seed=args.seed, quality=not args.no_quality, progress=not args.quiet, sampler=args.sampler,
@@ -187,7 +187,7 @@ def _eval_pretrained(args) -> int:
         raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
     if path.exists() and not args.force:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    _check_positive(args, "n_test", "n_samples", "T")
+    _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
     _check_tolerance(args.rtol)
     result = _diffusers().evaluate_pretrained(args.pretrained, args.dataset, pick_device(args.device), args.n_test,
                                               args.n_samples, args.T, args.rtol, args.rtol, seed=args.seed,

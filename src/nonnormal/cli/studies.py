@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NonnormalError
 from ..runs import write_atomic
-from .common import _make, _int_list, _check_positive, _check_tolerance, _out_dir, _train_overrides, _repo_config, _default_compare_config
+from .common import _make, _int_list, _check_tolerance, _out_dir, _train_overrides, _repo_config
 
 
 def cmd_laws(args) -> int:
@@ -90,9 +90,8 @@ def cmd_compare(args) -> int:
     clash = [f for f in OUTPUTS if (out / f).exists()]
     if clash and not args.force:
         raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
-    config = args.config or _default_compare_config()
+    config = args.config or _repo_config("compare-digits.toml")
     t0 = time.time()
-    _check_positive(args, "n_test", "n_samples", "seeds")
     _check_tolerance(args.rtol)
     compare(out, pairs, config, _train_overrides(args), seeds=args.seeds, n_samples=args.n_samples,
             n_test=args.n_test, rtol=args.rtol, sample_seed=args.sample_seed, progress=not args.quiet)
@@ -114,8 +113,6 @@ def cmd_study(args) -> int:
     if not config:
         raise NonnormalError("give --config (e.g. configs/study-digits.toml) or --quick")
     seeds = list(range(args.seeds)) if args.seeds else None
-    if args.seeds is not None and args.seeds <= 0:
-        raise NonnormalError(f"--seeds must be positive, got {args.seeds}")
     plan, run_config = load_plan(config, {"seeds": seeds,
                                           "pairs": [f"{q}/{p}" for q, p in parse_pairs(args.pairs)] if args.pairs else None,
                                           "T_train": _int_list(args.Ts, "--Ts") if args.Ts else None})
