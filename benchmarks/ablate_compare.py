@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from nonnormal import config, data as data_lib
+from nonnormal import config
+from nonnormal import data as data_lib
 from nonnormal.diffusion import Diffusion
 from nonnormal.runs import load_run
 from nonnormal.train import train
@@ -47,8 +48,9 @@ VARIANTS = {
 def score(run: Path, x: torch.Tensor, levels: int, rtol: float) -> float:
     model, cfg, _ = load_run(run, "cpu")
     g = torch.Generator().manual_seed(12345)
-    bpd, _ = Diffusion.from_config(cfg["diffusion"]).bits_per_dim(model, x, levels, generator=g, trace="hutchinson",
-                                                                  rtol=rtol, atol=rtol)
+    bpd, _ = Diffusion.from_config(cfg["diffusion"]).bits_per_dim(
+        model, x, levels, generator=g, trace="hutchinson", rtol=rtol, atol=rtol
+    )
     return float(bpd.mean())
 
 
@@ -72,26 +74,53 @@ def main() -> None:
                 t0 = time.perf_counter()
                 state = train(cfg, run, progress=False)
                 bpd = score(run, x, data.levels, args.rtol)
-                rows.append({"variant": name, "overrides": VARIANTS[name], "seed": seed, "bpd_ode": bpd,
-                             "train_seconds": state["train_seconds"], "wall_seconds": time.perf_counter() - t0})
+                rows.append(
+                    {
+                        "variant": name,
+                        "overrides": VARIANTS[name],
+                        "seed": seed,
+                        "bpd_ode": bpd,
+                        "train_seconds": state["train_seconds"],
+                        "wall_seconds": time.perf_counter() - t0,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     summary = []
     for name in names:
         vals = [r for r in rows if r["variant"] == name]
         mean = sum(r["bpd_ode"] for r in vals) / len(vals)
-        summary.append({"variant": name, "overrides": " ".join(VARIANTS[name]) or "(configs/compare-digits.toml)",
-                        "bpd_ode": mean, "per_seed": [round(r["bpd_ode"], 4) for r in vals],
-                        "train_seconds": sum(r["train_seconds"] for r in vals) / len(vals)})
-    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
-            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-            "test_images": int(x.shape[0]), "rtol": args.rtol}
+        summary.append(
+            {
+                "variant": name,
+                "overrides": " ".join(VARIANTS[name]) or "(configs/compare-digits.toml)",
+                "bpd_ode": mean,
+                "per_seed": [round(r["bpd_ode"], 4) for r in vals],
+                "train_seconds": sum(r["train_seconds"] for r in vals) / len(vals),
+            }
+        )
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "test_images": int(x.shape[0]),
+        "rtol": args.rtol,
+    }
     (HERE / "ablation.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=1) + "\n")
-    lines = ["# Ablation of the compare recipe (gaussian/gaussian, digits, T = 100)", "",
-             f"`python benchmarks/{meta['command']}` on {meta['machine']}, torch {meta['torch']}, {meta['date']}; "
-             f"bits/dim by the probability-flow ODE on the {meta['test_images']} test images (rtol {args.rtol:g}), "
-             "mean over seeds.", "", "| variant | overrides | bpd_ode | per seed | train s |", "|---|---|---|---|---|"]
-    lines += [f"| {s['variant']} | {s['overrides']} | {s['bpd_ode']:.4f} | {s['per_seed']} | {s['train_seconds']:.0f} |"
-              for s in summary]
+    lines = [
+        "# Ablation of the compare recipe (gaussian/gaussian, digits, T = 100)",
+        "",
+        f"`python benchmarks/{meta['command']}` on {meta['machine']}, torch {meta['torch']}, {meta['date']}; "
+        f"bits/dim by the probability-flow ODE on the {meta['test_images']} test images (rtol {args.rtol:g}), "
+        "mean over seeds.",
+        "",
+        "| variant | overrides | bpd_ode | per seed | train s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['variant']} | {s['overrides']} | {s['bpd_ode']:.4f} | {s['per_seed']} | {s['train_seconds']:.0f} |"
+        for s in summary
+    ]
     (HERE / "ABLATION.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -15,12 +15,18 @@ def interleaved(ours, reference, reps: int = 7, inner: int = 3, warmup: int = 2)
     t_ours, t_ref = [], []
     for rep in range(reps):
         pair = [(ours, t_ours), (reference, t_ref)]
-        for fn, sink in (pair if rep % 2 == 0 else pair[::-1]):
+        for fn, sink in pair if rep % 2 == 0 else pair[::-1]:
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()
             sink.append((time.perf_counter() - t0) / inner)
     ratios = [a / b for a, b in zip(t_ours, t_ref)]
-    return {"ratio": statistics.median(t_ours) / statistics.median(t_ref), "ratio_min": min(ratios),
-            "ratio_max": max(ratios), "ours_s": statistics.median(t_ours), "reference_s": statistics.median(t_ref),
-            "reps": reps, "inner": inner}
+    return {
+        "ratio": statistics.median(t_ours) / statistics.median(t_ref),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ours_s": statistics.median(t_ours),
+        "reference_s": statistics.median(t_ref),
+        "reps": reps,
+        "inner": inner,
+    }

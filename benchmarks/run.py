@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import interleaved  # noqa: E402
-
 from nonnormal import config  # noqa: E402
 from nonnormal.train import Batches, build_loss, build_model, optimizer_step  # noqa: E402
 
@@ -36,8 +35,16 @@ HERE = Path(__file__).parent
 class Setup:
     """A model, its optimizer and EMA, and a batch source for one (q, p) pair and image size."""
 
-    def __init__(self, size: int, q: str = "gaussian", p: str = "gaussian", quick: bool = False, T: int = 1000,
-                 batch: int = 128, model: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        size: int,
+        q: str = "gaussian",
+        p: str = "gaussian",
+        quick: bool = False,
+        T: int = 1000,
+        batch: int = 128,
+        model: torch.nn.Module | None = None,
+    ):
         over = [f'diffusion.q="{q}"', f'diffusion.p="{p}"', f"diffusion.T={T}", f"train.batch={batch}"]
         if quick:
             over += ["net.width=8", "net.attn_resolutions=[]"]
@@ -48,8 +55,12 @@ class Setup:
         self.ema = [w.detach().clone() for w in self.model.parameters()]
         self.loss = build_loss(self.cfg)
         levels = 17 if size == 8 else 256
-        data = torch.randint(0, levels, (1024, 1, size, size), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
-        self.batches = Batches(data, levels, True, self.loss, batch, torch.Generator().manual_seed(0), torch.device("cpu"))
+        data = torch.randint(0, levels, (1024, 1, size, size), generator=torch.Generator().manual_seed(0)).to(
+            torch.uint8
+        )
+        self.batches = Batches(
+            data, levels, True, self.loss, batch, torch.Generator().manual_seed(0), torch.device("cpu")
+        )
 
     def step(self, amp=None):
         x0, noise = self.batches.next()
@@ -80,13 +91,20 @@ def entry(name, result, target, **extra):
 
 
 def bench_train_overhead(a, results):
-    for size in ([8] if a.quick else [8, 28]):
+    for size in [8] if a.quick else [8, 28]:
         s = Setup(size, quick=a.quick, batch=a.batch)
         ref = Setup(size, quick=a.quick, batch=a.batch, model=copy.deepcopy(s.model))
         r = interleaved(s.step, ref.bare(), a.reps, 1 if size > 8 else a.inner)
-        results.append(entry(f"train_step_overhead_{size}x{size}", r, 1.03, params=params(s.model),
-                             what="full gaussian step (draws, noising, loss, backward, clip, AdamW, EMA) vs "
-                                  "network forward+backward+AdamW on the same batch"))
+        results.append(
+            entry(
+                f"train_step_overhead_{size}x{size}",
+                r,
+                1.03,
+                params=params(s.model),
+                what="full gaussian step (draws, noising, loss, backward, clip, AdamW, EMA) vs "
+                "network forward+backward+AdamW on the same batch",
+            )
+        )
 
 
 def _ms(fn, n: int = 100) -> float:
@@ -112,9 +130,17 @@ def bench_laws(a, results):
     for q, p in (("laplace", "laplace"), ("uniform", "laplace"), ("logistic", "student_t")):
         s = Setup(8, q, p, quick=a.quick, batch=a.batch, model=copy.deepcopy(base.model))
         r = interleaved(s.step, base.step, a.reps, a.inner)
-        results.append(entry(f"law_cost_{q}_{p}", r, 1.03, k_fwd_bwd_ms=_k_ms(q, p, a.batch), gaussian_k_fwd_bwd_ms=k_gauss,
-                             what=f"{q}/{p} training step vs gaussian/gaussian; k_fwd_bwd_ms: the pair's K(u) "
-                                  "forward+backward on the batch alone"))
+        results.append(
+            entry(
+                f"law_cost_{q}_{p}",
+                r,
+                1.03,
+                k_fwd_bwd_ms=_k_ms(q, p, a.batch),
+                gaussian_k_fwd_bwd_ms=k_gauss,
+                what=f"{q}/{p} training step vs gaussian/gaussian; k_fwd_bwd_ms: the pair's K(u) "
+                "forward+backward on the batch alone",
+            )
+        )
 
 
 def bench_sampling(a, results):
@@ -132,7 +158,6 @@ def bench_sampling(a, results):
             for _ in range(steps):
                 model(x, t)
 
-
     forward_ms = _ms(lambda: model(x, t), 10) if not a.quick else float("nan")
     for law in ("gaussian", "laplace", "uniform", "logistic", "student_t", "rademacher"):
         walk = Diffusion("vdm", steps).walk(law)
@@ -145,16 +170,26 @@ def bench_sampling(a, results):
         r = interleaved(ours, bare, 2 * a.reps, 1)
         with torch.no_grad():
             noise_ms = _ms(lambda: draw(0))
-        results.append(entry(f"sampling_step_{law}", r, 1.03, noise_ms=noise_ms, forward_ms=forward_ms,
-                             what=f"{steps} ancestral steps of the {law} walk (coupled noise) vs {steps} bare "
-                                  "forwards; noise_ms: one step's increments alone, forward_ms: one forward alone"))
+        results.append(
+            entry(
+                f"sampling_step_{law}",
+                r,
+                1.03,
+                noise_ms=noise_ms,
+                forward_ms=forward_ms,
+                what=f"{steps} ancestral steps of the {law} walk (coupled noise) vs {steps} bare "
+                "forwards; noise_ms: one step's increments alone, forward_ms: one forward alone",
+            )
+        )
 
 
 def bench_diffusers(a, results):
     try:
         from diffusers import DDPMScheduler
     except ImportError:
-        results.append({"name": "peer_diffusers_ddpm_step", "skipped": "diffusers is not installed: pip install -e '.[bench]'"})
+        results.append(
+            {"name": "peer_diffusers_ddpm_step", "skipped": "diffusers is not installed: pip install -e '.[bench]'"}
+        )
         return
     s = Setup(8, quick=a.quick, batch=a.batch)
     peer = Setup(8, quick=a.quick, batch=a.batch, model=copy.deepcopy(s.model))
@@ -172,8 +207,15 @@ def bench_diffusers(a, results):
         opt.step()
 
     r = interleaved(s.step, peer_step, a.reps, a.inner)
-    results.append(entry("peer_diffusers_ddpm_step", r, 1.0, what="our full gaussian step vs diffusers "
-                         "DDPMScheduler.add_noise + eps-MSE + AdamW on the same network (no EMA, no clip on their side)"))
+    results.append(
+        entry(
+            "peer_diffusers_ddpm_step",
+            r,
+            1.0,
+            what="our full gaussian step vs diffusers "
+            "DDPMScheduler.add_noise + eps-MSE + AdamW on the same network (no EMA, no clip on their side)",
+        )
+    )
     # the same UNet2DModel trained both ways: through nonnormal (net "diffusers-unet2d") and by hand
     from nonnormal.integrations.diffusers import DiffusersUNet, NonNormalScheduler
 
@@ -183,19 +225,37 @@ def bench_diffusers(a, results):
     unet = copy.deepcopy(ours.model.unet)
     uopt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     r = interleaved(ours.step, lambda: peer_step(unet, uopt, lambda m, x, t: m(x, t).sample), a.reps, a.inner)
-    results.append(entry("peer_diffusers_unet2d_whole_stack", r, None, params=params(unet),
-                         what="our whole gaussian step training a UNet2DModel (net diffusers-unet2d, with EMA and "
-                              "clipping) vs diffusers' own add_noise + eps-MSE + AdamW on an identical UNet2DModel "
-                              "(a figure, no target)"))
+    results.append(
+        entry(
+            "peer_diffusers_unet2d_whole_stack",
+            r,
+            None,
+            params=params(unet),
+            what="our whole gaussian step training a UNet2DModel (net diffusers-unet2d, with EMA and "
+            "clipping) vs diffusers' own add_noise + eps-MSE + AdamW on an identical UNet2DModel "
+            "(a figure, no target)",
+        )
+    )
     # one reverse step: the Laplace NonNormalScheduler (coupled increments icdf(Phi(z))) vs DDPMScheduler
     x, eps = torch.randn(a.batch, 1, 8, 8), torch.randn(a.batch, 1, 8, 8)
     ddpm, lap = DDPMScheduler(), NonNormalScheduler(law="laplace")
     gen = torch.Generator().manual_seed(0)
-    r = interleaved(lambda: lap.step(eps, 500, x, generator=gen), lambda: ddpm.step(eps, 500, x, generator=gen),
-                    2 * a.reps, 10 * a.inner)
-    results.append(entry("peer_diffusers_scheduler_step_laplace", r, None, what="one NonNormalScheduler(law=laplace) "
-                         "step vs one DDPMScheduler step on the same batch (the cost of the law's quantiles; "
-                         "no network; a figure)"))
+    r = interleaved(
+        lambda: lap.step(eps, 500, x, generator=gen),
+        lambda: ddpm.step(eps, 500, x, generator=gen),
+        2 * a.reps,
+        10 * a.inner,
+    )
+    results.append(
+        entry(
+            "peer_diffusers_scheduler_step_laplace",
+            r,
+            None,
+            what="one NonNormalScheduler(law=laplace) "
+            "step vs one DDPMScheduler step on the same batch (the cost of the law's quantiles; "
+            "no network; a figure)",
+        )
+    )
 
 
 def bench_likelihood(a, results):
@@ -203,13 +263,16 @@ def bench_likelihood(a, results):
     from scipy.integrate import solve_ivp
 
     from nonnormal import Diffusion
-    from nonnormal.data import dequantize, load as load_dataset
+    from nonnormal.data import dequantize
+    from nonnormal.data import load as load_dataset
     from nonnormal.ode import gaussian_log_prob
     from nonnormal.train import train
 
     run = a.outdir / ".cache" / ("likelihood-quick" if a.quick else "likelihood")
-    cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
-                      ["train.steps=20" if a.quick else "train.steps=300", "train.checkpoint_every=1000"])
+    cfg = config.load(
+        HERE.parent / "configs" / "compare-digits.toml",
+        ["train.steps=20" if a.quick else "train.steps=300", "train.checkpoint_every=1000"],
+    )
     train(cfg, run, resume=True, progress=False)  # a finished run is reused as it is
     from nonnormal.runs import load_run
 
@@ -224,8 +287,9 @@ def bench_likelihood(a, results):
     probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
 
     def ours():
-        logp, nfe = diffusion.log_likelihood(model, x, trace="hutchinson", rtol=tol, atol=tol,
-                                             generator=torch.Generator().manual_seed(1))
+        logp, nfe = diffusion.log_likelihood(
+            model, x, trace="hutchinson", rtol=tol, atol=tol, generator=torch.Generator().manual_seed(1)
+        )
         return logp, nfe
 
     def reference():  # score_sde's likelihood.py: scipy RK45 on flat numpy state, network through torch
@@ -252,18 +316,37 @@ def bench_likelihood(a, results):
         logp, nfe = fn()
         dt = time.perf_counter() - t0
         bpd = -logp.double() / (D * math.log(2)) + math.log2(17 / 2)
-        out.setdefault(label, []).append({"s": dt, "nfe": nfe, "bpd": float(bpd.mean()),
-                                          "se": float(bpd.std() / math.sqrt(n))})
+        out.setdefault(label, []).append(
+            {"s": dt, "nfe": nfe, "bpd": float(bpd.mean()), "se": float(bpd.std() / math.sqrt(n))}
+        )
     med = {k: sorted(r["s"] for r in v)[len(v) // 2] for k, v in out.items()}
     times = [o["s"] / r["s"] for o, r in zip(out["ours"], out["reference"])]
     o, r = out["ours"][-1], out["reference"][-1]
-    results.append(entry("likelihood_pf_ode", {"ratio": med["ours"] / med["reference"], "ratio_min": min(times),
-                                               "ratio_max": max(times), "ours_s": med["ours"], "reference_s": med["reference"]},
-                         1.0, n_images=n, rtol=tol, atol=tol, nfe_ours=o["nfe"], nfe_reference=r["nfe"],
-                         bpd_ours=o["bpd"], bpd_ours_se=o["se"], bpd_reference=r["bpd"], bpd_reference_se=r["se"],
-                         agree_within_se=abs(o["bpd"] - r["bpd"]) < math.hypot(o["se"], r["se"]),
-                         what="probability-flow bits/dim of digits test images: torchdiffeq dopri5 vs scipy RK45 "
-                              "on flattened numpy arrays (score_sde's approach), same tolerances, same probe"))
+    results.append(
+        entry(
+            "likelihood_pf_ode",
+            {
+                "ratio": med["ours"] / med["reference"],
+                "ratio_min": min(times),
+                "ratio_max": max(times),
+                "ours_s": med["ours"],
+                "reference_s": med["reference"],
+            },
+            1.0,
+            n_images=n,
+            rtol=tol,
+            atol=tol,
+            nfe_ours=o["nfe"],
+            nfe_reference=r["nfe"],
+            bpd_ours=o["bpd"],
+            bpd_ours_se=o["se"],
+            bpd_reference=r["bpd"],
+            bpd_reference_se=r["se"],
+            agree_within_se=abs(o["bpd"] - r["bpd"]) < math.hypot(o["se"], r["se"]),
+            what="probability-flow bits/dim of digits test images: torchdiffeq dopri5 vs scipy RK45 "
+            "on flattened numpy arrays (score_sde's approach), same tolerances, same probe",
+        )
+    )
 
 
 def bench_bf16(a, results):
@@ -273,9 +356,17 @@ def bench_bf16(a, results):
     amp = torch.autocast("cpu", dtype=torch.bfloat16)
     r = interleaved(lambda: s16.step(amp), s.step, max(2, a.reps // 2), 1, warmup=1)
     short = _bf16_short_runs(a)
-    results.append(entry(f"bf16_vs_fp32_train_step_{size}x{size}", r, None, cpu_flags=_cpu_flags(), **short,
-                         what="bf16 autocast training step vs fp32, same network and batch; bpd_*: test bits/dim "
-                              "(ODE, rtol 1e-3, 256 digits) after the same short digits run in each precision"))
+    results.append(
+        entry(
+            f"bf16_vs_fp32_train_step_{size}x{size}",
+            r,
+            None,
+            cpu_flags=_cpu_flags(),
+            **short,
+            what="bf16 autocast training step vs fp32, same network and batch; bpd_*: test bits/dim "
+            "(ODE, rtol 1e-3, 256 digits) after the same short digits run in each precision",
+        )
+    )
 
 
 def _bf16_short_runs(a) -> dict:
@@ -290,14 +381,22 @@ def _bf16_short_runs(a) -> dict:
     out = {"short_run_steps": steps, "short_run_batch": 64}
     for name, flag in (("fp32", "false"), ("bf16", "true")):
         run = a.outdir / ".cache" / f"short-{name}-{steps}"
-        cfg = config.load(HERE.parent / "configs" / "compare-digits.toml",
-                          [f"train.steps={steps}", "train.batch=64", f"train.bf16={flag}", "train.checkpoint_every=1000"])
+        cfg = config.load(
+            HERE.parent / "configs" / "compare-digits.toml",
+            [f"train.steps={steps}", "train.batch=64", f"train.bf16={flag}", "train.checkpoint_every=1000"],
+        )
         train(cfg, run, resume=True, progress=False)  # a finished run is reused as it is
         model, run_cfg, state = load_run(run)
         bpd, _ = Diffusion.from_config(run_cfg["diffusion"]).bits_per_dim(
-            model, x, 17, generator=torch.Generator().manual_seed(0), trace="hutchinson", rtol=1e-3, atol=1e-3)
-        out.update({f"bpd_{name}": float(bpd.mean()), f"bpd_{name}_se": float(bpd.std() / math.sqrt(n)),
-                    f"train_seconds_{name}": state["train_seconds"]})
+            model, x, 17, generator=torch.Generator().manual_seed(0), trace="hutchinson", rtol=1e-3, atol=1e-3
+        )
+        out.update(
+            {
+                f"bpd_{name}": float(bpd.mean()),
+                f"bpd_{name}_se": float(bpd.std() / math.sqrt(n)),
+                f"train_seconds_{name}": state["train_seconds"],
+            }
+        )
     return out
 
 
@@ -306,7 +405,9 @@ def _cpu_flags() -> str:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     except (OSError, StopIteration):
         return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512/amx"
+    return (
+        " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512/amx"
+    )
 
 
 def bench_memory(a, results):
@@ -327,34 +428,60 @@ print(base, hwm())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     base, peak = (int(v) / 1024 for v in out[-2:])
-    results.append({"name": f"peak_memory_train_{size}x{size}_batch{a.batch}", "ratio": None, "target": None,
-                    "met": None, "peak_rss_mib": round(peak, 1), "rss_after_imports_mib": round(base, 1),
-                    "what": "max RSS of a process training the default UNet (a figure)"})
+    results.append(
+        {
+            "name": f"peak_memory_train_{size}x{size}_batch{a.batch}",
+            "ratio": None,
+            "target": None,
+            "met": None,
+            "peak_rss_mib": round(peak, 1),
+            "rss_after_imports_mib": round(base, 1),
+            "what": "max RSS of a process training the default UNet (a figure)",
+        }
+    )
 
 
-BENCHES = {"train": bench_train_overhead, "laws": bench_laws, "sampling": bench_sampling, "diffusers": bench_diffusers,
-           "likelihood": bench_likelihood, "bf16": bench_bf16, "memory": bench_memory}
+BENCHES = {
+    "train": bench_train_overhead,
+    "laws": bench_laws,
+    "sampling": bench_sampling,
+    "diffusers": bench_diffusers,
+    "likelihood": bench_likelihood,
+    "bf16": bench_bf16,
+    "memory": bench_memory,
+}
 
 
 def write_markdown(path: Path, meta: dict, results: list[dict]) -> None:
-    lines = ["# Benchmark results", "",
-             f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads. "
-             f"Command: `{meta['command']}`. Date: {meta['date']}. Total {meta['seconds']:.0f} s."
-             + (f" Partial run: {meta['note']}." if meta.get("note") else ""), "",
-             "Ratios are time(ours) / time(reference), the ratio of medians over repetitions "
-             "(min..max of the per-repetition ratios); lower is better.", "",
-             "| comparison | ratio | min..max | target | met | notes |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads. "
+        f"Command: `{meta['command']}`. Date: {meta['date']}. Total {meta['seconds']:.0f} s."
+        + (f" Partial run: {meta['note']}." if meta.get("note") else ""),
+        "",
+        "Ratios are time(ours) / time(reference), the ratio of medians over repetitions "
+        "(min..max of the per-repetition ratios); lower is better.",
+        "",
+        "| comparison | ratio | min..max | target | met | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "skipped" in r:
             lines.append(f"| {r['name']} | | | | | skipped: {r['skipped']} |")
             continue
         ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}"
         spread = "" if r.get("ratio_min") is None else f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"
-        extra = {k: v for k, v in r.items() if k not in ("name", "ratio", "ratio_min", "ratio_max", "target", "met",
-                                                          "what", "reps", "inner")}
+        extra = {
+            k: v
+            for k, v in r.items()
+            if k not in ("name", "ratio", "ratio_min", "ratio_max", "target", "met", "what", "reps", "inner")
+        }
         notes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-        lines.append(f"| {r['name']} | {ratio} | {spread} | {r.get('target') or ''} | "
-                     f"{'' if r.get('met') is None else ('yes' if r['met'] else 'NO')} | {notes} |")
+        lines.append(
+            f"| {r['name']} | {ratio} | {spread} | {r.get('target') or ''} | "
+            f"{'' if r.get('met') is None else ('yes' if r['met'] else 'NO')} | {notes} |"
+        )
     lines += ["", "What each comparison measures:", ""]
     lines += [f"- `{r['name']}`: {r['what']}" for r in results if "what" in r]
     findings = HERE / "FINDINGS.md"
@@ -399,20 +526,30 @@ def main(argv=None) -> int:
         r.pop("_printed", None)
     out = a.outdir
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_flags()}), {platform.system()} "
-                       f"{platform.release()}", "torch": torch.__version__, "threads": a.threads,
-            "command": "python benchmarks/run.py" + (" " + " ".join(argv or sys.argv[1:]) if (argv or sys.argv[1:]) else ""),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.time() - t0}
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_flags()}), {platform.system()} "
+        f"{platform.release()}",
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "command": "python benchmarks/run.py"
+        + (" " + " ".join(argv or sys.argv[1:]) if (argv or sys.argv[1:]) else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": time.time() - t0,
+    }
     previous = out / "results.json"
     if a.only and previous.exists() and not a.quick:  # a partial run keeps the other rows, each with its own date
         old = json.loads(previous.read_text())
         for r in results:
             r["measured"] = meta["date"]
         fresh = {r["name"] for r in results}
-        kept = [{**r, "measured": r.get("measured", old["meta"]["date"])} for r in old["results"] if r["name"] not in fresh]
+        kept = [
+            {**r, "measured": r.get("measured", old["meta"]["date"])} for r in old["results"] if r["name"] not in fresh
+        ]
         results = kept + results
-        meta["note"] = (f"rows of {', '.join(names)} from this command; the others from earlier runs "
-                        f"(see each row's measured date; last full run: {old['meta'].get('full_run', old['meta']['date'])})")
+        meta["note"] = (
+            f"rows of {', '.join(names)} from this command; the others from earlier runs "
+            f"(see each row's measured date; last full run: {old['meta'].get('full_run', old['meta']['date'])})"
+        )
         meta["full_run"] = old["meta"].get("full_run", old["meta"]["date"])
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     write_markdown(out / "RESULTS.md", meta, results)

@@ -136,7 +136,10 @@ CASES = [
     ("loss-unknown", "train --config {R}/tiny.toml --out {R}/n1 --set diffusion.loss=nope"),
     ("spacing-unknown", "train --config {R}/tiny.toml --out {R}/n1 --set diffusion.spacing=nope"),
     ("dtype-unknown", "train --config {R}/tiny.toml --out {R}/n1 --set train.dtype=float16"),
-    ("continuous-cusp", "train --config {R}/tiny.toml --out {R}/n1 --law gennorm:beta=0.5 --set diffusion.loss=continuous"),
+    (
+        "continuous-cusp",
+        "train --config {R}/tiny.toml --out {R}/n1 --law gennorm:beta=0.5 --set diffusion.loss=continuous",
+    ),
     # configs and datasets
     ("config-missing", "train --config {R}/nope.toml --out {R}/n1"),
     ("config-invalid", "train --config {R}/bad.toml --out {R}/n1"),

@@ -13,13 +13,24 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_benchmarks_quick(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     names = {r["name"] for r in results}
-    for prefix in ("train_step_overhead", "law_cost_laplace_laplace", "sampling_step_rademacher", "peer_diffusers",
-                   "likelihood_pf_ode", "bf16_vs_fp32", "peak_memory"):
+    for prefix in (
+        "train_step_overhead",
+        "law_cost_laplace_laplace",
+        "sampling_step_rademacher",
+        "peer_diffusers",
+        "likelihood_pf_ode",
+        "bf16_vs_fp32",
+        "peak_memory",
+    ):
         assert any(n.startswith(prefix) for n in names), prefix
     for r in results:
         if r.get("target") is not None:

@@ -9,8 +9,14 @@ from nonnormal.divergences import divergence
 from nonnormal.exact import GaussianMixture
 
 F64 = torch.float64
-SYMMETRIC = [("laplace", "laplace"), ("logistic", "logistic"), ("uniform", "laplace"), ("gennorm:beta=0.5", "laplace"),
-             ("student_t", "student_t"), ("gaussian", "gennorm:beta=6")]
+SYMMETRIC = [
+    ("laplace", "laplace"),
+    ("logistic", "logistic"),
+    ("uniform", "laplace"),
+    ("gennorm:beta=0.5", "laplace"),
+    ("student_t", "student_t"),
+    ("gaussian", "gennorm:beta=6"),
+]
 
 
 def posterior(weights, means, tau):
@@ -89,7 +95,9 @@ def test_bias_study_rows_and_plot(tmp_path):
     by = {(r["q"], r["predictor"]): r for r in rows[1:]}
     assert by[("laplace", "loss-optimal")]["gap"] > 1e-3  # few steps: large v, a real bias
     assert by[("gaussian", "loss-optimal")]["gap"] < 1e-8  # quadratic K: the mean itself
-    assert by[("gaussian", "mean")]["sliced_w1"] == pytest.approx(by[("gaussian", "loss-optimal")]["sliced_w1"], abs=1e-6)
+    assert by[("gaussian", "mean")]["sliced_w1"] == pytest.approx(
+        by[("gaussian", "loss-optimal")]["sliced_w1"], abs=1e-6
+    )
     assert all(math.isfinite(r["sliced_w1"]) and r["spread"] > 0 for r in rows)
     bias.plot_bias(rows, tmp_path / "bias.png")
     assert (tmp_path / "bias.png").stat().st_size > 1000

@@ -29,7 +29,23 @@ def test_kl_command(capsys):
 
 def test_invariance_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "inv"
-    assert main(["invariance", "--laws", "laplace,uniform", "--steps", "2,8", "--paths", "4000", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "invariance",
+                "--laws",
+                "laplace,uniform",
+                "--steps",
+                "2,8",
+                "--paths",
+                "4000",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "invariance.json").read_text())
     assert set(data) == {"gaussian", "laplace", "uniform"} and set(data["laplace"]) == {"2", "8"}
     assert data["laplace"]["2"] > data["laplace"]["8"] > 0
@@ -41,15 +57,18 @@ def test_invariance_writes_json_and_png(tmp_path, capsys):
     assert (out / "invariance.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("args,message", [
-    (["invariance", "--laws", "cauchy"], "unknown increment law 'cauchy'"),
-    (["invariance", "--laws", "student_t:nu=4"], "nu > 4"),
-    (["invariance", "--steps", "4,0"], "must be positive integers"),
-    (["invariance", "--steps", "four"], "comma-separated integers"),
-    (["invariance", "--schedule", "sqrt"], "unknown schedule"),
-    (["kl", "gaussian", "uniform"], "bounded support"),
-    (["kl", "rademacher", "laplace"], "no density"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["invariance", "--laws", "cauchy"], "unknown increment law 'cauchy'"),
+        (["invariance", "--laws", "student_t:nu=4"], "nu > 4"),
+        (["invariance", "--steps", "4,0"], "must be positive integers"),
+        (["invariance", "--steps", "four"], "comma-separated integers"),
+        (["invariance", "--schedule", "sqrt"], "unknown schedule"),
+        (["kl", "gaussian", "uniform"], "bounded support"),
+        (["kl", "rademacher", "laplace"], "no density"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message, capsys):
     """In-process (main() is all `python -m nonnormal.cli` runs; an uncaught error here raises, so
     this is at least as strict as a subprocess, at no torch import per case): the test below

@@ -24,23 +24,27 @@ RNG = np.random.default_rng(1234)
 
 # ---- spec, split, Dataset --------------------------------------------------------------------
 
+
 def test_names_and_unknown_name():
     assert D.names() == ["cifar10", "digits", "fashion-mnist", "folder", "mnist5k", "npz", "toy2d"]
     with pytest.raises(NonnormalError, match=r"unknown dataset 'imagenet'.*cifar10, digits, fashion-mnist"):
         D.load("imagenet")
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("digits:size=3", ["'size=3'", "none"]),
-    ("toy2d:name=spiral", ["name='spiral'", "8gaussians"]),
-    ("toy2d", ["needs name="]),
-    ("toy2d:name=moons:n=1.5", ["n='1.5'", "integer"]),
-    ("folder:path=.:channels=2", ["channels='2'", "1, 3"]),
-    ("folder:path=.:size=", ["'size'", "no value"]),
-    ("folder:path=.:colour=1", ["'colour=1'", "path, size, channels"]),
-    ("cifar10", ["needs path="]),
-    ("", ["non-empty"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("digits:size=3", ["'size=3'", "none"]),
+        ("toy2d:name=spiral", ["name='spiral'", "8gaussians"]),
+        ("toy2d", ["needs name="]),
+        ("toy2d:name=moons:n=1.5", ["n='1.5'", "integer"]),
+        ("folder:path=.:channels=2", ["channels='2'", "1, 3"]),
+        ("folder:path=.:size=", ["'size'", "no value"]),
+        ("folder:path=.:colour=1", ["'colour=1'", "path, size, channels"]),
+        ("cifar10", ["needs path="]),
+        ("", ["non-empty"]),
+    ],
+)
 def test_bad_specs_name_the_problem(spec, words):
     with pytest.raises(NonnormalError) as info:
         D.load(spec)
@@ -67,19 +71,28 @@ def test_split_indices_partition_sizes_and_seed():
 
 # ---- digits, mnist5k, fashion-mnist as installed ---------------------------------------------
 
+
 def test_digits_levels_split_and_unit():
     d = D.load("digits", seed=0)
     assert (d.name, d.levels, d.num_classes, d.shape, d.is_image) == ("digits", 17, 10, (1, 8, 8), True)
     assert d.tensor("train").dtype == torch.uint8 and (len(d.train), len(d.test)) == (1437, 360)
-    assert _tall_not_wide(d.tensor("train"), d.labels("train"), 1)  # a '1' is a vertical stroke: images are not transposed
+    assert _tall_not_wide(
+        d.tensor("train"), d.labels("train"), 1
+    )  # a '1' is a vertical stroke: images are not transposed
     assert int(d.tensor("train").min()) == 0 and int(d.tensor("train").max()) == 16
     u = d.unit()
-    assert u.dtype == torch.float32 and u.min().item() == pytest.approx(1 / 17 - 1) and u.max().item() == pytest.approx(1 - 1 / 17)
+    assert (
+        u.dtype == torch.float32
+        and u.min().item() == pytest.approx(1 / 17 - 1)
+        and u.max().item() == pytest.approx(1 - 1 / 17)
+    )
     assert torch.equal(d.unit("test"), (2 * d.tensor("test").float() + 1) / 17 - 1)
     with pytest.raises(NonnormalError, match="'val'"):
         d.unit("val")
     other = D.load("digits", seed=1)
-    assert torch.equal(D.load("digits", seed=0).tensor("test"), d.tensor("test")) and not torch.equal(other.tensor("test"), d.tensor("test"))
+    assert torch.equal(D.load("digits", seed=0).tensor("test"), d.tensor("test")) and not torch.equal(
+        other.tensor("test"), d.tensor("test")
+    )
 
 
 def test_digits_file_matches_scikit_learn(monkeypatch):
@@ -88,7 +101,9 @@ def test_digits_file_matches_scikit_learn(monkeypatch):
 
     d, ref = D.load("digits", seed=7), load_digits()
     tr, te = D.split_indices(1797, 0.2, 7)
-    assert np.array_equal(d.tensor("train")[:, 0].numpy(), ref.images[tr]) and np.array_equal(d.tensor("test")[:, 0].numpy(), ref.images[te])
+    assert np.array_equal(d.tensor("train")[:, 0].numpy(), ref.images[tr]) and np.array_equal(
+        d.tensor("test")[:, 0].numpy(), ref.images[te]
+    )
     assert np.array_equal(d.labels("train").numpy(), ref.target[tr]) and d.labels("test").dtype == torch.int64
     monkeypatch.setattr(formats, "bundled_csv", lambda *a: None)  # the file moved: fall back to load_digits
     e = D.load("digits", seed=7)
@@ -112,7 +127,9 @@ def test_mnist5k():
     d = D.load("mnist5k", seed=3)
     assert (len(d.train), len(d.test), d.levels, d.shape, d.num_classes) == (4000, 1000, 256, (1, 28, 28), 10)
     assert int(d.tensor("train").max()) == 255 and set(d.labels("test").tolist()) == set(range(10))
-    assert _tall_not_wide(d.tensor("train"), d.labels("train"), 1)  # a '1' is a vertical stroke: images are not transposed
+    assert _tall_not_wide(
+        d.tensor("train"), d.labels("train"), 1
+    )  # a '1' is a vertical stroke: images are not transposed
 
 
 def test_fashion_mnist_as_installed():
@@ -125,6 +142,7 @@ def test_fashion_mnist_as_installed():
 
 
 # ---- fashion-mnist: idx files ------------------------------------------------------------------
+
 
 def idx_bytes(a):
     return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
@@ -150,10 +168,17 @@ def test_fashion_mnist_idx_files(tmp_path, gz):
     data = write_idx_set(tmp_path / "fm", gz=gz)
     d = D.load(f"fashion-mnist:path={tmp_path / 'fm'}")
     assert d.name == f"fashion-mnist:path={tmp_path / 'fm'}"
-    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes) == ((5, 1, 28, 28), (3, 1, 28, 28), 256, 10)
+    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes) == (
+        (5, 1, 28, 28),
+        (3, 1, 28, 28),
+        256,
+        10,
+    )
     x, y = data["train"]
     assert d.tensor("train")[2, 0, 3, 17].item() == x[2, 3, 17] and d.tensor("train")[2, 0, 17, 3].item() == x[2, 17, 3]
-    assert np.array_equal(d.tensor("train")[:, 0].numpy(), x) and np.array_equal(d.tensor("test")[:, 0].numpy(), data["t10k"][0])
+    assert np.array_equal(d.tensor("train")[:, 0].numpy(), x) and np.array_equal(
+        d.tensor("test")[:, 0].numpy(), data["t10k"][0]
+    )
     assert d.labels("train").tolist() == y.tolist() and d.labels("test").tolist() == data["t10k"][1].tolist()
 
 
@@ -181,7 +206,9 @@ def test_fashion_mnist_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(specs, "FASHION_MNIST_DIRS", (str(tmp_path / "share"),))
     with pytest.raises(NonnormalError, match=f"{re.escape(str(tmp_path / 'share'))}: run `sudo apt-get install"):
         D.load("fashion-mnist")
-    with pytest.raises(NonnormalError, match=f"{re.escape(str(tmp_path / 'nope'))}.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        NonnormalError, match=f"{re.escape(str(tmp_path / 'nope'))}.*apt-get install dataset-fashion-mnist"
+    ):
         D.load(f"fashion-mnist:path={tmp_path / 'nope'}")
     with pytest.raises(NonnormalError, match=f"{re.escape(str(tmp_path))} has no train-images-idx3-ubyte"):
         D.load(f"fashion-mnist:path={tmp_path}")
@@ -189,12 +216,17 @@ def test_fashion_mnist_missing(tmp_path, monkeypatch):
 
 # ---- cifar10 ------------------------------------------------------------------------------------
 
+
 def cifar_batches(n=3):
     """The six batches as the real files hold them: pickled dicts of bytes keys, data (n, 3072) uint8."""
     out = {}
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        d = {b"batch_label": name.encode(), b"labels": [(i + j) % 10 for j in range(n)],
-             b"data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": [(i + j) % 10 for j in range(n)],
+            b"data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * n,
+        }
         out[name] = d
     return out
 
@@ -221,7 +253,13 @@ def write_cifar_tar(path, batches):
 
 
 def check_cifar(d, batches):
-    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes, d.shape) == ((15, 3, 32, 32), (3, 3, 32, 32), 256, 10, (3, 32, 32))
+    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes, d.shape) == (
+        (15, 3, 32, 32),
+        (3, 3, 32, 32),
+        256,
+        10,
+        (3, 32, 32),
+    )
     data = np.concatenate([batches[f"data_batch_{k}"][b"data"] for k in range(1, 6)])
     for n, c, h, w in [(0, 0, 0, 1), (4, 0, 5, 30), (7, 1, 31, 2), (14, 2, 9, 17), (3, 2, 0, 31)]:
         assert d.tensor("train")[n, c, h, w].item() == data[n, c * 1024 + h * 32 + w]  # R plane first, rows of 32
@@ -236,7 +274,11 @@ def test_cifar10_archive_and_folder(tmp_path):
     folder = write_cifar_dir(tmp_path / "x", batches)
     a, b, c = D.load(f"cifar10:path={tar}"), D.load(f"cifar10:path={folder}"), D.load(f"cifar10:path={tmp_path / 'x'}")
     check_cifar(a, batches)
-    assert torch.equal(a.tensor("train"), b.tensor("train")) and torch.equal(a.tensor("test"), c.tensor("test")) and a.name == f"cifar10:path={tar}"
+    assert (
+        torch.equal(a.tensor("train"), b.tensor("train"))
+        and torch.equal(a.tensor("test"), c.tensor("test"))
+        and a.name == f"cifar10:path={tar}"
+    )
 
 
 def test_cifar10_corrupt_pickle_truncated_tar_and_missing(tmp_path):
@@ -275,6 +317,7 @@ def test_cifar10_refuses_code_in_a_pickle(tmp_path):
 
 # ---- folder of images -------------------------------------------------------------------------
 
+
 def save(path, a):
     from PIL import Image
 
@@ -295,7 +338,9 @@ def test_folder_classes_exact_pixels(tmp_path):
     for x, y in zip(torch.cat([d.tensor("train"), d.tensor("test")]), torch.cat([d.labels("train"), d.labels("test")])):
         cls, a = imgs[x.permute(1, 2, 0).numpy().tobytes()]  # pixel (c, h, w) = a[h, w, c]
         assert ["cat", "dog"][y] == cls
-    assert torch.equal(D.load(d.name, seed=5).tensor("test"), d.tensor("test")) and not torch.equal(D.load(d.name, seed=6).tensor("test"), d.tensor("test"))
+    assert torch.equal(D.load(d.name, seed=5).tensor("test"), d.tensor("test")) and not torch.equal(
+        D.load(d.name, seed=6).tensor("test"), d.tensor("test")
+    )
 
 
 def test_folder_flat_gray_resize_and_jpeg(tmp_path):
@@ -358,6 +403,7 @@ def test_folder_streams_files_and_never_holds_the_dataset(tmp_path, monkeypatch)
 
 # ---- the sampler ------------------------------------------------------------------------------
 
+
 def test_global_batches_are_epochs_fixed_by_seed_and_split_over_processes():
     """Batch s depends on (seed, s) only; W processes read the slices of the one-process batch."""
     one = D.GlobalBatchSampler(10, 4, seed=3)
@@ -386,13 +432,22 @@ def test_batches_through_the_dataloader(workers):
 
 # ---- npz --------------------------------------------------------------------------------------
 
+
 def test_npz_single_array_channels_last(tmp_path):
     x, y = RNG.integers(0, 256, (20, 5, 6, 3), dtype=np.uint8), np.arange(20) % 4
     np.savez(tmp_path / "d.npz", x=x, y=y)
     d = D.load(f"npz:path={tmp_path / 'd.npz'}", seed=2)
     tr, te = D.split_indices(20, 0.1, 2)
-    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes) == ((18, 3, 5, 6), (2, 3, 5, 6), 256, 4)
-    assert np.array_equal(d.tensor("train").numpy(), x[tr].transpose(0, 3, 1, 2)) and d.labels("test").tolist() == y[te].tolist()
+    assert (d.tensor("train").shape, d.tensor("test").shape, d.levels, d.num_classes) == (
+        (18, 3, 5, 6),
+        (2, 3, 5, 6),
+        256,
+        4,
+    )
+    assert (
+        np.array_equal(d.tensor("train").numpy(), x[tr].transpose(0, 3, 1, 2))
+        and d.labels("test").tolist() == y[te].tolist()
+    )
 
 
 def test_npz_official_split_channels_first_and_levels(tmp_path):
@@ -406,13 +461,16 @@ def test_npz_official_split_channels_first_and_levels(tmp_path):
     assert D.load(f"npz:path={tmp_path / 'g.npz'}:levels=17").shape == (1, 8, 8)
 
 
-@pytest.mark.parametrize("arrays, words", [
-    ({"x": np.full((4, 3, 3), 0.5)}, ["dtype float64", "integer levels"]),
-    ({"x": np.full((4, 2, 2), 256)}, ["values 256..256", "outside 0..255"]),
-    ({"x": np.zeros((4, 5, 5, 5), np.uint8)}, ["shape (4, 5, 5, 5)"]),
-    ({"images": np.zeros((4, 5, 5), np.uint8)}, ["['images']", "'x'"]),
-    ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.zeros(3, np.int64)}, ["y has int64 (3,)"]),
-])
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        ({"x": np.full((4, 3, 3), 0.5)}, ["dtype float64", "integer levels"]),
+        ({"x": np.full((4, 2, 2), 256)}, ["values 256..256", "outside 0..255"]),
+        ({"x": np.zeros((4, 5, 5, 5), np.uint8)}, ["shape (4, 5, 5, 5)"]),
+        ({"images": np.zeros((4, 5, 5), np.uint8)}, ["['images']", "'x'"]),
+        ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.zeros(3, np.int64)}, ["y has int64 (3,)"]),
+    ],
+)
 def test_npz_errors(tmp_path, arrays, words):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(NonnormalError) as info:
@@ -431,13 +489,20 @@ def test_npz_missing_or_corrupt(tmp_path):
 
 # ---- toy2d ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["8gaussians", "checkerboard", "swissroll", "moons"])
 def test_toy2d(kind):
     d = D.load(f"toy2d:name={kind}:n=5000", seed=4)
     assert d.name == f"toy2d:name={kind}:n=5000"
     assert (d.shape, len(d.train), len(d.test), d.levels, d.is_image) == ((2,), 4000, 1000, None, False)
-    assert d.tensor("train").dtype == torch.float32 and torch.isfinite(d.tensor("train")).all() and d.unit("test") is d.tensor("test")
-    assert torch.equal(D.load(d.name, seed=4).tensor("train"), d.tensor("train")) and not torch.equal(D.load(d.name, seed=5).tensor("train"), d.tensor("train"))
+    assert (
+        d.tensor("train").dtype == torch.float32
+        and torch.isfinite(d.tensor("train")).all()
+        and d.unit("test") is d.tensor("test")
+    )
+    assert torch.equal(D.load(d.name, seed=4).tensor("train"), d.tensor("train")) and not torch.equal(
+        D.load(d.name, seed=5).tensor("train"), d.tensor("train")
+    )
     x = torch.cat([d.tensor("train"), d.tensor("test")]).double()
     assert (x.mean(0).abs() < 0.15).all() and ((x.std(0) - 1).abs() < 0.15).all()
     if kind == "checkerboard":  # every point in a square whose floor coordinates sum to an even number
@@ -449,8 +514,11 @@ def test_toy2d(kind):
 
 # ---- import stays light -----------------------------------------------------------------------
 
+
 def test_import_is_light():
-    code = ("import sys, nonnormal.data as D; D.load('digits'); "
-            "print(sorted(m for m in ('PIL', 'sklearn', 'mlxtend') if m in sys.modules))")
+    code = (
+        "import sys, nonnormal.data as D; D.load('digits'); "
+        "print(sorted(m for m in ('PIL', 'sklearn', 'mlxtend') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.stdout.strip() == "[]", out.stderr

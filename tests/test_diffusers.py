@@ -24,9 +24,16 @@ from nonnormal.integrations.diffusers import (  # noqa: E402
     timestep_to_t,
 )
 
-TINY = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-            norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+TINY = dict(
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=8,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +61,19 @@ def _run_recording(unet, scheduler, steps, seed=0):
     scheduler.step = recording_step
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
-                  output_type="pt").images
+    images = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps, output_type="pt"
+    ).images
     return torch.stack(states), images
 
 
-@pytest.mark.parametrize("options, steps", [
-    ({"num_train_timesteps": 100}, 100),  # every timestep of the model: a whole DDPM run (any length does)
-    ({"variance_type": "fixed_large", "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 20),
-])
+@pytest.mark.parametrize(
+    "options, steps",
+    [
+        ({"num_train_timesteps": 100}, 100),  # every timestep of the model: a whole DDPM run (any length does)
+        ({"variance_type": "fixed_large", "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 20),
+    ],
+)
 def test_gaussian_posterior_scheduler_is_ddpm_over_a_pipeline_run(unet, options, steps):
     ref_states, ref = _run_recording(unet, DDPMScheduler(**options), steps)
     ours_states, ours = _run_recording(unet, NonNormalScheduler(law="gaussian", rule="posterior", **options), steps)
@@ -161,8 +172,29 @@ def test_pretrained_sample_with_several_laws_is_coupled(pipeline_dir, tmp_path):
     out = {}
     for law, seed in (("gaussian", 0), ("laplace", 0), ("uniform", 0), ("laplace", 1)):
         folder = tmp_path / f"{law}-{seed}"
-        assert main(["sample", "--pretrained", str(pipeline_dir), "--law", law, "--T", "10", "--n", "6",
-                     "--seed", str(seed), "--out", str(folder), "--quiet", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--pretrained",
+                    str(pipeline_dir),
+                    "--law",
+                    law,
+                    "--T",
+                    "10",
+                    "--n",
+                    "6",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(folder),
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         out[law, seed] = np.load(folder / "samples.npz")["samples"]
     near = np.abs(out["laplace", 0] - out["uniform", 0]).mean()
     far = np.abs(out["laplace", 0] - out["laplace", 1]).mean()
@@ -183,8 +215,10 @@ def test_wrong_folder_prediction_type_and_beta_schedule_are_one_line_errors(unet
     assert "not a diffusers pipeline" in _one_line_error(capsys, ["sample", "--pretrained", str(tmp_path / "empty")])
     assert "give a run folder or --pretrained" in _one_line_error(capsys, ["sample"])
     assert "not both" in _one_line_error(capsys, ["sample", str(tmp_path), "--pretrained", str(pipeline_dir)])
-    for key, value, words in (("prediction_type", "flow", "prediction_type 'flow'"),
-                              ("beta_schedule", "scaled_linear", "beta_schedule 'scaled_linear'")):
+    for key, value, words in (
+        ("prediction_type", "flow", "prediction_type 'flow'"),
+        ("beta_schedule", "scaled_linear", "beta_schedule 'scaled_linear'"),
+    ):
         bad = tmp_path / f"bad-{key}"
         DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(str(bad))
         cfg_path = bad / "scheduler" / "scheduler_config.json"
@@ -208,8 +242,30 @@ def test_v_prediction_is_converted_exactly(unet, tmp_path):
 
 def test_eval_pretrained_gives_bits_per_dim(pipeline_dir, tmp_path):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--pretrained", str(pipeline_dir), "--dataset", "digits", "--n-test", "4", "--T", "10",
-                 "--rtol", "1e-2", "--no-quality", "--quiet", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--pretrained",
+                str(pipeline_dir),
+                "--dataset",
+                "digits",
+                "--n-test",
+                "4",
+                "--T",
+                "10",
+                "--rtol",
+                "1e-2",
+                "--no-quality",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert np.isfinite(result["bpd_ode"]) and np.isfinite(result["bpd_bound"]) and result["n_test"] == 4
 
@@ -217,8 +273,18 @@ def test_eval_pretrained_gives_bits_per_dim(pipeline_dir, tmp_path):
 def _train(run, extra, steps=4, stop_at=None, resume=False):
     from nonnormal.train import train
 
-    cfg = config.load(None, ["train.batch=8", f"train.steps={steps}", "train.checkpoint_every=2", 'train.device="cpu"',
-                             "diffusion.T=10", "train.warmup=1"] + extra)
+    cfg = config.load(
+        None,
+        [
+            "train.batch=8",
+            f"train.steps={steps}",
+            "train.checkpoint_every=2",
+            'train.device="cpu"',
+            "diffusion.T=10",
+            "train.warmup=1",
+        ]
+        + extra,
+    )
     return train(cfg, run, resume=resume, progress=False, stop_at=stop_at)
 
 
@@ -240,8 +306,25 @@ def test_diffusers_unet2d_run_resumes_exactly_and_exports_to_a_pipeline(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     ev = tmp_path / "eval.json"
-    assert main(["eval", str(tmp_path / "straight"), "--n-test", "4", "--rtol", "1e-2", "--no-quality", "--quiet",
-                 "--device", "cpu", "--out", str(ev)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "straight"),
+                "--n-test",
+                "4",
+                "--rtol",
+                "1e-2",
+                "--no-quality",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--out",
+                str(ev),
+            ]
+        )
+        == 0
+    )
     assert np.isfinite(json.loads(ev.read_text())["bpd_ode"])
 
     out = export_run(tmp_path / "straight", tmp_path / "export")
@@ -252,8 +335,26 @@ def test_diffusers_unet2d_run_resumes_exactly_and_exports_to_a_pipeline(tmp_path
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
     # the exported folder samples exactly as the run, seed for seed
     for folder, src in (("run", [str(tmp_path / "straight")]), ("export", ["--pretrained", str(out)])):
-        assert main(["sample", *src, "--law", "laplace", "--n", "4", "--seed", "3", "--quiet", "--device", "cpu",
-                     "--out", str(tmp_path / f"s-{folder}")]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    *src,
+                    "--law",
+                    "laplace",
+                    "--n",
+                    "4",
+                    "--seed",
+                    "3",
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(tmp_path / f"s-{folder}"),
+                ]
+            )
+            == 0
+        )
     run_x = np.load(tmp_path / "s-run" / "samples.npz")["samples"]
     export_x = np.load(tmp_path / "s-export" / "samples.npz")["samples"]
     assert np.array_equal(run_x, export_x)
@@ -271,7 +372,12 @@ def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
     assert type(pipe.unet).__name__ == "NonNormalNet" and pipe.scheduler.config.schedule == "vdm"
     assert pipe.scheduler.law.spec == "laplace"
     pipe.set_progress_bar_config(disable=True)
-    assert pipe(batch_size=1, generator=torch.manual_seed(0), num_inference_steps=3, output_type="pt").images.shape == (1, 1, 8, 8)
+    assert pipe(batch_size=1, generator=torch.manual_seed(0), num_inference_steps=3, output_type="pt").images.shape == (
+        1,
+        1,
+        8,
+        8,
+    )
     from nonnormal.runs import load_run
 
     model, cfg, _ = load_run(run)
@@ -288,7 +394,9 @@ def test_the_core_does_not_import_diffusers():
     import subprocess
     import sys
 
-    code = ("import sys, nonnormal, nonnormal.cli, nonnormal.nets, nonnormal.config as c; c.load(None, []); "
-            "nonnormal.cli.build_parser(); print('diffusers' in sys.modules)")
+    code = (
+        "import sys, nonnormal, nonnormal.cli, nonnormal.nets, nonnormal.config as c; c.load(None, []); "
+        "nonnormal.cli.build_parser(); print('diffusers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

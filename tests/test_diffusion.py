@@ -20,8 +20,15 @@ def test_config_round_trip_and_equality():
     assert set(cfg) == {"q", "p", "schedule", "T", "rule", "loss", "spacing"}
     assert Diffusion.from_config(cfg) == d and Diffusion.from_config(json.loads(json.dumps(cfg))) == d
     assert d != Diffusion("vdm", 50, "uniform", "laplace", rule="euler", spacing="log-snr", loss="continuous")
-    assert (d.schedule.name, d.T, d.q.spec, d.p.spec, d.rule, d.spacing, d.loss_kind) == \
-        ("cosine", 50, "uniform", "laplace", "euler", "log-snr", "continuous")
+    assert (d.schedule.name, d.T, d.q.spec, d.p.spec, d.rule, d.spacing, d.loss_kind) == (
+        "cosine",
+        50,
+        "uniform",
+        "laplace",
+        "euler",
+        "log-snr",
+        "continuous",
+    )
     old = {k: v for k, v in cfg.items() if k != "spacing"}  # a run saved before spacings existed
     assert Diffusion.from_config(old).spacing == "uniform"
     assert "cosine" in repr(d)
@@ -33,10 +40,14 @@ def test_from_config_refuses_what_it_cannot_build():
         Diffusion.from_config({**cfg, "colour": "red"})
     with pytest.raises(NonnormalError, match="lacks schedule"):
         Diffusion.from_config({k: v for k, v in cfg.items() if k != "schedule"})
-    for kwargs, message in [({"loss": "l1"}, "unknown loss"), ({"spacing": "cubic"}, "unknown spacing"),
-                            ({"rule": "ddim"}, "unknown reverse rule"), ({"T": 0}, "positive integer"),
-                            ({"schedule": "ddpm-linear", "T": 2000, "spacing": "ddpm"}, "at most 1000"),
-                            ({"q": "cauchy"}, "unknown increment law")]:
+    for kwargs, message in [
+        ({"loss": "l1"}, "unknown loss"),
+        ({"spacing": "cubic"}, "unknown spacing"),
+        ({"rule": "ddim"}, "unknown reverse rule"),
+        ({"T": 0}, "positive integer"),
+        ({"schedule": "ddpm-linear", "T": 2000, "spacing": "ddpm"}, "at most 1000"),
+        ({"q": "cauchy"}, "unknown increment law"),
+    ]:
         with pytest.raises(NonnormalError, match=message):
             Diffusion(**kwargs)
     with pytest.raises(TypeError):  # keyword-only after the obvious positional arguments
@@ -86,26 +97,80 @@ def test_cli_samples_and_evaluates_a_cosine_run_with_cosine(tmp_path, capsys):
     from nonnormal.runs import load_run
 
     run = tmp_path / "cos"
-    assert _cli("train", "--schedule", "cosine", "--steps", 3, "--batch", 16, "--T", 12, "--set", "net.width=8",
-                "--set", 'diffusion.spacing="quadratic"', "--out", run, "--quiet") == 0
+    assert (
+        _cli(
+            "train",
+            "--schedule",
+            "cosine",
+            "--steps",
+            3,
+            "--batch",
+            16,
+            "--T",
+            12,
+            "--set",
+            "net.width=8",
+            "--set",
+            'diffusion.spacing="quadratic"',
+            "--out",
+            run,
+            "--quiet",
+        )
+        == 0
+    )
     assert _cli("sample", run, "--n", 4, "--out", tmp_path / "s", "--quiet", "--device", "cpu") == 0
     npz = np.load(tmp_path / "s" / "samples.npz")
     assert str(npz["schedule"]).startswith("cosine") and str(npz["spacing"]) == "quadratic" and int(npz["T"]) == 12
     model, cfg, _ = load_run(run)
     own = Diffusion.from_config(cfg["diffusion"]).sample(model, (4, 1, 8, 8), seed=0)
     vdm = Diffusion.from_config({**cfg["diffusion"], "schedule": "vdm"}).sample(model, (4, 1, 8, 8), seed=0)
-    assert np.allclose(npz["samples"], own.numpy(), atol=1e-5) and not np.allclose(npz["samples"], vdm.numpy(), atol=1e-2)
+    assert np.allclose(npz["samples"], own.numpy(), atol=1e-5) and not np.allclose(
+        npz["samples"], vdm.numpy(), atol=1e-2
+    )
 
-    assert _cli("sample", run, "--n", 4, "--sampler", "ode", "--ode-method", "heun", "--ode-steps", 6,
-                "--out", tmp_path / "o", "--quiet", "--device", "cpu") == 0
+    assert (
+        _cli(
+            "sample",
+            run,
+            "--n",
+            4,
+            "--sampler",
+            "ode",
+            "--ode-method",
+            "heun",
+            "--ode-steps",
+            6,
+            "--out",
+            tmp_path / "o",
+            "--quiet",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     npz = np.load(tmp_path / "o" / "samples.npz")
     assert str(npz["sampler"]) == "ode" and str(npz["ode_method"]) == "heun" and int(npz["ode_steps"]) == 6
     ode = Diffusion.from_config(cfg["diffusion"]).ode_sample(model, (4, 1, 8, 8), method="heun", steps=6)
     assert np.allclose(npz["samples"], ode.numpy(), atol=1e-5)
 
     capsys.readouterr()
-    assert _cli("eval", run, "--n-test", 6, "--no-quality", "--ode-method", "heun", "--ode-steps", 4,
-                "--quiet", "--device", "cpu") == 0
+    assert (
+        _cli(
+            "eval",
+            run,
+            "--n-test",
+            6,
+            "--no-quality",
+            "--ode-method",
+            "heun",
+            "--ode-steps",
+            4,
+            "--quiet",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     result = json.loads((run / "eval.json").read_text())
     assert result["schedule"].startswith("cosine") and result["spacing"] == "quadratic" and result["ode_nfe"] == 8
     assert np.isfinite(result["bpd_ode"]) and np.isfinite(result["bpd_bound"])
@@ -118,17 +183,20 @@ def tiny_run(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--sampler", "sde"], "unknown --sampler 'sde'"),
-    (["--sampler", "ode", "--law", "laplace"], "--law goes with --sampler walk"),
-    (["--ode-steps", "5"], "--ode-steps goes with --sampler ode"),
-    (["--sampler", "ode", "--ode-method", "rk45"], "unknown ODE method 'rk45'"),
-    (["--sampler", "ode", "--ode-steps", "5"], "dopri5 chooses its own steps"),
-    (["--sampler", "ode", "--ode-method", "heun", "--ode-steps", "0"], "must lie in [1, 1,000,000], got 0"),
-    (["--sampler", "ode", "--rtol", "-1"], "finite positive"),
-    (["--sampler", "ode", "--rtol", "nan"], "finite positive"),
-    (["--spacing", "cubic"], "unknown spacing 'cubic'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--sampler", "sde"], "unknown --sampler 'sde'"),
+        (["--sampler", "ode", "--law", "laplace"], "--law goes with --sampler walk"),
+        (["--ode-steps", "5"], "--ode-steps goes with --sampler ode"),
+        (["--sampler", "ode", "--ode-method", "rk45"], "unknown ODE method 'rk45'"),
+        (["--sampler", "ode", "--ode-steps", "5"], "dopri5 chooses its own steps"),
+        (["--sampler", "ode", "--ode-method", "heun", "--ode-steps", "0"], "must lie in [1, 1,000,000], got 0"),
+        (["--sampler", "ode", "--rtol", "-1"], "finite positive"),
+        (["--sampler", "ode", "--rtol", "nan"], "finite positive"),
+        (["--spacing", "cubic"], "unknown spacing 'cubic'"),
+    ],
+)
 def test_cli_sample_refuses_bad_sampler_options(tiny_run, tmp_path, capsys, argv, message):
     capsys.readouterr()
     assert _cli("sample", tiny_run, "--n", 2, "--out", tmp_path / "s", "--quiet", "--device", "cpu", *argv) == 2
@@ -137,11 +205,16 @@ def test_cli_sample_refuses_bad_sampler_options(tiny_run, tmp_path, capsys, argv
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--sampler", "sde"], "unknown sampler 'sde'"), (["--ode-method", "rk45"], "unknown ODE method"),
-    (["--ode-steps", "5"], "dopri5 chooses its own steps"), (["--rtol", "-1"], "finite positive"),
-    (["--spacing", "cubic"], "unknown spacing 'cubic'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--sampler", "sde"], "unknown sampler 'sde'"),
+        (["--ode-method", "rk45"], "unknown ODE method"),
+        (["--ode-steps", "5"], "dopri5 chooses its own steps"),
+        (["--rtol", "-1"], "finite positive"),
+        (["--spacing", "cubic"], "unknown spacing 'cubic'"),
+    ],
+)
 def test_cli_eval_refuses_bad_sampler_options(tiny_run, tmp_path, capsys, argv, message):
     capsys.readouterr()
     out = tmp_path / "e.json"

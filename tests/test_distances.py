@@ -12,7 +12,9 @@ def test_sliced_wasserstein_is_exact_w1_in_one_dimension():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(500, 1, generator=g), 0.5 + 2 * torch.randn(500, 1, generator=g)
     # in 1-D every projection is +-x: SW equals W1 of the two samples
-    assert sliced_wasserstein(x, y, projections=4) == pytest.approx(stats.wasserstein_distance(x[:, 0], y[:, 0]), rel=1e-9)
+    assert sliced_wasserstein(x, y, projections=4) == pytest.approx(
+        stats.wasserstein_distance(x[:, 0], y[:, 0]), rel=1e-9
+    )
 
 
 def test_sliced_wasserstein_of_a_shift():

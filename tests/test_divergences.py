@@ -11,8 +11,18 @@ from nonnormal.errors import NonnormalError
 
 # Laws for the property tests: every built-in family, at parameters across their ranges.
 FAST = ["gaussian", "laplace", "uniform", "logistic", "gumbel", "student_t:nu=5", "gennorm:beta=0.5", "gennorm:beta=6"]
-SLOW = FAST + ["student_t:nu=4.5", "student_t:nu=8", "student_t:nu=30", "gennorm:beta=0.2", "gennorm:beta=0.75",
-               "gennorm:beta=1", "gennorm:beta=1.5", "gennorm:beta=2.5", "gennorm:beta=12", "gennorm:beta=20"]
+SLOW = FAST + [
+    "student_t:nu=4.5",
+    "student_t:nu=8",
+    "student_t:nu=30",
+    "gennorm:beta=0.2",
+    "gennorm:beta=0.75",
+    "gennorm:beta=1",
+    "gennorm:beta=1.5",
+    "gennorm:beta=2.5",
+    "gennorm:beta=12",
+    "gennorm:beta=20",
+]
 U_FAST = [0.0, 0.0123, -0.377, 1.234, -2.71, 6.5, -17.7]
 U_SLOW = U_FAST + [1e-4, -0.05, 0.9, 1.7320508, -3.3, 11.0, 45.0, -120.0]
 
@@ -50,17 +60,27 @@ def ref_log_density(law):
         return lambda z: -abs(z) / s - 2 * math.log1p(math.exp(-abs(z) / s)) - math.log(s)
     if type(law) is G.Gumbel:
         b = math.sqrt(6) / math.pi
-        return lambda z: -(z / b + np.euler_gamma) - math.exp(-(z / b + np.euler_gamma)) - math.log(b) if z / b > -700 else -math.inf
+        return lambda z: (
+            -(z / b + np.euler_gamma) - math.exp(-(z / b + np.euler_gamma)) - math.log(b) if z / b > -700 else -math.inf
+        )
     if type(law) is G.StudentT:
         nu = law.nu
         c = math.sqrt((nu - 2) / nu)
         k = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi) - math.log(c)
-        return lambda z: k - (nu + 1) / 2 * (2 * math.log(abs(z / c)) - math.log(nu) + math.log1p(nu / (z / c) ** 2)) if abs(z) > 1e150 else k - (nu + 1) / 2 * math.log1p((z / c) ** 2 / nu)
+        return lambda z: (
+            k - (nu + 1) / 2 * (2 * math.log(abs(z / c)) - math.log(nu) + math.log1p(nu / (z / c) ** 2))
+            if abs(z) > 1e150
+            else k - (nu + 1) / 2 * math.log1p((z / c) ** 2 / nu)
+        )
     if type(law) is G.GeneralizedNormal:
         b = law.beta
         a = _alpha(b)
         k = math.log(b / (2 * a)) - math.lgamma(1 / b)
-        return lambda z: k - math.exp(b * math.log(abs(z) / a)) if z != 0 and b * math.log(abs(z) / a) < 700 else (k if z == 0 else -math.inf)
+        return lambda z: (
+            k - math.exp(b * math.log(abs(z) / a))
+            if z != 0 and b * math.log(abs(z) / a) < 700
+            else (k if z == 0 else -math.inf)
+        )
     return lambda z: float(law.log_prob(torch.tensor(z, dtype=torch.float64)))
 
 
@@ -90,7 +110,9 @@ def scipy_k(q, p, u, points=()):
     decades = {sgn * 10.0**e for e in range(-2, 13) for sgn in (-1, 1)}  # heavy tails peak far out
     pts = sorted(v for v in {0.0, -u, *extra, *points, *decades} if lo < v < hi)
     edges = [lo, *pts, hi]
-    return sum(integrate.quad(f, a, b, limit=400, epsabs=1e-13, epsrel=1e-12)[0] for a, b in zip(edges, edges[1:]) if b > a)
+    return sum(
+        integrate.quad(f, a, b, limit=400, epsabs=1e-13, epsrel=1e-12)[0] for a, b in zip(edges, edges[1:]) if b > a
+    )
 
 
 def check_pair_against_quadrature(q, p, us):
@@ -130,8 +152,12 @@ def test_every_pair_matches_independent_quadrature_sweep(q):
             check_pair_against_quadrature(q, p, U_SLOW)
 
 
-PAPER_PAIRS = [("gaussian", "gaussian", 0.0), ("laplace", "laplace", 0.0),
-               ("uniform", "gaussian", (1 + math.log(math.pi / 6)) / 2), ("uniform", "laplace", 0.32886513677756)]
+PAPER_PAIRS = [
+    ("gaussian", "gaussian", 0.0),
+    ("laplace", "laplace", 0.0),
+    ("uniform", "gaussian", (1 + math.log(math.pi / 6)) / 2),
+    ("uniform", "laplace", 0.32886513677756),
+]
 
 
 @pytest.mark.parametrize("q,p,k0", PAPER_PAIRS)
@@ -172,7 +198,9 @@ def test_heavy_q_against_fast_p_tail_past_the_old_cut():
     for u in [0.0, 1.0, -3.0]:
         ref = scipy_k("student_t:nu=8", "gennorm:beta=6", u)
         assert float(d(torch.tensor([u], dtype=torch.float64))) == pytest.approx(ref, abs=1e-6, rel=1e-8)
-        assert float(k_by_quadrature("student_t:nu=8", "gennorm:beta=6", [u])[0]) == pytest.approx(ref, abs=1e-9, rel=1e-10)
+        assert float(k_by_quadrature("student_t:nu=8", "gennorm:beta=6", [u])[0]) == pytest.approx(
+            ref, abs=1e-9, rel=1e-10
+        )
 
 
 def test_doubly_exponential_tail_is_finite():
@@ -186,15 +214,18 @@ def test_doubly_exponential_tail_is_finite():
     assert torch.isfinite(far).all() and far[0] > far[1]
 
 
-@pytest.mark.parametrize("q,p,match", [
-    ("gaussian", "uniform", "bounded support"),
-    ("laplace", "rademacher", "no density"),
-    ("rademacher", "gaussian", "no density"),
-    ("student_t", "gennorm:beta=6", "lacks the moment"),
-    ("student_t:nu=8", "gumbel", "exponential moment"),
-    ("gennorm:beta=0.75", "gumbel", r"exponential moment E exp\(1.283\|z\|\) on the left"),
-    ("student_t:nu=4.01", "gennorm:beta=4", "converges too slowly"),
-])
+@pytest.mark.parametrize(
+    "q,p,match",
+    [
+        ("gaussian", "uniform", "bounded support"),
+        ("laplace", "rademacher", "no density"),
+        ("rademacher", "gaussian", "no density"),
+        ("student_t", "gennorm:beta=6", "lacks the moment"),
+        ("student_t:nu=8", "gumbel", "exponential moment"),
+        ("gennorm:beta=0.75", "gumbel", r"exponential moment E exp\(1.283\|z\|\) on the left"),
+        ("student_t:nu=4.01", "gennorm:beta=4", "converges too slowly"),
+    ],
+)
 def test_infinite_kl_pairs_refused(q, p, match):
     with pytest.raises(NonnormalError, match=match) as err:
         divergence(q, p)
@@ -210,12 +241,29 @@ def _curvatures():
     """Closed forms of K''(0) = int q' (log p)': the Fisher information for q = p (gennorm: finite
     for beta > 1/2), E_q[-z s_p(z)] for a gaussian q, the two jumps of a uniform q."""
     a = math.sqrt(3)
-    rows = [("logistic", "logistic", math.pi**2 / 9), ("laplace", "laplace", 2.0), ("uniform", "laplace", math.sqrt(2 / 3)),
-            ("gumbel", "gumbel", math.pi**2 / 6), ("gaussian", "student_t:nu=5", _t_gauss(5.0))]
+    rows = [
+        ("logistic", "logistic", math.pi**2 / 9),
+        ("laplace", "laplace", 2.0),
+        ("uniform", "laplace", math.sqrt(2 / 3)),
+        ("gumbel", "gumbel", math.pi**2 / 6),
+        ("gaussian", "student_t:nu=5", _t_gauss(5.0)),
+    ]
     for b in [0.6, 0.75, 1.5, 6.0]:
-        rows.append((f"gennorm:beta={b:g}", f"gennorm:beta={b:g}", b * b * math.gamma(2 - 1 / b) / (_alpha(b) ** 2 * math.gamma(1 / b))))
+        rows.append(
+            (
+                f"gennorm:beta={b:g}",
+                f"gennorm:beta={b:g}",
+                b * b * math.gamma(2 - 1 / b) / (_alpha(b) ** 2 * math.gamma(1 / b)),
+            )
+        )
     for b in [0.2, 0.5, 1.0, 2.5]:
-        rows.append(("gaussian", f"gennorm:beta={b:g}", b * 2 ** (b / 2) * math.gamma((b + 1) / 2) / (math.sqrt(math.pi) * _alpha(b) ** b)))
+        rows.append(
+            (
+                "gaussian",
+                f"gennorm:beta={b:g}",
+                b * 2 ** (b / 2) * math.gamma((b + 1) / 2) / (math.sqrt(math.pi) * _alpha(b) ** b),
+            )
+        )
         rows.append(("uniform", f"gennorm:beta={b:g}", b * a ** (b - 2) / _alpha(b) ** b))
         rows.append((f"gennorm:beta={b:g}", "laplace", b / (_alpha(b) * math.gamma(1 / b)) * math.sqrt(2)))
     return rows
@@ -224,7 +272,12 @@ def _curvatures():
 def _t_gauss(nu):
     """E[z s_p(z)] for z ~ N(0, 1) against the scaled student_t: E[(nu+1) z^2 / (c^2 nu + z^2)]."""
     c2 = (nu - 2) / nu
-    return integrate.quad(lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi) * (nu + 1) * z * z / (c2 * nu + z * z), -np.inf, np.inf, epsabs=1e-14)[0]
+    return integrate.quad(
+        lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi) * (nu + 1) * z * z / (c2 * nu + z * z),
+        -np.inf,
+        np.inf,
+        epsabs=1e-14,
+    )[0]
 
 
 @pytest.mark.parametrize("q,p,ref", _curvatures())
@@ -249,12 +302,21 @@ def test_curvature_against_independent_quadrature():
     gum_pdf = lambda x: math.exp(-(x - mu) / beta - math.exp(-(x - mu) / beta)) / beta  # noqa: E731
     s_gum = lambda x: (math.exp(-(x - mu) / beta) - 1) / beta  # noqa: E731
     s_lap = lambda x: -math.copysign(math.sqrt(2), x)  # noqa: E731
-    ref = sum(integrate.quad(lambda x: gum_pdf(x) * s_gum(x) * s_lap(x), a, b, epsabs=1e-14)[0] for a, b in [(-8, 0), (0, np.inf)])
+    ref = sum(
+        integrate.quad(lambda x: gum_pdf(x) * s_gum(x) * s_lap(x), a, b, epsabs=1e-14)[0]
+        for a, b in [(-8, 0), (0, np.inf)]
+    )
     assert divergence("gumbel", "laplace").curvature == pytest.approx(ref, rel=1e-8)
 
 
-@pytest.mark.parametrize("q,p", [("gennorm:beta=0.5", "gennorm:beta=0.5"), ("gennorm:beta=0.3", "gennorm:beta=0.6"),
-                                 ("gennorm:beta=0.2", "gennorm:beta=0.75")])
+@pytest.mark.parametrize(
+    "q,p",
+    [
+        ("gennorm:beta=0.5", "gennorm:beta=0.5"),
+        ("gennorm:beta=0.3", "gennorm:beta=0.6"),
+        ("gennorm:beta=0.2", "gennorm:beta=0.75"),
+    ],
+)
 def test_infinite_curvature_refused_with_reason(q, p):
     """The scores' product |z|^(beta_q + beta_p - 2) is not integrable at the common cusp: no continuous limit."""
     from nonnormal.losses import ContinuousTimeLoss, StepKLLoss
@@ -262,7 +324,7 @@ def test_infinite_curvature_refused_with_reason(q, p):
     d = divergence(q, p)  # the step loss is fine: K itself is finite
     assert float(d(torch.tensor([0.3], dtype=torch.float64))) > 0
     with pytest.raises(NonnormalError, match=r"K''\(0\).*infinite.*cusp at 0.*step loss"):
-        d.curvature
+        _ = d.curvature
     with pytest.raises(NonnormalError, match=r"K''\(0\)"):
         ContinuousTimeLoss("vdm", q, p)
     StepKLLoss("vdm", 10, q, p)
@@ -314,17 +376,26 @@ def test_user_laws_without_declared_support_or_moments():
     skew = Skew()
     d = divergence(skew, "laplace")
     for u in [0.0, 0.7, -2.0]:
-        assert float(d(torch.tensor([u], dtype=torch.float64))) == pytest.approx(scipy_k(skew, "laplace", u, [1.0]), abs=1e-7)
+        assert float(d(torch.tensor([u], dtype=torch.float64))) == pytest.approx(
+            scipy_k(skew, "laplace", u, [1.0]), abs=1e-7
+        )
     shifted = Shifted()
     g = divergence(shifted, "gaussian")  # K(u) = K(0) + m1 u + u^2/2 with the law's own m1 = 0.1, m2 = 0.82
     for u in [0.0, 1.3]:
-        assert float(g(torch.tensor([u], dtype=torch.float64))) == pytest.approx(scipy_k(shifted, "gaussian", u), abs=1e-9)
+        assert float(g(torch.tensor([u], dtype=torch.float64))) == pytest.approx(
+            scipy_k(shifted, "gaussian", u), abs=1e-9
+        )
 
 
 # ----- smoothness and dtype -------------------------------------------------------------------
 def test_gradients_are_smooth_and_right():
     """Autograd through K (closed or tabulated) matches central differences; K'(0) = 0."""
-    for q, p in [("laplace", "laplace"), ("logistic", "student_t"), ("uniform", "laplace"), ("gennorm:beta=0.5", "laplace")]:
+    for q, p in [
+        ("laplace", "laplace"),
+        ("logistic", "student_t"),
+        ("uniform", "laplace"),
+        ("gennorm:beta=0.5", "laplace"),
+    ]:
         d = divergence(q, p)
         u = torch.tensor([0.0, 0.3, 1.1, 2.9, 40.0], dtype=torch.float64, requires_grad=True)
         (grad,) = torch.autograd.grad(d(u).sum(), u)

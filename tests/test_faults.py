@@ -26,9 +26,22 @@ pytestmark = pytest.mark.slow
 KILLS = int(os.environ.get("NONNORMAL_KILLS", "20"))
 STEPS = max(150, 8 * KILLS)
 # a wide network on tiny batches: a 2.6 MB checkpoint at every step, so most of the time goes to writing it
-SETS = ["net.width=32", "net.ch_mult=[1]", "net.attn_resolutions=[]", "train.batch=4", "diffusion.T=10",
-        "train.warmup=2", "train.log_every=1", 'diffusion.q="laplace"', 'diffusion.p="laplace"', "train.ema=0.9",
-        'train.device="cpu"', "net.dropout=0.1", "train.checkpoint_every=1", f"train.steps={STEPS}"]
+SETS = [
+    "net.width=32",
+    "net.ch_mult=[1]",
+    "net.attn_resolutions=[]",
+    "train.batch=4",
+    "diffusion.T=10",
+    "train.warmup=2",
+    "train.log_every=1",
+    'diffusion.q="laplace"',
+    'diffusion.p="laplace"',
+    "train.ema=0.9",
+    'train.device="cpu"',
+    "net.dropout=0.1",
+    "train.checkpoint_every=1",
+    f"train.steps={STEPS}",
+]
 
 
 def _command(run, *extra):
@@ -68,7 +81,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
     kills = KILLS
     rng = random.Random(int(os.environ.get("NONNORMAL_KILL_SEED", str(time.time_ns()))))
     straight = tmp_path / "straight"  # every checkpoint kept: the reference for each step
-    res = subprocess.run(_command(straight, f"train.keep={STEPS}"), capture_output=True, text=True, env=_env(), timeout=900)
+    res = subprocess.run(
+        _command(straight, f"train.keep={STEPS}"), capture_output=True, text=True, env=_env(), timeout=900
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     run, exact, in_write, moments = tmp_path / "killed", 0, 0, []
     for i in range(kills):
@@ -99,8 +114,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     final = _same(runs.checkpoints(run)[0], runs.checkpoints(straight)[0]) and _metrics(run) == _metrics(straight)
     leftovers = sorted(p.name for p in run.iterdir() if p.name.startswith("."))
-    print(f"\nkill-resume: {exact}/{kills} exact after each kill, final run {'exact' if final else 'NOT exact'} "
-          f"({in_write} kills inside a checkpoint write; delays after a step {moments})")
+    print(
+        f"\nkill-resume: {exact}/{kills} exact after each kill, final run {'exact' if final else 'NOT exact'} "
+        f"({in_write} kills inside a checkpoint write; delays after a step {moments})"
+    )
     for path in runs.checkpoints(straight):  # 150 checkpoints of 2.6 MB: not worth keeping
         path.unlink()
     assert exact == kills and final

@@ -54,7 +54,10 @@ def test_fd_of_exact_moments_is_the_closed_form():
 
 def test_fd_in_one_dimension_is_the_gaussian_w2_squared():
     rng = np.random.default_rng(3)
-    a, b = with_moments(np.array([0.0]), np.array([[1.0]]), 20, rng), with_moments(np.array([1.0]), np.array([[4.0]]), 30, rng)
+    a, b = (
+        with_moments(np.array([0.0]), np.array([[1.0]]), 20, rng),
+        with_moments(np.array([1.0]), np.array([[4.0]]), 30, rng),
+    )
     assert frechet_distance(a, b) == pytest.approx(1.0 + (1.0 - 2.0) ** 2, rel=1e-12)
 
 
@@ -231,7 +234,7 @@ def test_a_damaged_cache_is_retrained_with_a_warning(digits, monkeypatch, damage
     monkeypatch.setenv("NONNORMAL_CACHE", str(cache))
     [target] = cache.glob("*.safetensors" if damage == "weights" else "*.json")
     raw = bytearray(target.read_bytes())
-    raw[len(raw) // 2:] = b"\x00" * (len(raw) - len(raw) // 2)  # past the header: only a checksum notices
+    raw[len(raw) // 2 :] = b"\x00" * (len(raw) - len(raw) // 2)  # past the header: only a checksum notices
     target.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="training it again"):
         retrained = features_for(data, seed=0)
@@ -257,12 +260,15 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 # --- errors ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("f1,f2,message", [
-    (np.zeros((1, 3)), np.zeros((5, 3)), "at least 2 samples"),
-    (np.zeros((5, 3)), np.zeros((5, 4)), "same d"),
-    (np.zeros(5), np.zeros(5), "same d"),
-    (np.full((5, 3), np.nan), np.zeros((5, 3)), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "f1,f2,message",
+    [
+        (np.zeros((1, 3)), np.zeros((5, 3)), "at least 2 samples"),
+        (np.zeros((5, 3)), np.zeros((5, 4)), "same d"),
+        (np.zeros(5), np.zeros(5), "same d"),
+        (np.full((5, 3), np.nan), np.zeros((5, 3)), "non-finite"),
+    ],
+)
 def test_distances_reject_bad_features(f1, f2, message):
     with pytest.raises(NonnormalError, match=message):
         frechet_distance(f1, f2)
@@ -285,7 +291,9 @@ def test_features_for_needs_labelled_images_and_enough_of_them(tmp_path):
     tiny = LabelledImages("tiny", data.train[:20], data.train_labels[:20], data.test, data.test_labels, 17, 10)
     with pytest.raises(NonnormalError, match="at least 100 and 10"):
         features_for(tiny, cache_dir=tmp_path)
-    points = LabelledImages("toy", torch.zeros(200, 2), data.train_labels[:200], torch.zeros(50, 2), data.test_labels[:50], None, 10)
+    points = LabelledImages(
+        "toy", torch.zeros(200, 2), data.train_labels[:200], torch.zeros(50, 2), data.test_labels[:50], None, 10
+    )
     with pytest.raises(NonnormalError, match="not images"):
         features_for(points, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,9 @@ for _b in (0.2, 0.5, 0.75, 1.5, 6.0, 20.0):  # gennorm over its whole range, sta
 def test_standardized_and_fourth_moment(name):
     """Mean 0, variance 1 and the stated E z^4, integrated over the quantile function."""
     law = increments.get(name)
-    m = lambda k: integrate.quad(lambda w: float(law.icdf(torch.tensor(w, dtype=torch.float64))) ** k, 0, 1, limit=400, points=[0.5])[0]  # noqa: E731
+    m = lambda k: integrate.quad(
+        lambda w: float(law.icdf(torch.tensor(w, dtype=torch.float64))) ** k, 0, 1, limit=400, points=[0.5]
+    )[0]  # noqa: E731
     if name == "rademacher":
         m = lambda k: float((law.icdf(U) ** k).mean())  # noqa: E731
     assert abs(m(1)) < 1e-8
@@ -48,7 +50,9 @@ def test_against_scipy(name):
     law, ref = increments.get(name), SCIPY[name]
     u = torch.tensor([1e-12, 1e-4, 0.03, 0.25, 0.4999, 0.5, 0.5003, 0.8, 0.9999], dtype=torch.float64)
     np.testing.assert_allclose(law.icdf(u).numpy(), ref.ppf(u.numpy()), rtol=1e-8, atol=1e-10)
-    z = torch.cat([torch.linspace(-1.7, 1.7, 13, dtype=torch.float64), torch.tensor([-1e-3, 2e-6, 9.0], dtype=torch.float64)])
+    z = torch.cat(
+        [torch.linspace(-1.7, 1.7, 13, dtype=torch.float64), torch.tensor([-1e-3, 2e-6, 9.0], dtype=torch.float64)]
+    )
     np.testing.assert_allclose(law.cdf(z).numpy(), ref.cdf(z.numpy()), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(law.log_prob(z).numpy(), ref.logpdf(z.numpy()), rtol=1e-9, atol=1e-12)
 
@@ -73,7 +77,12 @@ def test_cdf_inverts_icdf_and_density_normalized(name):
     dens = lambda z: math.exp(float(law.log_prob(torch.tensor(z, dtype=torch.float64))))  # noqa: E731
     mass = sum(integrate.quad(lambda z: dens(z) + dens(-z), a, b, limit=200)[0] for a, b in zip(pieces, pieces[1:]))
     if name == "uniform":
-        mass = integrate.quad(lambda z: math.exp(float(law.log_prob(torch.tensor(z, dtype=torch.float64)))), -2, 2, points=[-math.sqrt(3), math.sqrt(3)])[0]
+        mass = integrate.quad(
+            lambda z: math.exp(float(law.log_prob(torch.tensor(z, dtype=torch.float64)))),
+            -2,
+            2,
+            points=[-math.sqrt(3), math.sqrt(3)],
+        )[0]
     assert mass == pytest.approx(1.0, abs=1e-7)
 
 
@@ -100,13 +109,24 @@ def test_spec_strings_and_errors():
         increments.get("laplace:scale=2")
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("student_t:nu=inf", "nu = inf is the gaussian law"), ("student_t:nu=1e400", "nu = inf is the gaussian law"),
-    ("student_t:nu=-inf", "nu > 4"), ("student_t:nu=nan", "must be a number"), ("student_t:nu=-3", "nu > 4"),
-    ("gennorm:beta=inf", "uniform law"), ("gennorm:beta=nan", "must be a number"), ("gennorm:beta=0", "0.2 <= beta"),
-    ("gennorm:beta=-1", "0.2 <= beta"), ("gennorm:beta=0.19", "0.2 <= beta"), ("gennorm:beta=21", "beta <= 20"),
-    ("gaussian:mu=inf", "bad parameters"), ("gumbel:nu=3", "bad parameters"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("student_t:nu=inf", "nu = inf is the gaussian law"),
+        ("student_t:nu=1e400", "nu = inf is the gaussian law"),
+        ("student_t:nu=-inf", "nu > 4"),
+        ("student_t:nu=nan", "must be a number"),
+        ("student_t:nu=-3", "nu > 4"),
+        ("gennorm:beta=inf", "uniform law"),
+        ("gennorm:beta=nan", "must be a number"),
+        ("gennorm:beta=0", "0.2 <= beta"),
+        ("gennorm:beta=-1", "0.2 <= beta"),
+        ("gennorm:beta=0.19", "0.2 <= beta"),
+        ("gennorm:beta=21", "beta <= 20"),
+        ("gaussian:mu=inf", "bad parameters"),
+        ("gumbel:nu=3", "bad parameters"),
+    ],
+)
 def test_law_parameters_at_the_edge_refused_on_one_line(spec, match):
     """Every non-finite or out-of-range parameter of a built-in law is refused with one line (item 10)."""
     with pytest.raises(NonnormalError, match=match) as err:
@@ -204,7 +224,9 @@ def test_fourth_moment_judged_by_what_the_law_is():
         increments.register("heavy", Forgetful)
     with pytest.raises(NonnormalError, match="law 'heavier' has no finite fourth moment"):
         increments.register("heavier", Infinite)
-    with pytest.raises(NonnormalError, match=r"law 'understated' states fourth_moment = 6 but its quantiles give at least [78]"):
+    with pytest.raises(
+        NonnormalError, match=r"law 'understated' states fourth_moment = 6 but its quantiles give at least [78]"
+    ):
         increments.register("understated", Understated)
     assert not {"heavy", "heavier", "understated"} & set(increments.names())
 

@@ -23,8 +23,9 @@ def test_exact_trace_gives_the_gaussian_log_density():
 
 def test_hutchinson_is_unbiased_within_its_standard_error():
     x = DATA.sample(256, torch.Generator().manual_seed(1))
-    logp, _ = Diffusion(SCHEDULE).log_likelihood(DATA.eps, x, trace="hutchinson", rtol=1e-6, atol=1e-6,
-                                                 generator=torch.Generator().manual_seed(2))
+    logp, _ = Diffusion(SCHEDULE).log_likelihood(
+        DATA.eps, x, trace="hutchinson", rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(2)
+    )
     diff = (logp - DATA.log_prob(x)) / 4
     se = float(diff.std() / math.sqrt(diff.numel()))
     assert se > 1e-4  # the estimator is noisy per example...
@@ -71,8 +72,9 @@ def test_bound_parts_with_a_zero_model():
 
     L, T, D = 17, 20, 3
     x = levels_to_unit(torch.randint(0, L, (4000, D), generator=torch.Generator().manual_seed(0)), L)
-    parts = Diffusion("vdm", T).bound_bits_per_dim(lambda x, t: torch.zeros_like(x), x, L,
-                                                   generator=torch.Generator().manual_seed(1))
+    parts = Diffusion("vdm", T).bound_bits_per_dim(
+        lambda x, t: torch.zeros_like(x), x, L, generator=torch.Generator().manual_seed(1)
+    )
     v2 = float((StructuredRandomWalk("vdm", T).v() ** 2).sum())
     expected = D * v2 / 2 / (D * math.log(2))
     se = float(parts["diffusion"].std() / math.sqrt(x.shape[0]))

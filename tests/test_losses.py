@@ -54,7 +54,12 @@ def test_laplace_step_loss_with_zero_model():
     K = divergence("laplace", "laplace")
     v = StructuredRandomWalk("vdm", T).v("posterior").tolist()
     gauss = increments.get("gaussian")
-    per_step = [integrate.quad(lambda e: float(K(torch.tensor(vk * e)) * gauss.log_prob(torch.tensor(e)).exp()), -12, 12, points=[0])[0] for vk in v]
+    per_step = [
+        integrate.quad(
+            lambda e: float(K(torch.tensor(vk * e)) * gauss.log_prob(torch.tensor(e)).exp()), -12, 12, points=[0]
+        )[0]
+        for vk in v
+    ]
     expected = D * sum(per_step)  # T * mean over k of D E K = D sum_k E K
     mean, se = estimate(loss, seed=2)
     assert abs(mean - expected) < 4 * se
@@ -80,8 +85,15 @@ def test_loss_backpropagates_through_tabulated_pair():
     assert out.shape == (32,) and torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("q,p,curvature", [("laplace", "laplace", 2.0), ("uniform", "laplace", math.sqrt(2 / 3)),
-                                           ("logistic", "logistic", math.pi**2 / 9), ("uniform", "gaussian", 1.0)])
+@pytest.mark.parametrize(
+    "q,p,curvature",
+    [
+        ("laplace", "laplace", 2.0),
+        ("uniform", "laplace", math.sqrt(2 / 3)),
+        ("logistic", "logistic", math.pi**2 / 9),
+        ("uniform", "gaussian", 1.0),
+    ],
+)
 def test_continuous_limit_of_non_gaussian_pairs(q, p, curvature):
     """K(u) ~ K(0) + K''(0) u^2/2 with K''(0) = E_q[-(log p)'']: the step loss minus T D K(0) tends to
     K''(0)/2 gamma' |r|^2 (laplace/laplace: twice the Gaussian loss), not to 1/2 gamma' |r|^2.
@@ -104,11 +116,13 @@ def test_asymmetric_law_sign_of_u():
 
     class Shifted(Skew):
         name = "skew"
+
     skew = increments.check_law(Shifted())
     assert not skew.symmetric
     loss = StepKLLoss("vdm", 5, skew, "laplace")
     walk = loss.walk
-    k = torch.tensor([2]); eps = torch.tensor([[0.5]])
+    k = torch.tensor([2])
+    eps = torch.tensor([[0.5]])
     shift = 1.0 / float(walk.v()[2])  # |u| = 1
     model = lambda x, t: torch.full_like(x, 0.5 - shift)  # r = eps - eps_theta = shift  # noqa: E731
     u = -float(walk.v()[2]) * shift

@@ -18,7 +18,10 @@ def watched(data, schedule):
     lo = Diffusion(schedule).schedule.t_min
 
     def eps(x, t):
-        assert torch.isfinite(x).all() and float(t.min()) >= lo and float(t.max()) <= 1.0, (float(t.min()), float(t.max()))
+        assert torch.isfinite(x).all() and float(t.min()) >= lo and float(t.max()) <= 1.0, (
+            float(t.min()),
+            float(t.max()),
+        )
         return data.eps(x, t)
 
     return eps
@@ -49,7 +52,9 @@ def test_ode_sampling_is_the_exact_flow_map_on_every_schedule(schedule):
         expected = flow_map(data, x1, d.schedule.t_min)
         x = d.ode_sample(watched(data, schedule), x1, rtol=1e-6, atol=1e-6)
         assert (x - expected).abs().max() < 1e-3, (seed, float((x - expected).abs().max()))
-        x, nfe = Diffusion(schedule, spacing="log-snr").ode(watched(data, schedule), method="heun", steps=100).sample(x1)
+        x, nfe = (
+            Diffusion(schedule, spacing="log-snr").ode(watched(data, schedule), method="heun", steps=100).sample(x1)
+        )
         assert nfe == 200 and (x - expected).abs().max() < 1e-2, (seed, float((x - expected).abs().max()))
 
 
@@ -72,8 +77,9 @@ def test_ode_likelihood_is_the_exact_log_density_on_every_schedule(schedule):
         expected = data.marginal_log_prob(x, d.schedule.t_min)
         logp, nfe = d.log_likelihood(watched(data, schedule), x, rtol=1e-6, atol=1e-6, prior=prior)
         assert (logp - expected).abs().max() < 2e-3, (seed, float((logp - expected).abs().max()), nfe)
-    logp, nfe = Diffusion(schedule, spacing="log-snr").log_likelihood(watched(data, schedule), x, method="rk4",
-                                                                       steps=50, prior=prior)
+    logp, nfe = Diffusion(schedule, spacing="log-snr").log_likelihood(
+        watched(data, schedule), x, method="rk4", steps=50, prior=prior
+    )
     assert nfe == 200 and (logp - expected).abs().max() < 2e-3, float((logp - expected).abs().max())
 
 
@@ -97,7 +103,12 @@ def test_methods_and_time_grids_pass_through():
     data = GaussianData(MU, COV, "vdm")
     x1 = _sample_marginal(data, 1.0, 200, torch.Generator().manual_seed(0))
     expected = flow_map(data, x1, 0.0)
-    for method, steps, tol in [("rk4", 100, 1e-3), ("midpoint", 200, 1e-2), ("bosh3", None, 1e-2), ("dopri8", None, 1e-3)]:
+    for method, steps, tol in [
+        ("rk4", 100, 1e-3),
+        ("midpoint", 200, 1e-2),
+        ("bosh3", None, 1e-2),
+        ("dopri8", None, 1e-3),
+    ]:
         x = Diffusion("vdm").ode_sample(data.eps, x1, method=method, steps=steps, rtol=1e-5, atol=1e-5)
         assert (x - expected).abs().max() < tol, method
     solver = Diffusion("vdm").ode(data.eps, method="heun", steps=50)
@@ -107,8 +118,12 @@ def test_methods_and_time_grids_pass_through():
     data = GaussianData(MU, COV, "brownian")  # most of its path lies in t < 0.01: uniform steps miss it
     x1 = _sample_marginal(data, 1.0, 200, torch.Generator().manual_seed(0))
     expected = flow_map(data, x1, 0.0)
-    errors = {spacing: (Diffusion("brownian", spacing=spacing).ode_sample(data.eps, x1, method="heun", steps=50)
-                        - expected).abs().max() for spacing in ("uniform", "log-snr")}
+    errors = {
+        spacing: (Diffusion("brownian", spacing=spacing).ode_sample(data.eps, x1, method="heun", steps=50) - expected)
+        .abs()
+        .max()
+        for spacing in ("uniform", "log-snr")
+    }
     assert errors["log-snr"] < 0.02 < errors["uniform"], errors
 
 
@@ -128,13 +143,22 @@ def test_ode_sample_from_a_shape_shares_the_ancestral_prior():
     assert torch.equal(seen["x"], ancestral)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"rtol": -1}, "finite positive"), ({"rtol": float("nan")}, "finite positive"),
-    ({"atol": float("inf")}, "finite positive"), ({"atol": 0}, "finite positive"), ({"rtol": True}, "finite positive"),
-    ({"rtol": "1e-5"}, "finite positive"), ({"method": "rk45"}, "unknown ODE method 'rk45'"),
-    ({"method": "scipy_solver"}, "unknown ODE method"), ({"steps": 10}, "chooses its own steps"),
-    ({"method": "heun", "steps": 0}, "positive integer"), ({"method": "heun", "steps": 2.5}, "positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"rtol": -1}, "finite positive"),
+        ({"rtol": float("nan")}, "finite positive"),
+        ({"atol": float("inf")}, "finite positive"),
+        ({"atol": 0}, "finite positive"),
+        ({"rtol": True}, "finite positive"),
+        ({"rtol": "1e-5"}, "finite positive"),
+        ({"method": "rk45"}, "unknown ODE method 'rk45'"),
+        ({"method": "scipy_solver"}, "unknown ODE method"),
+        ({"steps": 10}, "chooses its own steps"),
+        ({"method": "heun", "steps": 0}, "positive integer"),
+        ({"method": "heun", "steps": 2.5}, "positive integer"),
+    ],
+)
 def test_bad_ode_options(kwargs, message):
     data = GaussianData(MU, COV, "vdm")
     with pytest.raises(NonnormalError, match=message):

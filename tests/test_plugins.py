@@ -14,7 +14,7 @@ import pytest
 from nonnormal import config, nets, plugins
 from nonnormal.errors import NonnormalError
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     import torch
     from torch import nn
     from nonnormal import increments, nets, schedules
@@ -37,7 +37,7 @@ PLUGIN = textwrap.dedent('''
     increments.register("mylaw", MyLaw)
     schedules.register("myvdm", MySchedule)
     nets.register("tinynet", TinyNet)
-''')
+""")
 
 TINY = """
 [data]
@@ -58,8 +58,14 @@ device = "cpu"
 
 
 def _cli(args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "nonnormal.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "nonnormal.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def test_plugin_module_reaches_every_command(tmp_path):
@@ -68,16 +74,18 @@ def test_plugin_module_reaches_every_command(tmp_path):
     res = _cli(["--plugin", "myplug", "kl", "mylaw", "laplace", "--json"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["q"] == "mylaw"
-    res = _cli(["--plugin", "myplug", "train", "--config", "tiny.toml", "--law", "mylaw", "--out", "run", "--quiet"],
-               tmp_path)
+    res = _cli(
+        ["--plugin", "myplug", "train", "--config", "tiny.toml", "--law", "mylaw", "--out", "run", "--quiet"], tmp_path
+    )
     assert res.returncode == 0, res.stderr
     saved = (tmp_path / "run" / "config.toml").read_text()
     assert 'plugins = ["myplug"]' in saved and '"myvdm"' in saved and '"tinynet"' in saved
     # no --plugin: the run's recorded plugin is imported again
     res = _cli(["sample", "run", "--n", "2", "--device", "cpu", "--quiet", "--out", "s"], tmp_path)
     assert res.returncode == 0, res.stderr
-    res = _cli(["eval", "run", "--device", "cpu", "--quiet", "--n-test", "4", "--no-quality", "--rtol", "1e-2"],
-               tmp_path)
+    res = _cli(
+        ["eval", "run", "--device", "cpu", "--quiet", "--n-test", "4", "--no-quality", "--rtol", "1e-2"], tmp_path
+    )
     assert res.returncode == 0, res.stderr
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["schedule"].startswith("myvdm") and result["q"] == "mylaw"
@@ -90,20 +98,23 @@ def test_plugin_module_reaches_every_command(tmp_path):
 def test_plugin_by_path_is_recorded_absolute(tmp_path, monkeypatch):
     path = tmp_path / "sub dir" / "odd:name.py"
     path.parent.mkdir()
-    path.write_text("from nonnormal import nets\nfrom torch import nn\n"
-                    "class Net2(nn.Module):\n    def __init__(self, shape, depth: int = 2):\n        super().__init__()\n"
-                    "nets.register('net2-path-test', Net2)\n")
+    path.write_text(
+        "from nonnormal import nets\nfrom torch import nn\n"
+        "class Net2(nn.Module):\n    def __init__(self, shape, depth: int = 2):\n        super().__init__()\n"
+        "nets.register('net2-path-test', Net2)\n"
+    )
     monkeypatch.setattr(plugins, "REQUESTED", [])
     specs = plugins.load([str(path)])
     assert specs == [str(path.resolve())]
     assert plugins.load([str(path)]) == specs  # idempotent: no "already registered"
-    cfg = config.load(None, ["net.name=\"net2-path-test\""], plugins=specs)
+    cfg = config.load(None, ['net.name="net2-path-test"'], plugins=specs)
     assert cfg["plugins"] == specs and cfg["net"] == {"name": "net2-path-test", "depth": 2}
 
 
 def test_net_options_come_from_signatures():
-    from nonnormal.nets.unet import UNet
     import inspect
+
+    from nonnormal.nets.unet import UNet
 
     opts = nets.options("unet")
     sig = inspect.signature(UNet.__init__).parameters

@@ -11,16 +11,25 @@ import numpy as np
 import pytest
 import tomllib
 import torch
-from test_train import SETS, _cli, assert_same_run, metrics, tensors, tiny
 
 from nonnormal import compare as compare_lib
-from nonnormal import config, runs, train as train_lib
+from nonnormal import config, runs
+from nonnormal import train as train_lib
 from nonnormal.cli import main
 from nonnormal.errors import NonnormalError
 from nonnormal.nets import build
+from test_train import SETS, _cli, assert_same_run, metrics, tensors, tiny
 
-E2E = ["net.width=8", "net.ch_mult=[1]", "net.attn_resolutions=[]", "train.batch=32", "diffusion.T=8",
-       "train.warmup=2", "train.steps=20", "train.lr=3e-3"]
+E2E = [
+    "net.width=8",
+    "net.ch_mult=[1]",
+    "net.attn_resolutions=[]",
+    "train.batch=32",
+    "diffusion.T=8",
+    "train.warmup=2",
+    "train.steps=20",
+    "train.lr=3e-3",
+]
 
 
 def cli(*args):
@@ -90,8 +99,12 @@ def test_disk_full_during_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs.os, "fsync", fsync)
     with pytest.raises(NonnormalError, match="No space left"):
-        train_lib.train(tiny("train.steps=4", "train.checkpoint_every=2"), run, progress=False,
-                        callbacks=[lambda step, row: full.update(on=step >= 3)])
+        train_lib.train(
+            tiny("train.steps=4", "train.checkpoint_every=2"),
+            run,
+            progress=False,
+            callbacks=[lambda step, row: full.update(on=step >= 3)],
+        )
     assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-000002.safetensors"] and not list(run.glob(".*.tmp"))
     assert tensors(run)[1]["step"] == 2
 
@@ -102,13 +115,19 @@ def test_folders_that_are_not_runs_and_os_errors(tmp_path, capsys):
     (user / "config.toml").write_text("# my notes\n")
     (user / "metrics.jsonl").write_text('{"mine": 1}\n')
     (tmp_path / "afile").write_text("x")
-    for out, words in ((user, "not a nonnormal run"), (tmp_path / "afile" / "sub", "cannot create the run folder"),
-                       (tmp_path / "afile", "is a file")):
+    for out, words in (
+        (user, "not a nonnormal run"),
+        (tmp_path / "afile" / "sub", "cannot create the run folder"),
+        (tmp_path / "afile", "is a file"),
+    ):
         for resume in ((), ("--resume",)):
             assert _cli("train", "--quiet", "--out", out, *resume, "--steps", 1, *SETS) == 2
             err = capsys.readouterr().err
             assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
-    assert (user / "config.toml").read_text() == "# my notes\n" and sorted(os.listdir(user)) == ["config.toml", "metrics.jsonl"]
+    assert (user / "config.toml").read_text() == "# my notes\n" and sorted(os.listdir(user)) == [
+        "config.toml",
+        "metrics.jsonl",
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
@@ -131,8 +150,13 @@ def test_one_writer_and_sigterm_from_the_command_line(tmp_path, capsys):
     """A second `train` on a busy run folder is refused; SIGTERM makes the first write a checkpoint and exit 75."""
     run = tmp_path / "r"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "nonnormal.cli", "train", "--quiet", "--out", str(run),
-                             "--steps", "100000", *SETS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nonnormal.cli", "train", "--quiet", "--out", str(run), "--steps", "100000", *SETS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         _wait_for(run / "metrics.jsonl")
         assert _cli("train", "--quiet", "--out", run, "--resume", "--steps", 2, *SETS) == 2
@@ -155,15 +179,20 @@ def test_checkpoints_that_do_not_match_their_config(tmp_path, capsys):
     train_lib.train(tiny("train.steps=2"), run, progress=False)
     path, t, state = runs.latest(run)
     key = next(k for k in t if k.startswith("model.") and t[k].dim() == 4)
-    cases = {"mismatch": ({**t, key: torch.zeros(tuple(s + 1 for s in t[key].shape))}, "does not match its config"),
-             "no-ema": ({k: v for k, v in t.items() if not k.startswith("ema.")}, "no EMA weights")}
+    cases = {
+        "mismatch": ({**t, key: torch.zeros(tuple(s + 1 for s in t[key].shape))}, "does not match its config"),
+        "no-ema": ({k: v for k, v in t.items() if not k.startswith("ema.")}, "no EMA weights"),
+    }
     for name, (damaged, words) in cases.items():
         folder = tmp_path / name
         folder.mkdir()
         (folder / runs.LOCK).write_text("")
         runs.save_checkpoint(folder, 2, damaged, {k: v for k, v in state.items() if k not in ("step", "sha256")}, 2)
-        for args in (["train", "--out", folder, "--resume", "--steps", 3], ["sample", folder, "--n", 2],
-                     ["eval", folder, "--no-quality"]):
+        for args in (
+            ["train", "--out", folder, "--resume", "--steps", 3],
+            ["sample", folder, "--n", 2],
+            ["eval", folder, "--no-quality"],
+        ):
             assert _cli(*args, "--quiet") == 2
             err = capsys.readouterr().err
             assert words in err and err.count("\n") == 1 and "Traceback" not in err, (name, args, err)
@@ -193,6 +222,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
 
 # ---- a trained run end to end -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("runs") / "tiny"
@@ -216,7 +246,9 @@ def test_sample_writes_grid_and_levels_and_couples_laws(run, tmp_path):
     assert cli("sample", run, "--n", 6, "--seed", 4, "--out", tmp_path / "s4", "--quiet") == 0
     c = torch.from_numpy(np.load(tmp_path / "s4" / "samples.npz")["samples"]).flatten()
     assert float(torch.corrcoef(torch.stack([a, c]))[0, 1]) < 0.5
-    assert cli("sample", run, "--n", 6, "--law", "gaussian", "--seed", 3, "--out", tmp_path / "gaussian") == 2  # no overwrite
+    assert (
+        cli("sample", run, "--n", 6, "--law", "gaussian", "--seed", 3, "--out", tmp_path / "gaussian") == 2
+    )  # no overwrite
     assert cli("sample", run, "--n", 2, "--T", 3, "--quiet") == 0  # default folder: inside the run
     assert (run / "samples-gaussian-T3-seed0" / "samples.npz").exists()
 
@@ -241,8 +273,22 @@ def test_compare_tiny(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(config.to_toml(config.load(None, E2E + ["train.steps=3"])))
     out = tmp_path / "cmp"
-    args = ["compare", "--config", cfg, "--pairs", "gaussian/gaussian,uniform/laplace", "--n-samples", 16,
-            "--n-test", 16, "--rtol", 1e-2, "--out", out, "--quiet"]
+    args = [
+        "compare",
+        "--config",
+        cfg,
+        "--pairs",
+        "gaussian/gaussian,uniform/laplace",
+        "--n-samples",
+        16,
+        "--n-test",
+        16,
+        "--rtol",
+        1e-2,
+        "--out",
+        out,
+        "--quiet",
+    ]
     assert cli(*args) == 0
     for name in ("table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
@@ -257,8 +303,11 @@ def test_compare_tiny(tmp_path, monkeypatch, capsys):
     assert "\\begin{tabular}" in (out / "table.tex").read_text()
     # a second call refuses to overwrite the finished table; with --force it reuses models and cached results
     assert cli(*args) == 2
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".safetensors", ".json") and
-              ("models" in p.parts or "cache" in p.parts)}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.suffix in (".safetensors", ".json") and ("models" in p.parts or "cache" in p.parts)
+    }
     assert any("cache" in p.parts for p in stamps) and any(p.suffix == ".safetensors" for p in stamps)
     assert cli(*args, "--force") == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
@@ -284,8 +333,11 @@ def test_shipped_configs_are_valid():
 def test_unet_shapes_and_bad_options():
     from nonnormal.errors import NonnormalError
 
-    for shape, opts in [((1, 8, 8), {}), ((1, 28, 28), {"ch_mult": (1, 2, 2), "attn_resolutions": (7,)}),
-                        ((3, 32, 32), {"ch_mult": (1, 2, 2, 2), "fourier": (7,)})]:
+    for shape, opts in [
+        ((1, 8, 8), {}),
+        ((1, 28, 28), {"ch_mult": (1, 2, 2), "attn_resolutions": (7,)}),
+        ((3, 32, 32), {"ch_mult": (1, 2, 2, 2), "fourier": (7,)}),
+    ]:
         net = build("unet", shape, width=8, **opts)
         x = torch.randn(2, *shape)
         assert net(x, torch.rand(2)).shape == x.shape
@@ -298,8 +350,17 @@ def test_unet_shapes_and_bad_options():
 
 def test_toy2d_trains_and_evaluates(tmp_path):
     """The MLP on 2-D data: training helps, eval reports the ODE NLL (nats/dim) and the energy distance."""
-    cfg = ["data.dataset='toy2d:name=8gaussians:n=2000'", "data.dequantize=false", "net.name='mlp'", "net.width=64",
-           "train.batch=256", "diffusion.T=50", "train.warmup=10", "train.lr=3e-3", "train.ema=0.9"]
+    cfg = [
+        "data.dataset='toy2d:name=8gaussians:n=2000'",
+        "data.dequantize=false",
+        "net.name='mlp'",
+        "net.width=64",
+        "train.batch=256",
+        "diffusion.T=50",
+        "train.warmup=10",
+        "train.lr=3e-3",
+        "train.ema=0.9",
+    ]
     results = {}
     for steps in (1, 300):
         run = tmp_path / f"toy{steps}"
@@ -323,8 +384,11 @@ def test_a_run_of_the_old_layout_loads_and_resumes(tmp_path):
     _, t, state = runs.latest(new)
     old.mkdir()
     legacy = {k: v for k, v in state.items() if k not in ("sha256", "metrics_window", "data", "sampler")}
-    save_file(t, str(old / "checkpoint.safetensors"), metadata={"format": "nonnormal-checkpoint-1",
-                                                                "state": json.dumps(legacy)})
+    save_file(
+        t,
+        str(old / "checkpoint.safetensors"),
+        metadata={"format": "nonnormal-checkpoint-1", "state": json.dumps(legacy)},
+    )
     (old / "metrics.jsonl").write_text((new / "metrics.jsonl").read_text())
     assert runs.load_run(old)[2]["step"] == 2
     train_lib.train(tiny("train.steps=4"), old, resume=True, progress=False)

@@ -5,8 +5,8 @@ import torch
 
 from nonnormal import Diffusion
 from nonnormal.errors import NonnormalError
-from nonnormal.metrics.distances import energy_distance
 from nonnormal.exact import GaussianData, GaussianMixture
+from nonnormal.metrics.distances import energy_distance
 from nonnormal.samplers import coupled_noise, walk_sampler
 
 ANGLES = torch.arange(8) * 2 * math.pi / 8
@@ -26,8 +26,10 @@ def test_exact_score_sampling_reaches_the_mixture(reference, law, rule):
     """With the exact score, non-Gaussian laws with either rule sample a multimodal mixture at T=1000,
     and do better than at T=20. (Moments for every law, rule-independent: the test below.)"""
     d = Diffusion("vdm", rule=rule)
-    dist = {T: energy_distance(d.sample(MIXTURE.eps, (N, 2), T=T, law=law, seed=1, dtype=torch.float64), reference)
-            for T in (20, 1000)}
+    dist = {
+        T: energy_distance(d.sample(MIXTURE.eps, (N, 2), T=T, law=law, seed=1, dtype=torch.float64), reference)
+        for T in (20, 1000)
+    }
     assert dist[1000] <= BOUND, dist
     assert dist[20] > dist[1000], dist
 
@@ -111,8 +113,12 @@ def test_walk_sampler_uses_the_noise_hook():
     seen = []
     zero = walk_sampler(MIXTURE.eps, x, walk, noise=lambda k: seen.append(k) or torch.zeros_like(x))
     assert seen == list(range(9, -1, -1)) and torch.isfinite(zero).all()
-    a = walk_sampler(MIXTURE.eps, x, walk, noise=coupled_noise("laplace", x.shape, torch.Generator().manual_seed(3), dtype=x.dtype))
-    b = walk_sampler(MIXTURE.eps, x, walk, noise=coupled_noise("laplace", x.shape, torch.Generator().manual_seed(3), dtype=x.dtype))
+    a = walk_sampler(
+        MIXTURE.eps, x, walk, noise=coupled_noise("laplace", x.shape, torch.Generator().manual_seed(3), dtype=x.dtype)
+    )
+    b = walk_sampler(
+        MIXTURE.eps, x, walk, noise=coupled_noise("laplace", x.shape, torch.Generator().manual_seed(3), dtype=x.dtype)
+    )
     assert torch.equal(a, b) and not torch.equal(a, zero)
 
 

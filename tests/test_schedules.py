@@ -96,7 +96,9 @@ def test_spacings(name):
     assert torch.allclose(s.grid(T, "uniform"), s.t_min + (1 - s.t_min) * k, atol=1e-15)
     assert torch.allclose(s.grid(T, "quadratic"), s.t_min + (1 - s.t_min) * k**2, atol=1e-15)
     gamma = s.gamma(s.grid(T, "log-snr"))
-    assert torch.allclose(gamma.diff(), torch.full((T,), float(gamma[-1] - gamma[0]) / T, dtype=torch.float64), rtol=1e-9)
+    assert torch.allclose(
+        gamma.diff(), torch.full((T,), float(gamma[-1] - gamma[0]) / T, dtype=torch.float64), rtol=1e-9
+    )
     ddpm = s.grid(T, "ddpm")
     assert float(ddpm[0]) == 0.0
     if name == "ddpm-linear":  # on DDPM's levels i/1000

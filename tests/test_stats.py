@@ -16,10 +16,12 @@ def test_t_quantile_matches_tables():
 
 
 def test_paired_differences_by_hand():
-    values = {"g/g": {0: 2.00, 1: 2.10, 2: 2.05},
-              "l/l": {0: 1.90, 1: 2.02, 2: 1.93},   # d = -0.10, -0.08, -0.12
-              "u/g": {0: 2.00, 1: 2.10, 2: 2.05},   # identical: exact, d = 0
-              "x/x": {0: 2.05, 1: 2.11, 2: 2.10}}   # d = 0.05, 0.01, 0.05
+    values = {
+        "g/g": {0: 2.00, 1: 2.10, 2: 2.05},
+        "l/l": {0: 1.90, 1: 2.02, 2: 1.93},  # d = -0.10, -0.08, -0.12
+        "u/g": {0: 2.00, 1: 2.10, 2: 2.05},  # identical: exact, d = 0
+        "x/x": {0: 2.05, 1: 2.11, 2: 2.10},
+    }  # d = 0.05, 0.01, 0.05
     res = stats.paired_differences(values, "g/g")
     rows = {r["pair"]: r for r in res["rows"]}
     assert rows["u/g"]["exact"] and rows["u/g"]["diff"] == 0 and rows["u/g"]["distinguishable"] is False
@@ -30,7 +32,7 @@ def test_paired_differences_by_hand():
     assert res["pooled_sd"] == pytest.approx(math.sqrt(ss / 4))
     half = stats.t_quantile(0.95, 4) * res["pooled_sd"] / math.sqrt(3)
     assert rows["l/l"]["lo"] == pytest.approx(d1.mean() - half)
-    assert rows["l/l"]["distinguishable"] is True   # -0.10 +- 0.037
+    assert rows["l/l"]["distinguishable"] is True  # -0.10 +- 0.037
     assert rows["x/x"]["diff"] == pytest.approx(d2.mean())
     assert rows["x/x"]["distinguishable"] == (abs(d2.mean()) > half)
     assert res["comparisons"] == 3

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nonnormal.study import Plan, compare_rows, findings, load_plan, settings_of
 from nonnormal.errors import NonnormalError
+from nonnormal.study import Plan, compare_rows, findings, load_plan, settings_of
 
 ROOT = Path(__file__).parent.parent
 
@@ -20,15 +20,34 @@ def _rows(effect_sat: float, effect_tv: float, noise: float = 1e-4) -> list[dict
     """Rows of a 2-pair x 1 T x 3 seed study: laplace/laplace shifted by known effects, seed noise tiny."""
     rows = []
     for seed, wobble in enumerate((-noise, 0.0, noise)):
-        for pair, d_sat, d_tv in (("gaussian/gaussian", 0, 0), ("laplace/laplace", effect_sat, effect_tv),
-                                  ("uniform/gaussian", 0, 0)):
+        for pair, d_sat, d_tv in (
+            ("gaussian/gaussian", 0, 0),
+            ("laplace/laplace", effect_sat, effect_tv),
+            ("uniform/gaussian", 0, 0),
+        ):
             q, p = pair.split("/")
             base = 0.5 + 0.01 * seed  # a seed effect shared by every pair: cancels in paired differences
-            rows.append({"pair": pair, "q": q, "p": p, "seed": seed, "T_train": 10, "sampler": "walk", "T_sample": 10,
-                         "law_sample": p, "bpd_ode": 2.0 + base, "bpd_bound": 3.0, "fd": 1.0 + base, "kid": 0.1,
-                         "saturation": base + d_sat + (wobble if pair == "laplace/laplace" else 0),
-                         "smoothness": base + d_tv - (wobble if pair == "laplace/laplace" else 0),
-                         "hf_power": 0.1, "hist_distance": 0.1, "weights_from": "gaussian/gaussian" if p == "gaussian" else pair})
+            rows.append(
+                {
+                    "pair": pair,
+                    "q": q,
+                    "p": p,
+                    "seed": seed,
+                    "T_train": 10,
+                    "sampler": "walk",
+                    "T_sample": 10,
+                    "law_sample": p,
+                    "bpd_ode": 2.0 + base,
+                    "bpd_bound": 3.0,
+                    "fd": 1.0 + base,
+                    "kid": 0.1,
+                    "saturation": base + d_sat + (wobble if pair == "laplace/laplace" else 0),
+                    "smoothness": base + d_tv - (wobble if pair == "laplace/laplace" else 0),
+                    "hf_power": 0.1,
+                    "hist_distance": 0.1,
+                    "weights_from": "gaussian/gaussian" if p == "gaussian" else pair,
+                }
+            )
     return rows
 
 
@@ -62,16 +81,22 @@ def test_seed_effect_cancels_in_paired_differences():
 
 
 def test_settings_and_plan_checks(tmp_path):
-    plan = Plan(pairs=["gaussian/gaussian"], T_train=[10], seeds=[0], T_sample=[5, 20], laws_sample=["laplace", "uniform"])
+    plan = Plan(
+        pairs=["gaussian/gaussian"], T_train=[10], seeds=[0], T_sample=[5, 20], laws_sample=["laplace", "uniform"]
+    )
     settings = settings_of(plan, 10, "gaussian")
     assert len(settings) == 5 and settings[-1]["sampler"] == "ode"
     assert settings_of(Plan(pairs=["gaussian/gaussian"], ode=False), 30, "laplace") == [
-        {"sampler": "walk", "T_sample": 30, "law_sample": "laplace"}]
+        {"sampler": "walk", "T_sample": 30, "law_sample": "laplace"}
+    ]
     bad = tmp_path / "s.toml"
-    for text, match in (("[study]\nT_train = [0]\n", "positive"), ("[study]\nseeds = [1, 1]\n", "repeats"),
-                        ("[study]\npairs = ['uniform/uniform']\n", "bounded support"),
-                        ("[study]\nlaws_sample = ['nope']\n", "unknown increment law"),
-                        ("[study]\nn_samples = 'x'\n", "must be int")):
+    for text, match in (
+        ("[study]\nT_train = [0]\n", "positive"),
+        ("[study]\nseeds = [1, 1]\n", "repeats"),
+        ("[study]\npairs = ['uniform/uniform']\n", "bounded support"),
+        ("[study]\nlaws_sample = ['nope']\n", "unknown increment law"),
+        ("[study]\nn_samples = 'x'\n", "must be int"),
+    ):
         bad.write_text(text)
         with pytest.raises(NonnormalError, match=match):
             load_plan(bad)
@@ -79,13 +104,31 @@ def test_settings_and_plan_checks(tmp_path):
 
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "nonnormal.cli", "study", "--quick", "--out", str(tmp_path / "s"),
-                          "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    res = subprocess.run(
+        [sys.executable, "-m", "nonnormal.cli", "study", "--quick", "--out", str(tmp_path / "s"), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "s" / "study.json").read_text())
-    keys = {"q", "p", "seed", "T_train", "T_sample", "law_sample", "sampler", "bpd_ode", "bpd_bound", "fd", "kid",
-            "saturation", "smoothness"}
+    keys = {
+        "q",
+        "p",
+        "seed",
+        "T_train",
+        "T_sample",
+        "law_sample",
+        "sampler",
+        "bpd_ode",
+        "bpd_bound",
+        "fd",
+        "kid",
+        "saturation",
+        "smoothness",
+    }
     assert out["rows"] and all(keys <= set(r) for r in out["rows"])
     # 3 pairs x 2 T x 2 seeds models, each sampled with 2 laws and the ODE
     assert len(out["rows"]) == 3 * 2 * 2 * 3
@@ -93,6 +136,11 @@ def test_quick_study_end_to_end(tmp_path):
     for name in ("study.md", "study.html", "table.tex", "metrics_vs_T.png", "figure1-T4.png", "figure1-T16.png"):
         assert (tmp_path / "s" / name).stat().st_size > 0
     # a second call on the finished folder is refused; with --force it rebuilds from the cache without training
-    again = subprocess.run([sys.executable, "-m", "nonnormal.cli", "study", "--quick", "--out", str(tmp_path / "s")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "nonnormal.cli", "study", "--quick", "--out", str(tmp_path / "s")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 2 and "--force" in again.stderr

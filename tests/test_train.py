@@ -13,14 +13,25 @@ import numpy as np
 import pytest
 import torch
 
-from nonnormal import config, runs, train as train_lib
+from nonnormal import config, runs
+from nonnormal import train as train_lib
 from nonnormal.cli import main
 from nonnormal.data import formats
 from nonnormal.errors import NonnormalError
 
-TINY = ["net.width=8", "net.ch_mult=[1]", "net.attn_resolutions=[]", "train.batch=16", "diffusion.T=10",
-        "train.warmup=2", "train.log_every=1", 'diffusion.q="laplace"', 'diffusion.p="laplace"', "train.ema=0.9",
-        'train.device="cpu"']
+TINY = [
+    "net.width=8",
+    "net.ch_mult=[1]",
+    "net.attn_resolutions=[]",
+    "train.batch=16",
+    "diffusion.T=10",
+    "train.warmup=2",
+    "train.log_every=1",
+    'diffusion.q="laplace"',
+    'diffusion.p="laplace"',
+    "train.ema=0.9",
+    'train.device="cpu"',
+]
 SETS = sum((["--set", s] for s in TINY), [])
 
 
@@ -58,7 +69,9 @@ def _cli(*args):
 
 def test_resume_continues_exactly(tmp_path):
     """2N straight steps == N steps, stop, resume, N steps: same weights, EMA, optimizer, RNG and metrics."""
-    cfg = tiny("train.steps=6", "train.checkpoint_every=3", "train.log_every=2", "net.dropout=0.1")  # dropout: global RNG
+    cfg = tiny(
+        "train.steps=6", "train.checkpoint_every=3", "train.log_every=2", "net.dropout=0.1"
+    )  # dropout: global RNG
     train_lib.train(cfg, tmp_path / "straight", progress=False)
     train_lib.train(cfg, tmp_path / "split", progress=False, stop_at=3)  # inside a metrics window of 2 steps
     assert tensors(tmp_path / "split")[1]["step"] == 3
@@ -109,8 +122,12 @@ def test_resume_is_always_safe(tmp_path, capsys):
 
 def test_callbacks_see_every_metrics_row(tmp_path):
     seen = []
-    train_lib.train(tiny("train.steps=4", "train.log_every=2"), tmp_path / "r", progress=False,
-                    callbacks=[lambda step, row: seen.append((step, row))])
+    train_lib.train(
+        tiny("train.steps=4", "train.log_every=2"),
+        tmp_path / "r",
+        progress=False,
+        callbacks=[lambda step, row: seen.append((step, row))],
+    )
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [s for s, _ in seen] == [2, 4] and [r for _, r in seen] == rows
 
@@ -146,9 +163,15 @@ def test_folder_dataset_streams_and_resumes_exactly(tmp_path, monkeypatch):
     assert_same_run(tmp_path / "straight", tmp_path / "split", changed=("workers",))
     (tmp_path / "00.png").unlink()  # the data changed under the run: refused
     with pytest.raises(NonnormalError, match="dataset changed"):
-        train_lib.train(config.load(None, TINY + [f"data.dataset='folder:path={tmp_path}:size=8:channels=1'",
-                                                  "train.steps=6", "train.batch=8"]), tmp_path / "split", resume=True,
-                        progress=False)
+        train_lib.train(
+            config.load(
+                None,
+                TINY + [f"data.dataset='folder:path={tmp_path}:size=8:channels=1'", "train.steps=6", "train.batch=8"],
+            ),
+            tmp_path / "split",
+            resume=True,
+            progress=False,
+        )
 
 
 def test_training_reduces_the_loss(tmp_path):
@@ -166,11 +189,28 @@ def _free_port():
 
 def test_two_processes_equal_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) and the same global batch gives the one-process weights."""
-    extra = ["train.steps=4", "train.checkpoint_every=4", 'train.dtype="float64"']  # float64: Adam amplifies float32 round-off
+    extra = [
+        "train.steps=4",
+        "train.checkpoint_every=4",
+        'train.dtype="float64"',
+    ]  # float64: Adam amplifies float32 round-off
     sets = [a for s in TINY + extra for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "nonnormal.cli", "train", "--quiet", "--out", str(tmp_path / "ddp"), *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "nonnormal.cli",
+        "train",
+        "--quiet",
+        "--out",
+        str(tmp_path / "ddp"),
+        *sets,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     train_lib.train(tiny(*extra), tmp_path / "one", progress=False)

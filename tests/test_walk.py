@@ -54,11 +54,15 @@ def _ddpm():
     betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
     ac = np.cumprod(1 - betas)
     ac_prev = np.concatenate([[1.0], ac[:-1]])
-    return betas, ac, {
-        "coef_x0": np.sqrt(ac_prev) * betas / (1 - ac),  # posterior mean = coef_x0 x0 + coef_xt x_t
-        "coef_xt": np.sqrt(1 - betas) * (1 - ac_prev) / (1 - ac),
-        "var": betas * (1 - ac_prev) / (1 - ac),  # posterior variance (0 at the last step)
-    }
+    return (
+        betas,
+        ac,
+        {
+            "coef_x0": np.sqrt(ac_prev) * betas / (1 - ac),  # posterior mean = coef_x0 x0 + coef_xt x_t
+            "coef_xt": np.sqrt(1 - betas) * (1 - ac_prev) / (1 - ac),
+            "var": betas * (1 - ac_prev) / (1 - ac),  # posterior variance (0 at the last step)
+        },
+    )
 
 
 def test_gaussian_walk_on_the_ddpm_spacing_is_ddpm():
@@ -90,8 +94,10 @@ def test_posterior_rule_on_the_ddpm_spacing_is_ddpm_sampling():
 def test_log_snr_spacing_makes_the_posterior_walk_schedule_free():
     """The posterior rule depends on the schedule only through gamma at the grid points: on the
     log-snr grid, vdm, cosine and brownian with the same gamma range are the same walk."""
-    coeffs = [StructuredRandomWalk(name, 25, spacing="log-snr").reverse_coefficients("posterior")
-              for name in ("vdm", "cosine", "brownian")]
+    coeffs = [
+        StructuredRandomWalk(name, 25, spacing="log-snr").reverse_coefficients("posterior")
+        for name in ("vdm", "cosine", "brownian")
+    ]
     for other in coeffs[1:]:
         for a, b in zip(coeffs[0], other):
             assert torch.allclose(a, b, rtol=1e-9)
@@ -132,7 +138,9 @@ def test_invariance_at_t256_within_noise_under_brownian_clock():
     lattice of spacing 2/sqrt(T) and approach at the lattice rate W1 = 1/(2 sqrt(T)).
     (A Gaussian walk's terminal law is exactly Gaussian at every T, so its noise is taken at T=4.)"""
     paths = 400_000
-    gauss = torch.tensor([invariance_study(["gaussian"], (4,), "brownian", paths, seed)["gaussian"][4] for seed in range(8)])
+    gauss = torch.tensor(
+        [invariance_study(["gaussian"], (4,), "brownian", paths, seed)["gaussian"][4] for seed in range(8)]
+    )
     bound = float(gauss.mean() + 3 * gauss.std())
     res = invariance_study(["laplace", "uniform", "rademacher"], (4, 16, 64, 256), "brownian", paths, seed=11)
     for law in ["laplace", "uniform"]:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import NonnormalError
 
 try:
-    from importlib.metadata import PackageNotFoundError, version as _version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
 
     __version__ = _version("nonnormal")
 except PackageNotFoundError:  # pragma: no cover - not installed (a source checkout on sys.path)
@@ -29,12 +30,37 @@ except PackageNotFoundError:  # pragma: no cover - not installed (a source check
 if TYPE_CHECKING:
     from .diffusion import Diffusion
 
-__all__ = ["Diffusion", "NonnormalError", "__version__", "increments", "schedules", "nets", "divergences", "plugins",
-           "exact", "load_run"]
+__all__ = [
+    "Diffusion",
+    "NonnormalError",
+    "__version__",
+    "increments",
+    "schedules",
+    "nets",
+    "divergences",
+    "plugins",
+    "exact",
+    "load_run",
+]
 
 _LAZY = {"Diffusion": ("diffusion", "Diffusion"), "load_run": ("runs", "load_run")}
-_MODULES = {"increments", "schedules", "nets", "divergences", "plugins", "exact", "walk", "losses", "samplers",
-            "likelihood", "ode", "data", "runs", "train", "config"}
+_MODULES = {
+    "increments",
+    "schedules",
+    "nets",
+    "divergences",
+    "plugins",
+    "exact",
+    "walk",
+    "losses",
+    "samplers",
+    "likelihood",
+    "ode",
+    "data",
+    "runs",
+    "train",
+    "config",
+}
 
 
 def __getattr__(name: str) -> Any:

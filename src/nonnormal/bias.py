@@ -72,8 +72,17 @@ def _convex(p: increments.IncrementLaw) -> bool:
     return type(p) is increments.GeneralizedNormal and p.beta >= 1
 
 
-def loss_optimal(K: Divergence, v: float, w: torch.Tensor, mu: torch.Tensor, tau: float, *, nodes: int = 8,
-                 tol: float = 1e-9, grid: int = 41) -> torch.Tensor:
+def loss_optimal(
+    K: Divergence,
+    v: float,
+    w: torch.Tensor,
+    mu: torch.Tensor,
+    tau: float,
+    *,
+    nodes: int = 8,
+    tol: float = 1e-9,
+    grid: int = 41,
+) -> torch.Tensor:
     """``argmin_m sum_i w_i E[K(v (m - eps))]``, ``eps ~ N(mu_i, tau^2)``, per (B, D) element.
 
     The root of the derivative ``g(m) = E[K'(v (m - eps))]``: bracketed from the posterior mean
@@ -121,8 +130,10 @@ def _solve(K, v, w, mu, tau, mean, nodes, tol, grid) -> torch.Tensor:
     else:  # the risk may have several minima: bracket the best point of a grid
         lo, hi = mu.min(1).values[:, 0] - 9 * tau - 1e-12, mu.max(1).values[:, 0] + 9 * tau + 1e-12
         ms = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, grid, dtype=F64)
-        risk = torch.stack([_normal_expectation(lambda d: K(v * d), w, mu, tau, ms[:, j:j + 1], nodes)[:, 0]
-                            for j in range(grid)], -1)
+        risk = torch.stack(
+            [_normal_expectation(lambda d: K(v * d), w, mu, tau, ms[:, j : j + 1], nodes)[:, 0] for j in range(grid)],
+            -1,
+        )
         j = risk.argmin(-1, keepdim=True)
         a = ms.gather(-1, (j - 1).clamp(min=0))[:, 0]
         b = ms.gather(-1, (j + 1).clamp(max=grid - 1))[:, 0]
@@ -151,7 +162,9 @@ class PosteriorPredictor:
     pair's K with the walk's ``v_k`` at the step whose end is ``t`` (``kind="loss-optimal"``).
     ``gap2`` / ``count`` accumulate ``|m - mean|^2`` over every call."""
 
-    def __init__(self, mixture, K: Divergence, walk, rule: str = "posterior", kind: str = "loss-optimal", nodes: int = 8):
+    def __init__(
+        self, mixture, K: Divergence, walk, rule: str = "posterior", kind: str = "loss-optimal", nodes: int = 8
+    ):
         if kind not in ("mean", "loss-optimal"):
             raise NonnormalError(f"unknown predictor {kind!r}: choose mean or loss-optimal")
         self.mixture, self.K, self.kind, self.nodes = mixture, K, kind, nodes
@@ -187,9 +200,12 @@ def sample_metrics(x: torch.Tensor, mixture, reference: torch.Tensor) -> dict[st
     means = mixture.means.to(F64)
     occ = _occupancy(x, means)
     dist = torch.cdist(x.to(F64), means).min(1).values
-    return {"sliced_w1": sliced_wasserstein(x, reference), "energy": energy_distance(x, reference),
-            "occupancy_mse": float(((occ - 1 / means.shape[0]) ** 2).mean()),
-            "spread": float(dist.pow(2).mean().sqrt()) / (mixture.std * math.sqrt(means.shape[1]))}
+    return {
+        "sliced_w1": sliced_wasserstein(x, reference),
+        "energy": energy_distance(x, reference),
+        "occupancy_mse": float(((occ - 1 / means.shape[0]) ** 2).mean()),
+        "spread": float(dist.pow(2).mean().sqrt()) / (mixture.std * math.sqrt(means.shape[1])),
+    }
 
 
 def default_mixture(schedule: str = "vdm"):
@@ -199,8 +215,19 @@ def default_mixture(schedule: str = "vdm"):
     return GaussianMixture([[-1.0, -0.6], [1.0, -0.6], [0.0, 1.0]], std=0.15, schedule=schedule)
 
 
-def bias_study(pairs, Ts=(10, 30, 100, 1000), *, mixture=None, n: int = 1000, seed: int = 0, rule: str = "posterior",
-               spacing: str = "uniform", nodes: int = 8, reference: int = 4000, progress=None) -> list[dict]:
+def bias_study(
+    pairs,
+    Ts=(10, 30, 100, 1000),
+    *,
+    mixture=None,
+    n: int = 1000,
+    seed: int = 0,
+    rule: str = "posterior",
+    spacing: str = "uniform",
+    nodes: int = 8,
+    reference: int = 4000,
+    progress=None,
+) -> list[dict]:
     """Sample the mixture with each pair's loss-optimal predictor and with the conditional mean.
 
     ``pairs``: (q, p) tuples or ``"q/p"`` strings; ``Ts``: step counts. For each T and pair the
@@ -219,8 +246,17 @@ def bias_study(pairs, Ts=(10, 30, 100, 1000), *, mixture=None, n: int = 1000, se
     D = mixture.means.shape[1]
     g = torch.Generator().manual_seed(seed + 1)
     ref = mixture.sample(reference, g)
-    rows = [{"q": None, "p": None, "T": None, "predictor": "data", "gap": 0.0, "n": n,
-             **sample_metrics(mixture.sample(n, g), mixture, ref)}]
+    rows = [
+        {
+            "q": None,
+            "p": None,
+            "T": None,
+            "predictor": "data",
+            "gap": 0.0,
+            "n": n,
+            **sample_metrics(mixture.sample(n, g), mixture, ref),
+        }
+    ]
     for T in Ts:
         for pair in pairs:
             q, p = pair.split("/") if isinstance(pair, str) else pair
@@ -230,8 +266,15 @@ def bias_study(pairs, Ts=(10, 30, 100, 1000), *, mixture=None, n: int = 1000, se
                 model = PosteriorPredictor(mixture, K, diff.walk(), rule, kind, nodes)
                 x = diff.sample(model, (n, D), seed=seed, dtype=F64)
                 gap = math.sqrt(model.gap2 / model.count) if model.count else 0.0
-                row = {"q": diff.q.spec, "p": diff.p.spec, "T": int(T), "predictor": kind, "gap": gap, "n": n,
-                       **sample_metrics(x, mixture, ref)}
+                row = {
+                    "q": diff.q.spec,
+                    "p": diff.p.spec,
+                    "T": int(T),
+                    "predictor": kind,
+                    "gap": gap,
+                    "n": n,
+                    **sample_metrics(x, mixture, ref),
+                }
                 rows.append(row)
                 if progress:
                     progress(row)

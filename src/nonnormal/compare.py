@@ -22,13 +22,44 @@ import numpy as np
 from . import config as config_lib
 from .errors import NonnormalError
 
-PAIRS = (("gaussian", "gaussian"), ("laplace", "laplace"), ("uniform", "gaussian"), ("uniform", "laplace"))  # the paper's
-COLUMNS = ["q", "p", "seeds", "bpd_ode", "bpd_ode_sd", "bpd_ode_se", "diff", "diff_lo", "diff_hi", "verdict",
-           "bpd_bound", "fd", "kid", "saturation", "smoothness", "train_seconds"]
-UNITS = {"bpd_ode": "bits/dim, mean over seeds", "bpd_ode_sd": "sd over seeds", "bpd_ode_se": "test-image SE",
-         "diff": "bpd_ode - gaussian/gaussian, seed-paired", "diff_lo": "95% CI", "diff_hi": "95% CI",
-         "bpd_bound": "bits/dim", "fd": "classifier-feature FD", "kid": "MMD^2", "saturation": "share",
-         "smoothness": "total variation / pixel", "train_seconds": "s per model"}
+PAIRS = (
+    ("gaussian", "gaussian"),
+    ("laplace", "laplace"),
+    ("uniform", "gaussian"),
+    ("uniform", "laplace"),
+)  # the paper's
+COLUMNS = [
+    "q",
+    "p",
+    "seeds",
+    "bpd_ode",
+    "bpd_ode_sd",
+    "bpd_ode_se",
+    "diff",
+    "diff_lo",
+    "diff_hi",
+    "verdict",
+    "bpd_bound",
+    "fd",
+    "kid",
+    "saturation",
+    "smoothness",
+    "train_seconds",
+]
+UNITS = {
+    "bpd_ode": "bits/dim, mean over seeds",
+    "bpd_ode_sd": "sd over seeds",
+    "bpd_ode_se": "test-image SE",
+    "diff": "bpd_ode - gaussian/gaussian, seed-paired",
+    "diff_lo": "95% CI",
+    "diff_hi": "95% CI",
+    "bpd_bound": "bits/dim",
+    "fd": "classifier-feature FD",
+    "kid": "MMD^2",
+    "saturation": "share",
+    "smoothness": "total variation / pixel",
+    "train_seconds": "s per model",
+}
 OUTPUTS = ["table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"]
 
 
@@ -53,13 +84,33 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), *, seeds: int = 2,
-            n_samples: int | None = None, n_test: int | None = None, rtol: float = 1e-3, columns: int = 12,
-            sample_seed: int = 0, progress: bool = True, log=print) -> list[dict]:
+def compare(
+    out: str | Path,
+    pairs=PAIRS,
+    config_path=None,
+    overrides=(),
+    *,
+    seeds: int = 2,
+    n_samples: int | None = None,
+    n_test: int | None = None,
+    rtol: float = 1e-3,
+    columns: int = 12,
+    sample_seed: int = 0,
+    progress: bool = True,
+    log=print,
+) -> list[dict]:
     """Train and evaluate each pair with ``seeds`` seeds into ``out``; write the tables, figures and report."""
     from .evaluate import reference_rows
-    from .report import html_image, html_page, html_table, latex_table, markdown_table, plot_loss_curves, \
-        plot_sample_rows, provenance
+    from .report import (
+        html_image,
+        html_page,
+        html_table,
+        latex_table,
+        markdown_table,
+        plot_loss_curves,
+        plot_sample_rows,
+        provenance,
+    )
     from .runs import write_atomic
     from .study import Plan, Study
 
@@ -70,9 +121,19 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), *, see
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NonnormalError(f"seeds must be a positive integer, got {seeds!r}")
     first = base["train"]["seed"]
-    plan = Plan(pairs=[f"{q}/{p}" for q, p in pairs], T_train=[T], seeds=list(range(first, first + seeds)),
-                T_sample=[], laws_sample=[], ode=False, n_samples=n_samples or 0, n_test=n_test or 0,
-                rtol=rtol, sample_seed=sample_seed, columns=columns)
+    plan = Plan(
+        pairs=[f"{q}/{p}" for q, p in pairs],
+        T_train=[T],
+        seeds=list(range(first, first + seeds)),
+        T_sample=[],
+        laws_sample=[],
+        ode=False,
+        n_samples=n_samples or 0,
+        n_test=n_test or 0,
+        rtol=rtol,
+        sample_seed=sample_seed,
+        columns=columns,
+    )
     study = Study(out, plan.check(), run_config, overrides, progress=progress, log=log)  # n_samples 0: test size
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -81,10 +142,15 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), *, see
     references = reference_rows(study.data, sample_seed, n_test)
     rows = table + references
     _write_tables(out, rows)
-    write_atomic(out / "table.tex", latex_table(rows, COLUMNS, f"{study.data.name}: (q, p) pairs at T={T}", UNITS).encode())
+    write_atomic(
+        out / "table.tex", latex_table(rows, COLUMNS, f"{study.data.name}: (q, p) pairs at T={T}", UNITS).encode()
+    )
     figure = out / ".figure1.tmp.png"
-    plot_sample_rows(study.figure_rows(T, plan.seeds[0]), figure,
-                     f"{study.data.name}: ancestral samples (T={T}, law p), sample seed {sample_seed} shared by every row")
+    plot_sample_rows(
+        study.figure_rows(T, plan.seeds[0]),
+        figure,
+        f"{study.data.name}: ancestral samples (T={T}, law p), sample seed {sample_seed} shared by every row",
+    )
     figure.replace(out / "figure1.png")
     from .divergences import divergence
     from .study import _trained_pair
@@ -101,14 +167,18 @@ def compare(out: str | Path, pairs=PAIRS, config_path=None, overrides=(), *, see
     curve_png.replace(out / "loss_curves.png")
     notes = _notes(result, study, references, rtol, seeds, log)
     notes.append(f"Total time {time.perf_counter() - t0:.0f} s.")
-    sections = [("Table", html_table(rows, COLUMNS, UNITS)), ("Notes", "<ul>" + "".join(
-        f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"),
+    sections = [
+        ("Table", html_table(rows, COLUMNS, UNITS)),
+        ("Notes", "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"),
         ("Figure 1: samples", html_image(out / "figure1.png", "figure 1")),
         ("Loss curves", html_image(out / "loss_curves.png", "loss curves")),
-        ("Config", f"<pre>{_esc(json.dumps(base, indent=1))}</pre>")]
+        ("Config", f"<pre>{_esc(json.dumps(base, indent=1))}</pre>"),
+    ]
     meta = {**provenance(), "dataset": study.data.name, "pairs": plan.pairs, "seeds": plan.seeds, "T": T}
     write_atomic(out / "report.html", html_page(f"nonnormal compare: {study.data.name}", sections, meta).encode())
-    write_atomic(out / "table.md", (markdown_table(rows, COLUMNS) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode())
+    write_atomic(
+        out / "table.md", (markdown_table(rows, COLUMNS) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode()
+    )
     return rows
 
 
@@ -135,8 +205,14 @@ def _table(result: dict, study) -> list[dict]:
     for pair, members in by_pair.items():
         q, p = pair.split("/")
         mean, sd, n = stats.mean_sd([r["bpd_ode"] for r in members])
-        row = {"q": q, "p": p, "seeds": n, "bpd_ode": mean, "bpd_ode_sd": sd if n > 1 else None,
-               "bpd_ode_se": stats.image_se(np.array([r["bpd_ode_images"] for r in members]))}
+        row = {
+            "q": q,
+            "p": p,
+            "seeds": n,
+            "bpd_ode": mean,
+            "bpd_ode_sd": sd if n > 1 else None,
+            "bpd_ode_se": stats.image_se(np.array([r["bpd_ode_images"] for r in members])),
+        }
         for m in ("bpd_bound", "fd", "kid", "saturation", "smoothness", "train_seconds"):
             vals = [r[m] for r in members if r.get(m) is not None]
             row[m] = float(np.mean(vals)) if vals else None
@@ -144,8 +220,12 @@ def _table(result: dict, study) -> list[dict]:
         if pair == REFERENCE:
             row["verdict"] = "reference"
         elif d is not None:
-            row.update(diff=d["diff"], diff_lo=d["lo"], diff_hi=d["hi"],
-                       verdict="exact (same weights)" if d.get("exact") else stats.words(d))
+            row.update(
+                diff=d["diff"],
+                diff_lo=d["lo"],
+                diff_hi=d["hi"],
+                verdict="exact (same weights)" if d.get("exact") else stats.words(d),
+            )
         out.append(row)
     return out
 
@@ -156,30 +236,42 @@ def _notes(result: dict, study, references: list[dict], rtol: float, seeds: int,
     notes = [f"Reference rows on the same test images: {r['q']} {r['bpd_ode']:.3f} bits/dim." for r in references]
     comp = next((c for c in result["comparisons"] if c["kind"] == "pairs" and c["metric"] == "bpd_ode"), None)
     if comp is not None and comp["dof"] > 0:
-        notes.append(f"diff: bpd_ode minus gaussian/gaussian's, paired by seed (seed s of every pair shares its "
-                     f"initialization, batches and noise); 95% t interval from the seed variance pooled over "
-                     f"{len(comp['rows'])} pairs ({comp['dof']} degrees of freedom, pooled sd {comp['pooled_sd']:.4f}); "
-                     f"{comp['comparisons']} comparisons were made. 'distinguishable' = the interval excludes 0.")
+        notes.append(
+            f"diff: bpd_ode minus gaussian/gaussian's, paired by seed (seed s of every pair shares its "
+            f"initialization, batches and noise); 95% t interval from the seed variance pooled over "
+            f"{len(comp['rows'])} pairs ({comp['dof']} degrees of freedom, pooled sd {comp['pooled_sd']:.4f}); "
+            f"{comp['comparisons']} comparisons were made. 'distinguishable' = the interval excludes 0."
+        )
     elif seeds < 2:
         notes.append("One seed per pair: no interval on the differences between pairs (use --seeds 2 or more).")
-    notes.append("bpd_ode_se: the standard error over test images of the seed-averaged bits/dim; bpd_ode_sd: the "
-                 "spread over training seeds. Only the second says whether another training run could reverse a ranking.")
-    notes.append("bpd_ode: probability-flow ODE likelihood of dequantized test images (the continuous-limit model), "
-                 f"dopri5 at rtol = atol = {rtol:g}, the same images, dequantization noise and Hutchinson probes for "
-                 "every model; bpd_bound: the paper's discrete bound at T, which for mismatched pairs carries "
-                 "T*K(0)/ln 2 bits per dimension.")
+    notes.append(
+        "bpd_ode_se: the standard error over test images of the seed-averaged bits/dim; bpd_ode_sd: the "
+        "spread over training seeds. Only the second says whether another training run could reverse a ranking."
+    )
+    notes.append(
+        "bpd_ode: probability-flow ODE likelihood of dequantized test images (the continuous-limit model), "
+        f"dopri5 at rtol = atol = {rtol:g}, the same images, dequantization noise and Hutchinson probes for "
+        "every model; bpd_bound: the paper's discrete bound at T, which for mismatched pairs carries "
+        "T*K(0)/ln 2 bits per dimension."
+    )
     if any(r["weights_from"] != r["pair"] for r in result["rows"]):
-        notes.append("Every pair with a Gaussian p has K(u) = K(0) + u^2/2, so it trains on exactly the gradients of "
-                     "gaussian/gaussian: it reuses those weights, and its row differs only by the bound's constant.")
+        notes.append(
+            "Every pair with a Gaussian p has K(u) = K(0) + u^2/2, so it trains on exactly the gradients of "
+            "gaussian/gaussian: it reuses those weights, and its row differs only by the bound's constant."
+        )
     if any(r.get("fd") is not None for r in result["rows"]):
         features, _ = study.features()
         real = real_data_quality(study.data, study.plan.n_samples, study.plan.sample_seed)
-        notes.append(f"FD and KID in the features of a classifier with test accuracy {features.test_accuracy:.3f}; "
-                     f"as a scale, {real['n']} real training images against the test split score FD {real['fd']:.3g}, "
-                     f"KID {real['kid']:.3g}.")
+        notes.append(
+            f"FD and KID in the features of a classifier with test accuracy {features.test_accuracy:.3f}; "
+            f"as a scale, {real['n']} real training images against the test split score FD {real['fd']:.3g}, "
+            f"KID {real['kid']:.3g}."
+        )
         log(f"real training images vs test: FD {real['fd']:.3g}, KID {real['kid']:.3g}")
-    notes.append("saturation: share of sample pixels at the lowest or highest level; smoothness: mean absolute "
-                 "difference between neighbouring pixels (total variation), lower is smoother.")
+    notes.append(
+        "saturation: share of sample pixels at the lowest or highest level; smoothness: mean absolute "
+        "difference between neighbouring pixels (total variation), lower is smoother."
+    )
     return notes
 
 

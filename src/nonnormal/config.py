@@ -74,8 +74,14 @@ def _kind(v: Any) -> str:
 
 
 def _type_name(kind: str, default: Any = None) -> str:
-    names = {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number", "str": "a string",
-             "list": "a list", "any": "a TOML value"}
+    names = {
+        "bool": "a boolean (true/false)",
+        "int": "an integer",
+        "float": "a number",
+        "str": "a string",
+        "list": "a list",
+        "any": "a TOML value",
+    }
     if kind == "list" and default:
         return f"a list of {'strings' if isinstance(default[0], str) else 'numbers'}"
     return names[kind]
@@ -98,8 +104,10 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     ok = _is(value, kind)
     if ok and kind == "list":
         elem = _kind(default[0]) if default else None
-        ok = all(isinstance(v, (str, int, float)) and not isinstance(v, bool) and (elem is None or _is(v, elem))
-                 for v in value)
+        ok = all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) and (elem is None or _is(v, elem))
+            for v in value
+        )
     if not ok:
         raise NonnormalError(f"config {where} must be {_type_name(kind, default)}, got {value!r}")
     if kind == "float" and not math.isfinite(value):
@@ -136,8 +144,10 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
         if section == "plugins":
             continue
         if section not in cfg:
-            raise NonnormalError(f"{source}: unknown section [{section}]: the sections are {', '.join(cfg)} "
-                                 "(and a top-level plugins list)")
+            raise NonnormalError(
+                f"{source}: unknown section [{section}]: the sections are {', '.join(cfg)} "
+                "(and a top-level plugins list)"
+            )
         if not isinstance(table, dict):
             raise NonnormalError(f"{source}: [{section}] must be a table of keys")
     net = raw.get("net", {}).get("name", cfg["net"]["name"])
@@ -149,8 +159,9 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
             continue
         for key, value in table.items():
             if key not in cfg[section]:
-                raise NonnormalError(f"{source}: unknown key {section}.{key}: the keys of [{section}] are "
-                                     f"{', '.join(cfg[section])}")
+                raise NonnormalError(
+                    f"{source}: unknown key {section}.{key}: the keys of [{section}] are {', '.join(cfg[section])}"
+                )
             cfg[section][key] = _coerce(f"{section}.{key}", value, cfg[section][key])
     _check_values(cfg)
     cfg["plugins"] = list(plugins)
@@ -167,14 +178,21 @@ def _check_values(cfg: dict) -> None:
     from .divergences import check_pair
 
     d, t = cfg["diffusion"], cfg["train"]
-    positive = {"diffusion.T": d["T"], "train.steps": t["steps"], "train.batch": t["batch"],
-                "train.checkpoint_every": t["checkpoint_every"], "train.log_every": t["log_every"]}
+    positive = {
+        "diffusion.T": d["T"],
+        "train.steps": t["steps"],
+        "train.batch": t["batch"],
+        "train.checkpoint_every": t["checkpoint_every"],
+        "train.log_every": t["log_every"],
+    }
     for where, v in positive.items():
         if v <= 0:
             raise NonnormalError(f"config {where} must be positive, got {v}")
     if d["T"] > MAX_T:
-        raise NonnormalError(f"config diffusion.T={d['T']} is more than {MAX_T:,} steps: every sample and bound "
-                             "would loop over them; use diffusion.loss = \"continuous\" for the T -> infinity limit")
+        raise NonnormalError(
+            f"config diffusion.T={d['T']} is more than {MAX_T:,} steps: every sample and bound "
+            'would loop over them; use diffusion.loss = "continuous" for the T -> infinity limit'
+        )
     for where, v in (("train.seed", t["seed"]), ("data.split_seed", cfg["data"]["split_seed"])):
         if not 0 <= v < 2**32:
             raise NonnormalError(f"config {where} must lie in [0, 2^32), got {v}")
@@ -215,8 +233,10 @@ def check_memory(cfg: dict, shape: tuple[int, ...], what: str = "train.batch", n
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return
     if need > have:
-        raise NonnormalError(f"{what}={n} needs at least {need / 2**30:,.0f} GiB for examples of shape {tuple(shape)} "
-                             f"(this machine has {have / 2**30:,.0f} GiB): lower it")
+        raise NonnormalError(
+            f"{what}={n} needs at least {need / 2**30:,.0f} GiB for examples of shape {tuple(shape)} "
+            f"(this machine has {have / 2**30:,.0f} GiB): lower it"
+        )
 
 
 LOSSES = ("step", "continuous")
@@ -246,8 +266,12 @@ def read_toml(path: str | Path) -> dict:
         raise NonnormalError(f"config file {path} is not valid TOML: {err}") from None
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-         base: dict | None = None, plugins: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def load(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict | None = None,
+    plugins: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Defaults, then the TOML file at ``path`` (or the config ``base``), then ``section.key=value``
     overrides and extra ``plugins`` (and the command line's ``--plugin`` modules); validated."""
     raw: dict[str, Any] = read_toml(path) if path else copy.deepcopy(base or {})

@@ -47,8 +47,17 @@ def check_spacing(spacing: str) -> str:
 class Diffusion:
     """The process of a diffusion model with structured-random-walk steps (paper, sections 2-5)."""
 
-    def __init__(self, schedule="vdm", T: int = 1000, q="gaussian", p="gaussian", *, rule: str = "posterior",
-                 spacing: str = "uniform", loss: str = "step"):
+    def __init__(
+        self,
+        schedule="vdm",
+        T: int = 1000,
+        q="gaussian",
+        p="gaussian",
+        *,
+        rule: str = "posterior",
+        spacing: str = "uniform",
+        loss: str = "step",
+    ):
         self.schedule = schedules.get(schedule)  # VP noise schedule: a name, a spec or a Schedule
         self.q = increments.get(q)  # law of the data walk's increments
         self.p = increments.get(p)  # law of the model walk's increments (the sampler's default law)
@@ -72,13 +81,21 @@ class Diffusion:
         missing = set(KEYS) - set(d) - {"spacing"}
         if missing:
             raise NonnormalError(f"the diffusion config lacks {', '.join(sorted(missing))}")
-        return cls(d["schedule"], d["T"], d["q"], d["p"], rule=d["rule"], spacing=d.get("spacing", "uniform"),
-                   loss=d["loss"])
+        return cls(
+            d["schedule"], d["T"], d["q"], d["p"], rule=d["rule"], spacing=d.get("spacing", "uniform"), loss=d["loss"]
+        )
 
     def to_config(self) -> dict:
         """``{"q", "p", "schedule", "T", "rule", "loss", "spacing"}``: what :meth:`from_config` rebuilds."""
-        return {"q": self.q.spec, "p": self.p.spec, "schedule": self.schedule.spec, "T": self.T, "rule": self.rule,
-                "loss": self.loss_kind, "spacing": self.spacing}
+        return {
+            "q": self.q.spec,
+            "p": self.p.spec,
+            "schedule": self.schedule.spec,
+            "T": self.T,
+            "rule": self.rule,
+            "loss": self.loss_kind,
+            "spacing": self.spacing,
+        }
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Diffusion) and self.to_config() == other.to_config()
@@ -93,8 +110,12 @@ class Diffusion:
 
     def walk(self, law=None, T: int | None = None, spacing: str | None = None) -> StructuredRandomWalk:
         """The structured random walk of ``law`` (default p) on this grid (or another T / spacing)."""
-        return StructuredRandomWalk(self.schedule, self.T if T is None else T, self.p if law is None else law,
-                                    spacing=check_spacing(spacing or self.spacing))
+        return StructuredRandomWalk(
+            self.schedule,
+            self.T if T is None else T,
+            self.p if law is None else law,
+            spacing=check_spacing(spacing or self.spacing),
+        )
 
     def loss(self, kind: str | None = None) -> StepKLLoss | ContinuousTimeLoss:
         """The training loss (default: this Diffusion's kind), a callable ``(eps_model, x0, generator=None,
@@ -103,8 +124,11 @@ class Diffusion:
         if kind not in LOSSES:
             raise NonnormalError(f"unknown loss {kind!r}: choose one of {', '.join(LOSSES)}")
         if kind not in self._losses:
-            self._losses[kind] = (StepKLLoss(self.schedule, self.T, self.q, self.p, self.rule, spacing=self.spacing)
-                                  if kind == "step" else ContinuousTimeLoss(self.schedule, self.q, self.p))
+            self._losses[kind] = (
+                StepKLLoss(self.schedule, self.T, self.q, self.p, self.rule, spacing=self.spacing)
+                if kind == "step"
+                else ContinuousTimeLoss(self.schedule, self.q, self.p)
+            )
         return self._losses[kind]
 
     # ----- sampling -----
@@ -117,9 +141,21 @@ class Diffusion:
         x = increments.get("gaussian").icdf(increments.uniforms(shape, generator, device)).to(dtype)
         return x, generator
 
-    def sample(self, eps_model: Callable, shape, *, seed: int = 0, law=None, T: int | None = None,
-               rule: str | None = None, spacing: str | None = None, device=None, dtype=torch.float32,
-               callback=None, progress: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        eps_model: Callable,
+        shape,
+        *,
+        seed: int = 0,
+        law=None,
+        T: int | None = None,
+        rule: str | None = None,
+        spacing: str | None = None,
+        device=None,
+        dtype=torch.float32,
+        callback=None,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """``shape`` samples by ancestral sampling: the reverse walk of ``law`` (default p).
 
         The prior and every step's uniforms come from one generator seeded by ``seed``: two laws
@@ -129,18 +165,38 @@ class Diffusion:
         walk = self.walk(law, T, spacing)
         x, generator = self._prior(shape, seed, device, dtype)
         noise = coupled_noise(walk.law, shape, generator, device, dtype)
-        return walk_sampler(eps_model, x, walk, rule=rule or self.rule, noise=noise, callback=callback,
-                            progress=progress)
+        return walk_sampler(
+            eps_model, x, walk, rule=rule or self.rule, noise=noise, callback=callback, progress=progress
+        )
 
-    def ode(self, eps_model: Callable, *, method: str = "dopri5", steps: int | None = None, rtol: float = 1e-5,
-            atol: float = 1e-5) -> ProbabilityFlowODE:
+    def ode(
+        self,
+        eps_model: Callable,
+        *,
+        method: str = "dopri5",
+        steps: int | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> ProbabilityFlowODE:
         """The probability-flow ODE of ``eps_model`` under this schedule (fixed steps on this spacing)."""
-        return ProbabilityFlowODE(eps_model, self.schedule, method=method, steps=steps, rtol=rtol, atol=atol,
-                                  spacing=self.spacing)
+        return ProbabilityFlowODE(
+            eps_model, self.schedule, method=method, steps=steps, rtol=rtol, atol=atol, spacing=self.spacing
+        )
 
-    def ode_sample(self, eps_model: Callable, shape_or_x, *, seed: int = 0, method: str = "dopri5",
-                   steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5, device=None,
-                   dtype=torch.float32, t_end: float | None = None) -> torch.Tensor:
+    def ode_sample(
+        self,
+        eps_model: Callable,
+        shape_or_x,
+        *,
+        seed: int = 0,
+        method: str = "dopri5",
+        steps: int | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        device=None,
+        dtype=torch.float32,
+        t_end: float | None = None,
+    ) -> torch.Tensor:
         """Samples by the probability-flow ODE from t = 1 to ``t_end`` (default t_min).
 
         ``shape_or_x``: a shape (the prior is drawn as :meth:`sample` draws it for the same seed) or
@@ -156,10 +212,20 @@ class Diffusion:
         return ode.sample(x, t_end=t_end)[0]
 
     # ----- likelihood -----
-    def log_likelihood(self, eps_model: Callable, x: torch.Tensor, *, trace: str = "auto", method: str = "dopri5",
-                       steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-                       generator: torch.Generator | None = None, prior: Callable | None = None,
-                       t_end: float | None = None) -> tuple[torch.Tensor, int]:
+    def log_likelihood(
+        self,
+        eps_model: Callable,
+        x: torch.Tensor,
+        *,
+        trace: str = "auto",
+        method: str = "dopri5",
+        steps: int | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        generator: torch.Generator | None = None,
+        prior: Callable | None = None,
+        t_end: float | None = None,
+    ) -> tuple[torch.Tensor, int]:
         """``log p(x)`` in nats per example under the probability-flow model, and the NFE.
 
         ``prior``: log-density of the state at ``t_end`` (default 1), default ``log N(0, I)``.
@@ -168,8 +234,15 @@ class Diffusion:
         ode = self.ode(eps_model, method=method, steps=steps, rtol=rtol, atol=atol)
         return ode.log_likelihood(x, trace=trace, generator=generator, prior=prior, t_end=t_end)
 
-    def bits_per_dim(self, eps_model: Callable, x: torch.Tensor, levels: int, *,
-                     generator: torch.Generator | None = None, **ode_options) -> tuple[torch.Tensor, int]:
+    def bits_per_dim(
+        self,
+        eps_model: Callable,
+        x: torch.Tensor,
+        levels: int,
+        *,
+        generator: torch.Generator | None = None,
+        **ode_options,
+    ) -> tuple[torch.Tensor, int]:
         """Bits/dim of discrete data ``x`` (level centres in [-1, 1]) per example, and the NFE.
 
         ``x`` is dequantized uniformly over its bins: ``-log2 p(x_deq) / D + log2(L / 2)``;
@@ -179,10 +252,18 @@ class Diffusion:
         logp, nfe = self.log_likelihood(eps_model, dequantize(x, L, generator), generator=generator, **ode_options)
         return -logp / (x[0].numel() * math.log(2)) + math.log2(L / 2), nfe
 
-    def bound_bits_per_dim(self, eps_model: Callable, x: torch.Tensor, levels: int, *,
-                           generator: torch.Generator | None = None, dequantized: bool = False,
-                           progress: bool = False) -> dict[str, torch.Tensor]:
+    def bound_bits_per_dim(
+        self,
+        eps_model: Callable,
+        x: torch.Tensor,
+        levels: int,
+        *,
+        generator: torch.Generator | None = None,
+        dequantized: bool = False,
+        progress: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """The paper's discrete bound (Eq. 5) at this T, rule and grid: ``{"prior", "diffusion", "decoder",
         "total"}`` in bits/dim per example (see :func:`nonnormal.likelihood.bound_bits_per_dim`)."""
-        return bound_bits_per_dim(eps_model, x, levels, self.loss("step"), generator=generator, progress=progress,
-                                  dequantized=dequantized)
+        return bound_bits_per_dim(
+            eps_model, x, levels, self.loss("step"), generator=generator, progress=progress, dequantized=dequantized
+        )

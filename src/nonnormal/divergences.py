@@ -23,7 +23,7 @@ with the same scale, whose locations differ by ``u`` standard units.
 from __future__ import annotations
 
 import math
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 
 import torch
 
@@ -31,7 +31,7 @@ from . import increments
 from .errors import NonnormalError
 from .increments import Gaussian, IncrementLaw, Laplace, Uniform
 from .interpolation import HermiteTable
-from .quadrature import H, T_MAX, dyadic_points, integrate
+from .quadrature import T_MAX, H, dyadic_points, integrate
 
 F64 = torch.float64
 _U_MAX, _NODES = 1e5, 300  # table nodes: sinh-spaced on [0, 1e5], plus geometric runs near kinks
@@ -115,7 +115,7 @@ def _k_and_slope(q: IncrementLaw, p: IncrementLaw, u: torch.Tensor, h: float | N
     return tuple(torch.cat(v) for v in zip(*out))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _step(q: IncrementLaw, p: IncrementLaw) -> float:
     """The tanh-sinh step for the pair: 1/8, halved until K at a few probe shifts agrees with the
     next halving to 1e-12 relative (a steep log p, such as gennorm with a large beta, needs it)."""
@@ -155,7 +155,9 @@ def _tail_check(q, p, k, edge, u) -> torch.Tensor:
     ok = torch.isfinite(k) & (edge <= _EDGE * (1 + k.abs()))
     i = int(u.abs().argmin())
     if not bool(torch.isfinite(k[i])):
-        raise NonnormalError(f"the KL of q = {q.spec!r} against p = {p.spec!r} is not finite (or above 1e308): choose another pair")
+        raise NonnormalError(
+            f"the KL of q = {q.spec!r} against p = {p.spec!r} is not finite (or above 1e308): choose another pair"
+        )
     if not bool(ok[i]):
         raise NonnormalError(
             f"the KL of q = {q.spec!r} against p = {p.spec!r} converges too slowly in the tails to compute it "
@@ -184,7 +186,9 @@ def check_pair(q: IncrementLaw, p: IncrementLaw) -> None:
             )
         if tp[0] == "dexp":
             c = tp[1]
-            light = tq[0] == "dexp" or (tq[0] == "power" and (tq[1] > 1 or (tq[1] == 1 and tq[2] is not None and tq[2] > c)))
+            light = tq[0] == "dexp" or (
+                tq[0] == "power" and (tq[1] > 1 or (tq[1] == 1 and tq[2] is not None and tq[2] > c))
+            )
             if not light:
                 raise NonnormalError(
                     f"q = {q.spec!r} lacks the exponential moment E exp({c:.4g}|z|) on the {side} that p = {p.spec!r} needs "
@@ -254,7 +258,7 @@ def _curvature(q: IncrementLaw, p: IncrementLaw) -> float:
                 raise NonnormalError(
                     f"K''(0) of q = {q.spec!r} against p = {p.spec!r} is infinite (or too close to it to compute): both "
                     f"log-densities have a cusp at 0 and the product of their scores grows like |z|^{g:.2f} there, which q "
-                    "weighs; the pair has no continuous-time limit: train it with the step loss (loss = \"step\") or choose smoother laws"
+                    'weighs; the pair has no continuous-time limit: train it with the step loss (loss = "step") or choose smoother laws'
                 )
             d = 1e-275  # below the nodes nearest 0: int_0^d |x|^g dx = f(d) d / (1 + g)
             rest += float(f(torch.tensor([d * sgn], dtype=F64))[0]) * d / (1 + g)
@@ -265,7 +269,9 @@ def _curvature(q: IncrementLaw, p: IncrementLaw) -> float:
             inside = torch.tensor([end + sign * 1e-12 * max(1.0, abs(end))], dtype=F64)
             total += sign * float(torch.exp(q.log_prob(inside))[0] * _score(p, torch.tensor([end], dtype=F64))[0])
     if not math.isfinite(total) or float(edge[0]) > 1e-9 * (1 + abs(total)):
-        raise NonnormalError(f"K''(0) of q = {q.spec!r} against p = {p.spec!r} is not finite: the pair has no continuous-time limit")
+        raise NonnormalError(
+            f"K''(0) of q = {q.spec!r} against p = {p.spec!r} is not finite: the pair has no continuous-time limit"
+        )
     return total
 
 
@@ -295,7 +301,9 @@ def _closed_form(q: IncrementLaw, p: IncrementLaw) -> Divergence | None:
             if type(q) not in increments.BUILTIN_CLASSES:  # built-in laws are standardized exactly
                 m1, m2 = _mean(q, lambda x, lq: x), _mean(q, lambda x, lq: x * x)
             k0 += m2 / 2
-        return Divergence(q, p, "closed-form", lambda u: k0 + m1 * u + u * u / 2, k0, curvature=1.0, slope=lambda u: m1 + u)
+        return Divergence(
+            q, p, "closed-form", lambda u: k0 + m1 * u + u * u / 2, k0, curvature=1.0, slope=lambda u: m1 + u
+        )
     return None
 
 
@@ -311,7 +319,11 @@ def _u_nodes(q: IncrementLaw, p: IncrementLaw, symmetric: bool) -> torch.Tensor:
     base = torch.sinh(torch.linspace(0.0, math.asinh(_U_MAX), _NODES, dtype=F64))
     run = 1e-6 * 1.1 ** torch.arange(0, math.ceil(math.log(0.6 / 1e-6) / math.log(1.1)), dtype=F64)
     centers = {0.0} | {cp - cq for cp in _kinks(p) for cq in _singular(q)}
-    nodes = [base, -base] + [c + sgn * run for c in centers for sgn in (-1.0, 1.0)] + [torch.tensor(sorted(centers), dtype=F64)]
+    nodes = (
+        [base, -base]
+        + [c + sgn * run for c in centers for sgn in (-1.0, 1.0)]
+        + [torch.tensor(sorted(centers), dtype=F64)]
+    )
     u = torch.cat(nodes)
     u = u.abs() if symmetric else u
     u = torch.sort(u[u.abs() <= _U_MAX * (1 + 1e-9)]).values
@@ -383,7 +395,7 @@ def _tabulated(q: IncrementLaw, p: IncrementLaw) -> Divergence:
     return d
 
 
-@lru_cache(maxsize=None)
+@cache
 def _build(q: IncrementLaw, p: IncrementLaw) -> Divergence:
     check_pair(q, p)
     return _closed_form(q, p) or _tabulated(q, p)

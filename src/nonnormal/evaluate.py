@@ -72,13 +72,27 @@ def _se(values: torch.Tensor) -> float:
 
 def _batches(x: torch.Tensor, size: int):
     for i in range(0, x.shape[0], size):
-        yield x[i:i + size]
+        yield x[i : i + size]
 
 
-def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | None = None, T: int | None = None,
-                 rtol: float = 1e-5, atol: float = 1e-5, batch: int = 500, seed: int = 0, quality: bool = True,
-                 progress: bool = False, *, sampler: str = "walk", ode_method: str = "dopri5",
-                 ode_steps: int | None = None, spacing: str | None = None) -> dict:
+def evaluate_run(
+    run,
+    device="cpu",
+    n_test: int | None = None,
+    n_samples: int | None = None,
+    T: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    batch: int = 500,
+    seed: int = 0,
+    quality: bool = True,
+    progress: bool = False,
+    *,
+    sampler: str = "walk",
+    ode_method: str = "dopri5",
+    ode_steps: int | None = None,
+    spacing: str | None = None,
+) -> dict:
     """Test-set bits/dim (probability-flow ODE and the discrete bound at T) and sample quality.
 
     Everything runs on the run's own :class:`~nonnormal.diffusion.Diffusion` (its schedule, laws,
@@ -93,8 +107,8 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     in the feature space of the dataset's classifier (:mod:`nonnormal.metrics.features`).
     """
     from . import ode
-    from .metrics import features as quality_lib
     from .diffusion import Diffusion
+    from .metrics import features as quality_lib
     from .runs import load_data, load_run
 
     if sampler not in SAMPLERS:
@@ -114,10 +128,21 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     dtype = next(model.parameters()).dtype
     x = x.to(device, dtype)
     g = torch.Generator(device).manual_seed(seed)
-    out: dict = {"q": d["q"], "p": d["p"], "dataset": data.name, "T": diffusion.T, "rule": d["rule"],
-                 "schedule": diffusion.schedule.spec, "spacing": diffusion.spacing, "sampler": sampler,
-                 "ode_method": ode_method, "ode_steps": ode_options["steps"], "step": state["step"],
-                 "train_seconds": state["train_seconds"], "n_test": x.shape[0]}
+    out: dict = {
+        "q": d["q"],
+        "p": d["p"],
+        "dataset": data.name,
+        "T": diffusion.T,
+        "rule": d["rule"],
+        "schedule": diffusion.schedule.spec,
+        "spacing": diffusion.spacing,
+        "sampler": sampler,
+        "ode_method": ode_method,
+        "ode_steps": ode_options["steps"],
+        "step": state["step"],
+        "train_seconds": state["train_seconds"],
+        "n_test": x.shape[0],
+    }
 
     def draw(n: int) -> torch.Tensor:
         shape = (n,) + tuple(x.shape[1:])
@@ -129,8 +154,13 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
         logp, nfe = diffusion.log_likelihood(model, x, generator=g, **ode_options)
         nll = -logp.cpu() / x[0].numel()
         xs = draw(n_samples or x.shape[0]).cpu()
-        out.update(nll_ode=float(nll.mean()), nll_ode_se=_se(nll), ode_nfe=nfe,
-                   energy_distance=energy_distance(xs, x.cpu()), sliced_wasserstein=sliced_wasserstein(xs, x.cpu(), seed=seed))
+        out.update(
+            nll_ode=float(nll.mean()),
+            nll_ode_se=_se(nll),
+            ode_nfe=nfe,
+            energy_distance=energy_distance(xs, x.cpu()),
+            sliced_wasserstein=sliced_wasserstein(xs, x.cpu(), seed=seed),
+        )
         return out
     t0 = time.perf_counter()
     bpd, nfe = [], 0
@@ -143,13 +173,17 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
     t0 = time.perf_counter()
     parts: dict[str, list] = {}
     for xb in tqdm(list(_batches(x, batch)), desc="bound", disable=not progress, leave=False):
-        for k, v in diffusion.bound_bits_per_dim(model, xb, data.levels, generator=g,
-                                                 dequantized=cfg["data"]["dequantize"]).items():
+        for k, v in diffusion.bound_bits_per_dim(
+            model, xb, data.levels, generator=g, dequantized=cfg["data"]["dequantize"]
+        ).items():
             parts.setdefault(k, []).append(v.cpu())
     total = torch.cat(parts["total"])
-    out.update(bpd_bound=float(total.mean()), bpd_bound_se=_se(total),
-               bound_parts={k: float(torch.cat(v).mean()) for k, v in parts.items() if k != "total"},
-               bound_seconds=time.perf_counter() - t0)
+    out.update(
+        bpd_bound=float(total.mean()),
+        bpd_bound_se=_se(total),
+        bound_parts={k: float(torch.cat(v).mean()) for k, v in parts.items() if k != "total"},
+        bound_seconds=time.perf_counter() - t0,
+    )
     if quality and data.labels("train") is not None:
         from .data import levels_to_unit, unit_to_levels
 
@@ -159,6 +193,12 @@ def evaluate_run(run, device="cpu", n_test: int | None = None, n_samples: int | 
         xs = levels_to_unit(unit_to_levels(draw(n).cpu(), data.levels), data.levels).float()  # onto the levels
         real, fake = features(data.unit("test")), features(xs)
         kid, kid_std = quality_lib.kernel_distance(real, fake, seed=seed)
-        out.update(fd=quality_lib.frechet_distance(real, fake), kid=kid, kid_std=kid_std, n_samples=n,
-                   classifier_accuracy=features.test_accuracy, quality_seconds=time.perf_counter() - t0)
+        out.update(
+            fd=quality_lib.frechet_distance(real, fake),
+            kid=kid,
+            kid_std=kid_std,
+            n_samples=n,
+            classifier_accuracy=features.test_accuracy,
+            quality_seconds=time.perf_counter() - t0,
+        )
     return out

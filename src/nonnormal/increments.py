@@ -69,6 +69,7 @@ class IncrementLaw:
         ``("power", k, c)`` (``-log p ~ c |z|^k``, c None if unknown), ``("dexp", c)``
         (``-log p ~ exp(c |z|)``) or None (unknown). The default reads ``support``,
         ``moment_bound`` and ``tail_exponent``."""
+
         def side(end):
             if math.isfinite(end):
                 return ("bounded",)
@@ -77,6 +78,7 @@ class IncrementLaw:
             if self.tail_exponent is not None and self.tail_exponent > 0:
                 return ("power", self.tail_exponent, None)
             return None
+
         return side(self.support[0]), side(self.support[1])
 
     def __repr__(self) -> str:
@@ -97,7 +99,9 @@ class IncrementLaw:
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         raise NonnormalError(f"law {self.spec!r} has no density: pick a law with a density for this use")
 
-    def sample(self, shape: Sequence[int], generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+    def sample(
+        self, shape: Sequence[int], generator: torch.Generator | None = None, device=None, dtype=None
+    ) -> torch.Tensor:
         """``shape`` draws, as ``icdf`` of :func:`uniforms` (so a seed couples all laws)."""
         return self.icdf(uniforms(shape, generator, device)).to(dtype or torch.get_default_dtype())
 
@@ -252,8 +256,14 @@ class StudentT(_ScipyQuantiles):
     name, tail_exponent = "student_t", 0.0
 
     def __init__(self, nu: float = 5.0):
-        nu = bounded_parameter("student_t", "nu", nu, 4.0, 1e300,
-                        "nu > 4 gives the finite fourth moment the invariance theorem assumes (use nu=5 or more); nu = inf is the gaussian law")
+        nu = bounded_parameter(
+            "student_t",
+            "nu",
+            nu,
+            4.0,
+            1e300,
+            "nu > 4 gives the finite fourth moment the invariance theorem assumes (use nu=5 or more); nu = inf is the gaussian law",
+        )
         from scipy.special import betaln
 
         self.nu = nu
@@ -297,13 +307,20 @@ class GeneralizedNormal(_ScipyQuantiles):
     kinks = (0.0,)
 
     def __init__(self, beta: float = 1.5):
-        beta = bounded_parameter("gennorm", "beta", beta, 0.2, 20.0,
-                          "beta -> inf is the uniform law (use uniform); e.g. beta=1.5", closed=True)
+        beta = bounded_parameter(
+            "gennorm",
+            "beta",
+            beta,
+            0.2,
+            20.0,
+            "beta -> inf is the uniform law (use uniform); e.g. beta=1.5",
+            closed=True,
+        )
         self.beta = beta
         self.tail_exponent = beta
         lg1, lg3, lg5 = (math.lgamma(k / beta) for k in (1, 3, 5))
         self.alpha = math.exp(0.5 * (lg1 - lg3))
-        self._tails = _power(beta, self.alpha ** -beta)
+        self._tails = _power(beta, self.alpha**-beta)
         self.fourth_moment = math.exp(lg5 + lg1 - 2 * lg3)
         self._log_norm = math.log(beta / (2 * self.alpha)) - lg1
         self.breaks = (-self.alpha, self.alpha) if beta > 2 else ()  # the shoulders of a flat-topped density
@@ -361,14 +378,16 @@ def check_law(law: IncrementLaw, tol: float = 2e-3) -> IncrementLaw:
     if fm is None:
         raise NonnormalError(
             f"law {law.spec!r} does not set fourth_moment (E z^4, which the invariance theorem needs finite; "
-            f"its quantiles give about {float((z ** 4).mean()):.4g}): set fourth_moment on its class"
+            f"its quantiles give about {float((z**4).mean()):.4g}): set fourth_moment on its class"
         )
     if not math.isfinite(fm):
         raise NonnormalError(
             f"law {law.spec!r} has no finite fourth moment, which the invariance theorem needs: choose a lighter-tailed law"
         )
     if law.symmetric and not torch.allclose(z, -law.icdf(1 - u), atol=1e-6, rtol=1e-6):
-        raise NonnormalError(f"law {law.spec!r} says it is symmetric but icdf(u) != -icdf(1 - u): set symmetric = False")
+        raise NonnormalError(
+            f"law {law.spec!r} says it is symmetric but icdf(u) != -icdf(1 - u): set symmetric = False"
+        )
     mean, var = float(z.mean()), float((z * z).mean())
     if not (abs(mean) < tol and abs(var - 1) < 5 * tol):
         raise NonnormalError(
@@ -390,7 +409,9 @@ _CHECKED: set[tuple[type, str]] = set()
 def _named(law, name: str, params: dict | None = None) -> IncrementLaw:
     """The law, named (and so specified) by the name it is registered under and its parameters."""
     if not isinstance(law, IncrementLaw):
-        raise NonnormalError(f"the factory of increment law {name!r} returned {type(law).__name__}, not an IncrementLaw")
+        raise NonnormalError(
+            f"the factory of increment law {name!r} returned {type(law).__name__}, not an IncrementLaw"
+        )
     if law.name != name:
         law.name = name
     if params and not law.params:
@@ -408,7 +429,9 @@ def register(name: str, factory: Callable[..., IncrementLaw], *, overwrite: bool
     law (it never gets the built-in's closed forms).
     """
     if name in _BUILTIN and overwrite:
-        raise NonnormalError(f"{name!r} is a built-in increment law and cannot be replaced: register yours under another name")
+        raise NonnormalError(
+            f"{name!r} is a built-in increment law and cannot be replaced: register yours under another name"
+        )
     if ":" in name or "=" in name or not name.strip():
         raise NonnormalError(f"bad increment law name {name!r}: use letters, digits and underscores")
     try:

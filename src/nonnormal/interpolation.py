@@ -61,7 +61,7 @@ class HermiteTable:
         return torch.where(x < xs[0], ds[0].expand_as(x), torch.where(x > xs[-1], ds[-1].expand_as(x), inside))
 
     @classmethod
-    def spline(cls, x, y, even: bool = False) -> "HermiteTable":
+    def spline(cls, x, y, even: bool = False) -> HermiteTable:
         """The C2 cubic spline through ``(x, y)`` as a Hermite table (scipy's not-a-knot ends).
 
         ``even``: the nodes start at 0 and the function is even, so the slope at 0 is clamped

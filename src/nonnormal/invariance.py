@@ -15,8 +15,14 @@ from .metrics.distances import wasserstein1_to_gaussian
 from .walk import StructuredRandomWalk
 
 
-def invariance_study(laws=("laplace", "uniform", "rademacher"), steps=(4, 16, 64, 256), schedule="vdm",
-                     paths: int = 200_000, seed: int = 0, progress: bool = False) -> dict[str, dict[int, float]]:
+def invariance_study(
+    laws=("laplace", "uniform", "rademacher"),
+    steps=(4, 16, 64, 256),
+    schedule="vdm",
+    paths: int = 200_000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, dict[int, float]]:
     """``{law: {T: W1}}``: forward walks from fixed data against their exact Gaussian marginal.
 
     The walk starts from 16 fixed data values in [-1, 1] (``paths`` walks in all) and takes the

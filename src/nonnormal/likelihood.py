@@ -19,9 +19,16 @@ from .losses import StepKLLoss
 
 
 @torch.no_grad()
-def bound_bits_per_dim(eps_model, x: torch.Tensor, levels: int, loss: StepKLLoss, *,
-                       generator: torch.Generator | None = None, progress: bool = False,
-                       dequantized: bool = False) -> dict[str, torch.Tensor]:
+def bound_bits_per_dim(
+    eps_model,
+    x: torch.Tensor,
+    levels: int,
+    loss: StepKLLoss,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    dequantized: bool = False,
+) -> dict[str, torch.Tensor]:
     """The discrete bound of Eq. 5 in bits/dim per example, with its three parts.
 
     ``prior``: ``KL(q(x_1 | x) || N(0, I))``; ``diffusion``: ``sum_k L_k`` over the loss's steps

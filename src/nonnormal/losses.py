@@ -35,8 +35,16 @@ class StepKLLoss:
     ``T * D * K(0)``: it does not move the gradients, but it is part of the bound.
     """
 
-    def __init__(self, schedule="vdm", T: int = 1000, q="gaussian", p="gaussian", rule: str = "posterior", *,
-                 spacing: str = "uniform"):
+    def __init__(
+        self,
+        schedule="vdm",
+        T: int = 1000,
+        q="gaussian",
+        p="gaussian",
+        rule: str = "posterior",
+        *,
+        spacing: str = "uniform",
+    ):
         self.walk = StructuredRandomWalk(schedule, T, p, spacing=spacing)  # the model's walk: grid and reverse rule
         self.divergence = divergence(q, p)  # K(u) for the pair
         self.rule = check_rule(rule)  # "posterior" (VDM/DDPM) or "euler" (the paper's)
@@ -49,7 +57,9 @@ class StepKLLoss:
         k = torch.randint(self.first, self.T, (shape[0],), generator=generator, device=device)
         return k, torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None) -> torch.Tensor:
+    def __call__(
+        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None
+    ) -> torch.Tensor:
         """One-k estimate of ``sum_k L_k`` per example; ``noise``: a :meth:`draw` to use instead of drawing."""
         k, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
         return (self.T - self.first) * self.term(eps_model, x0, k, eps)
@@ -84,7 +94,9 @@ class ContinuousTimeLoss:
         t = s.t_min + (1 - s.t_min) * torch.rand(shape[0], generator=generator, device=device, dtype=torch.float64)
         return t, torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    def __call__(self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None) -> torch.Tensor:
+    def __call__(
+        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None
+    ) -> torch.Tensor:
         """One-t estimate per example; ``noise``: a :meth:`draw` to use instead of drawing."""
         s = self.schedule
         t, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)

@@ -53,16 +53,19 @@ def check_tolerance(name: str, value) -> float:
     return float(value)
 
 
-def check_options(method: str = "dopri5", steps: int | None = None, rtol: float = 1e-5,
-                  atol: float = 1e-5) -> tuple[str, int | None, float, float]:
+def check_options(
+    method: str = "dopri5", steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5
+) -> tuple[str, int | None, float, float]:
     """Validated ``(method, steps, rtol, atol)``; a fixed-step method without steps gets ``DEFAULT_STEPS``."""
     if not isinstance(method, str) or method not in methods():
         raise NonnormalError(f"unknown ODE method {method!r}: choose one of {', '.join(methods())}")
     rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     if not is_fixed_step(method):
         if steps is not None:
-            raise NonnormalError(f"{method} chooses its own steps (set rtol/atol); a step count goes with a "
-                                 "fixed-step method such as heun, euler or rk4")
+            raise NonnormalError(
+                f"{method} chooses its own steps (set rtol/atol); a step count goes with a "
+                "fixed-step method such as heun, euler or rk4"
+            )
         return method, None, rtol, atol
     steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
@@ -85,8 +88,17 @@ def _rms(x) -> torch.Tensor:
 class ProbabilityFlowODE:
     """The probability-flow ODE of ``eps_model`` under ``schedule``, with its solver settings."""
 
-    def __init__(self, eps_model: Callable, schedule="vdm", *, method: str = "dopri5", steps: int | None = None,
-                 rtol: float = 1e-5, atol: float = 1e-5, spacing: str = "uniform"):
+    def __init__(
+        self,
+        eps_model: Callable,
+        schedule="vdm",
+        *,
+        method: str = "dopri5",
+        steps: int | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        spacing: str = "uniform",
+    ):
         self.eps_model = eps_model  # eps_theta(x, t), t of shape (batch,)
         self.schedule = schedules.get(schedule)  # VP noise schedule
         # torchdiffeq method; steps: fixed-step count (None for adaptive methods); rtol/atol: adaptive tolerances
@@ -127,24 +139,36 @@ class ProbabilityFlowODE:
             t = t.to(torch.float64).clamp(lo, hi)  # adaptive steps probe past the interval's ends
             out = func(t, y)
             if not all(bool(torch.isfinite(o).all()) for o in (out if isinstance(out, tuple) else (out,))):
-                raise NonnormalError(f"the probability-flow velocity is not finite at t = {float(t):.6g}: "
-                                     "the noise model returned NaN or inf")
+                raise NonnormalError(
+                    f"the probability-flow velocity is not finite at t = {float(t):.6g}: "
+                    "the noise model returned NaN or inf"
+                )
             return out
 
         options = None if self.steps is not None else {"norm": _rms}  # one RMS norm over a tuple state
         try:
-            out = odeint(clamped, state, grid, method=ALIASES.get(self.method, self.method), rtol=self.rtol,
-                         atol=self.atol, options=options)
+            out = odeint(
+                clamped,
+                state,
+                grid,
+                method=ALIASES.get(self.method, self.method),
+                rtol=self.rtol,
+                atol=self.atol,
+                options=options,
+            )
         except AssertionError as err:
             if "underflow in dt" not in str(err):
                 raise
-            raise NonnormalError(f"the ODE solver {self.method} failed ({err}): loosen rtol/atol "
-                                 f"(now {self.rtol:g}/{self.atol:g}) or use a fixed-step method") from None
+            raise NonnormalError(
+                f"the ODE solver {self.method} failed ({err}): loosen rtol/atol "
+                f"(now {self.rtol:g}/{self.atol:g}) or use a fixed-step method"
+            ) from None
         return (tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]), nfe
 
     @torch.no_grad()
-    def sample(self, x: torch.Tensor, *, t_end: float | None = None,
-               time_grid: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    def sample(
+        self, x: torch.Tensor, *, t_end: float | None = None, time_grid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
         """Integrate from ``x = x_1`` at t = 1 down to ``t_end`` (default ``t_min``): ``(x_{t_end}, nfe)``.
 
         ``time_grid``: the solver's times (from 1 down), instead of :meth:`time_grid`'s.
@@ -152,13 +176,22 @@ class ProbabilityFlowODE:
         s = self.schedule
         t_end = s.t_min if t_end is None else t_end
         if not s.t_min <= t_end < 1:
-            raise NonnormalError(f"t_end must lie in [t_min, 1) = [{s.t_min:g}, 1), got {t_end!r}: sigma vanishes below t_min")
+            raise NonnormalError(
+                f"t_end must lie in [t_min, 1) = [{s.t_min:g}, 1), got {t_end!r}: sigma vanishes below t_min"
+            )
         grid = self.time_grid(1.0, t_end, x.device) if time_grid is None else time_grid
         return self._solve(lambda t, y: self.velocity(y, t), x, grid)
 
-    def log_likelihood(self, x: torch.Tensor, *, trace: str = "auto", generator: torch.Generator | None = None,
-                       prior: Callable | None = None, t_end: float | None = None,
-                       time_grid: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    def log_likelihood(
+        self,
+        x: torch.Tensor,
+        *,
+        trace: str = "auto",
+        generator: torch.Generator | None = None,
+        prior: Callable | None = None,
+        t_end: float | None = None,
+        time_grid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, int]:
         """``log p(x)`` in nats per example, and the number of model calls.
 
         Integrates ``(x_t, delta_t)`` from ``t_min`` to ``t_end`` (default 1) with ``d delta/dt = div v``;

@@ -68,16 +68,22 @@ def load_one(spec: str) -> str:
     except NonnormalError:
         raise
     except SystemExit as err:
-        raise NonnormalError(f"plugin {canonical!r} exited on import (SystemExit {err.code!r}): a plugin must only "
-                             "register laws, schedules or networks") from None
+        raise NonnormalError(
+            f"plugin {canonical!r} exited on import (SystemExit {err.code!r}): a plugin must only "
+            "register laws, schedules or networks"
+        ) from None
     except ModuleNotFoundError as err:
         if err.name and canonical.split(".")[0] == err.name.split(".")[0]:
-            raise NonnormalError(f"plugin module {canonical!r} not found: install it, add its folder to PYTHONPATH, "
-                                 f"or pass the path of its .py file") from None
+            raise NonnormalError(
+                f"plugin module {canonical!r} not found: install it, add its folder to PYTHONPATH, "
+                f"or pass the path of its .py file"
+            ) from None
         raise NonnormalError(f"plugin {canonical!r} failed to import: it needs the module {err.name!r}") from None
     except Exception as err:
         first = (str(err).splitlines() or [""])[0][:200]
-        raise NonnormalError(f"plugin {canonical!r} failed on import ({type(err).__name__}: {first}): fix the plugin") from None
+        raise NonnormalError(
+            f"plugin {canonical!r} failed on import ({type(err).__name__}: {first}): fix the plugin"
+        ) from None
     _LOADED[spec] = canonical
     return canonical
 
@@ -110,7 +116,9 @@ def load_entry_points() -> list[str]:
             raise
         except Exception as err:
             first = (str(err).splitlines() or [""])[0][:200]
-            raise NonnormalError(f"the installed plugin {ep.name!r} ({ep.value}) failed to load "
-                                 f"({type(err).__name__}: {first}): update or uninstall it") from None
+            raise NonnormalError(
+                f"the installed plugin {ep.name!r} ({ep.value}) failed to load "
+                f"({type(err).__name__}: {first}): update or uninstall it"
+            ) from None
         names.append(ep.name)
     return names

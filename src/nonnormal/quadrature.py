@@ -11,7 +11,7 @@ integrated, not cut off. Used by :mod:`nonnormal.divergences` for ``K(u)`` and `
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -21,7 +21,7 @@ T_MAX = 3.5  # tanh-sinh: nodes down to 1e-20 of the piece's length from its end
 X_FAR = 1e300  # exp-sinh tails reach this far
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tanh_sinh(h: float, tmax: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nodes of a unit piece as (near_left, d, w): the node lies a fraction ``d`` of the length
     from its nearer end (from the left end where ``near_left``), with weight ``w`` per unit length."""
@@ -32,7 +32,7 @@ def _tanh_sinh(h: float, tmax: float) -> tuple[torch.Tensor, torch.Tensor, torch
     return t < 0, d, w
 
 
-@lru_cache(maxsize=None)
+@cache
 def _exp_sinh(h: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes of ``[0, inf)`` as distances ``d`` with weights ``w``."""
     thi = math.asinh(2 / math.pi * math.log(X_FAR / scale))
@@ -43,8 +43,16 @@ def _exp_sinh(h: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     return d, w
 
 
-def integrate(f, points: torch.Tensor, lo: float = -math.inf, hi: float = math.inf, *, shift: torch.Tensor | None = None,
-              h: float = H, tmax: float = T_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+def integrate(
+    f,
+    points: torch.Tensor,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    shift: torch.Tensor | None = None,
+    h: float = H,
+    tmax: float = T_MAX,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``int_lo^hi f(x) dx`` per row, split at ``points`` (shape (n, k), finite, any order).
 
     ``f`` maps x of shape (n, m) to values of shape (..., n, m); with ``shift`` (shape (n,)) it is

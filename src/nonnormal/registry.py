@@ -41,7 +41,9 @@ def bounded_parameter(owner: str, key: str, value, lo: float, hi: float, hint: s
     except (TypeError, ValueError):
         raise NonnormalError(f"{owner} parameter {key} must be a number, got {value!r}") from None
     if not ((lo <= v if closed else lo < v) and v <= hi):
-        raise NonnormalError(f"{owner} needs {lo:g} {'<=' if closed else '<'} {key} <= {hi:g} (got {key}={v:g}): {hint}")
+        raise NonnormalError(
+            f"{owner} needs {lo:g} {'<=' if closed else '<'} {key} <= {hi:g} (got {key}={v:g}): {hint}"
+        )
     return v
 
 

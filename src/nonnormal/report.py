@@ -54,7 +54,7 @@ def image_grid(x, nrow: int, pad: int = 1, scale: int = 1):
     pix = np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     for i in range(n):
         r, c = divmod(i, nrow)
-        grid[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = pix[i]
+        grid[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = pix[i]
     grid = grid.repeat(scale, 0).repeat(scale, 1)
     return grid[..., 0] if C == 1 else grid
 
@@ -67,7 +67,7 @@ def save_grid(x, path: str | Path, nrow: int = 8) -> None:
     Image.fromarray(image_grid(x, nrow, scale=max(1, 64 // H))).save(path)
 
 
-def plot_scatter(clouds: dict[str, "object"], path: str | Path, title: str = "") -> None:
+def plot_scatter(clouds: dict[str, object], path: str | Path, title: str = "") -> None:
     """2-D point clouds, one colour each (the first drawn last, on top)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
@@ -82,7 +82,7 @@ def plot_scatter(clouds: dict[str, "object"], path: str | Path, title: str = "")
     plt.close(fig)
 
 
-def plot_sample_rows(rows: dict[str, "object"], path: str | Path, title: str = "") -> None:
+def plot_sample_rows(rows: dict[str, object], path: str | Path, title: str = "") -> None:
     """Figure 1: one row of samples per (q, p) pair, the same seeds in every column."""
     plt = _plt()
     n = len(rows)
@@ -117,8 +117,9 @@ def plot_loss_curves(curves: dict[str, list[tuple[int, float]]], path: str | Pat
     plt.close(fig)
 
 
-def html_report(title: str, intro: str, table_md_rows: list[dict], columns: list[str], images: dict[str, Path],
-                notes: list[str]) -> str:
+def html_report(
+    title: str, intro: str, table_md_rows: list[dict], columns: list[str], images: dict[str, Path], notes: list[str]
+) -> str:
     """One self-contained HTML page: the table, then each image (embedded as base64 PNG)."""
     import base64
     import html
@@ -130,7 +131,9 @@ def html_report(title: str, intro: str, table_md_rows: list[dict], columns: list
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in table_md_rows)
     figs = "".join(
         f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' src='data:image/png;base64,"
-        f"{base64.b64encode(Path(p).read_bytes()).decode()}'>" for name, p in images.items())
+        f"{base64.b64encode(Path(p).read_bytes()).decode()}'>"
+        for name, p in images.items()
+    )
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
@@ -151,16 +154,30 @@ def provenance() -> dict:
 
     commit = "unknown"
     try:
-        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
+        res = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if res.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             commit = res.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"version": __version__, "commit": commit, "command": " ".join(sys.argv),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "version": __version__,
+        "commit": commit,
+        "command": " ".join(sys.argv),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def _cell(v, digits: int = 4) -> str:
@@ -191,30 +208,40 @@ def latex_table(rows: list[dict], columns: list[str], caption: str = "", units: 
     head = " & ".join(tex(c) + (f" [{tex(units[c])}]" if units and units.get(c) else "") for c in columns)
     body = "\n".join(" & ".join(tex(_cell(r.get(c))) for c in columns) + r" \\" for r in rows)
     cap = f"\\caption{{{tex(caption)}}}\n" if caption else ""
-    return (f"\\begin{{table}}[h]\n\\centering\n{cap}\\begin{{tabular}}{{{'l' * len(columns)}}}\n\\toprule\n"
-            f"{head} \\\\\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n\\end{{table}}\n")
+    return (
+        f"\\begin{{table}}[h]\n\\centering\n{cap}\\begin{{tabular}}{{{'l' * len(columns)}}}\n\\toprule\n"
+        f"{head} \\\\\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n\\end{{table}}\n"
+    )
 
 
 def html_page(title: str, sections: list[tuple[str, str]], meta: dict | None = None) -> str:
     """A self-contained page from ``(heading, html)`` sections, with a provenance block at the end."""
     import html
 
-    style = ("body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}"
-             "img{max-width:100%;image-rendering:pixelated}pre{background:#f4f4f4;padding:1em;overflow-x:auto}")
+    style = (
+        "body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}"
+        "img{max-width:100%;image-rendering:pixelated}pre{background:#f4f4f4;padding:1em;overflow-x:auto}"
+    )
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
     if meta:
         body += "<h2>Provenance</h2><pre>" + html.escape(json.dumps(meta, indent=1, default=str)) + "</pre>"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
 
 
 def html_table(rows: list[dict], columns: list[str], units: dict[str, str] | None = None) -> str:
     import html
 
-    head = "".join(f"<th>{html.escape(c)}{'<br><small>' + html.escape(units[c]) + '</small>' if units and units.get(c) else ''}</th>"
-                   for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+    head = "".join(
+        f"<th>{html.escape(c)}{'<br><small>' + html.escape(units[c]) + '</small>' if units and units.get(c) else ''}</th>"
+        for c in columns
+    )
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -225,8 +252,13 @@ def html_image(path: str | Path, alt: str = "") -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}'>"
 
 
-def plot_metric_vs_T(series: dict[str, dict[str, dict[int, list[float]]]], metrics: list[str], path: str | Path,
-                     title: str = "", units: dict[str, str] | None = None) -> None:
+def plot_metric_vs_T(
+    series: dict[str, dict[str, dict[int, list[float]]]],
+    metrics: list[str],
+    path: str | Path,
+    title: str = "",
+    units: dict[str, str] | None = None,
+) -> None:
     """Each metric against the step count, one line per label (the same colour in every panel), with a
     band over seeds (min to max): ``series[metric][label] = {T: [value per seed]}``."""
     import numpy as np
@@ -245,7 +277,9 @@ def plot_metric_vs_T(series: dict[str, dict[str, dict[int, list[float]]]], metri
             mean = [float(np.mean(by_T[T])) for T in Ts]
             lo = [float(np.min(by_T[T])) for T in Ts]
             hi = [float(np.max(by_T[T])) for T in Ts]
-            ax.plot(Ts, mean, "--" if label.startswith("ODE") else "-", marker="o", ms=3, color=colours[label], label=label)
+            ax.plot(
+                Ts, mean, "--" if label.startswith("ODE") else "-", marker="o", ms=3, color=colours[label], label=label
+            )
             ax.fill_between(Ts, lo, hi, color=colours[label], alpha=0.15, lw=0)
         ax.set_xscale("log")
         ax.set_xticks(Ts_all, [str(T) for T in Ts_all])
@@ -255,8 +289,10 @@ def plot_metric_vs_T(series: dict[str, dict[str, dict[int, list[float]]]], metri
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=colours[label], ls="--" if label.startswith("ODE") else "-", marker="o", ms=3)
-               for label in labels]
+    handles = [
+        plt.Line2D([], [], color=colours[label], ls="--" if label.startswith("ODE") else "-", marker="o", ms=3)
+        for label in labels
+    ]
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(title or "Metrics against the number of steps (band: min to max over seeds)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(labels) / 4), 1, 1))
@@ -264,10 +300,17 @@ def plot_metric_vs_T(series: dict[str, dict[str, dict[int, list[float]]]], metri
     plt.close(fig)
 
 
-UNITS = {"bpd_ode": "bits/dim", "bpd_bound": "bits/dim", "fd": "classifier-feature FD", "kid": "MMD^2",
-         "saturation": "share at extreme levels", "smoothness": "total variation, lower = smoother",
-         "hf_power": "power share above 1/4 cycle/px", "hist_distance": "TV distance of pixel histograms",
-         "train_seconds": "s"}
+UNITS = {
+    "bpd_ode": "bits/dim",
+    "bpd_bound": "bits/dim",
+    "fd": "classifier-feature FD",
+    "kid": "MMD^2",
+    "saturation": "share at extreme levels",
+    "smoothness": "total variation, lower = smoother",
+    "hf_power": "power share above 1/4 cycle/px",
+    "hist_distance": "TV distance of pixel histograms",
+    "train_seconds": "s",
+}
 
 
 def summarize(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dict]:
@@ -296,10 +339,22 @@ def comparison_rows(comparisons: list[dict]) -> list[dict]:
     flat = []
     for c in comparisons:
         for r in c["rows"]:
-            flat.append({"T_train": c["T_train"], "T_sample": c.get("T_sample"), "model": c.get("pair", ""),
-                         "metric": c["metric"], "vs": c["reference"], "which": r["pair"], "n": r["n"],
-                         "diff": r["diff"], "lo": r["lo"], "hi": r["hi"], "dof": c["dof"],
-                         "verdict": "exact" if r.get("exact") else words(r)})
+            flat.append(
+                {
+                    "T_train": c["T_train"],
+                    "T_sample": c.get("T_sample"),
+                    "model": c.get("pair", ""),
+                    "metric": c["metric"],
+                    "vs": c["reference"],
+                    "which": r["pair"],
+                    "n": r["n"],
+                    "diff": r["diff"],
+                    "lo": r["lo"],
+                    "hi": r["hi"],
+                    "dof": c["dof"],
+                    "verdict": "exact" if r.get("exact") else words(r),
+                }
+            )
     return flat
 
 
@@ -310,8 +365,14 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     out = Path(out)
     meta = {**provenance(), "dataset": result["dataset"], "plan": result["plan"], "seconds": result["seconds"]}
     slim = [{k: v for k, v in r.items() if not k.endswith("_images")} for r in result["rows"]]
-    payload = {"provenance": meta, "config": config, "units": UNITS, "findings": result["findings"], "rows": slim,
-               "comparisons": result["comparisons"]}
+    payload = {
+        "provenance": meta,
+        "config": config,
+        "units": UNITS,
+        "findings": result["findings"],
+        "rows": slim,
+        "comparisons": result["comparisons"],
+    }
     write_atomic(out / "study.json", (json.dumps(payload, indent=1, default=str) + "\n").encode())
     metrics = ["bpd_ode", "bpd_bound", "fd", "kid", "saturation", "smoothness", "hf_power", "hist_distance"]
     keys = ["pair", "T_train", "sampler", "T_sample", "law_sample"]
@@ -325,8 +386,11 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     from .study import own_T_sample
 
     for r in slim:
-        own = (r["sampler"] == "walk" and r["law_sample"] == r["p"]
-               and r["T_sample"] == own_T_sample(result["plan"]["T_sample"], r["T_train"]))
+        own = (
+            r["sampler"] == "walk"
+            and r["law_sample"] == r["p"]
+            and r["T_sample"] == own_T_sample(result["plan"]["T_sample"], r["T_train"])
+        )
         label = r["pair"] if own else (f"ODE ({r['weights_from']})" if r["sampler"] == "ode" else None)
         if label is None or (label, r["T_train"], r["seed"]) in seen:  # pairs sharing weights share one ODE line
             continue
@@ -336,7 +400,9 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
                 series.setdefault(m, {}).setdefault(label, {}).setdefault(r["T_train"], []).append(r[m])
     files = ["study.json", "study.md", "study.html", "table.tex", "metrics_vs_T.png"]
     tmp = out / ".metrics_vs_T.tmp.png"
-    plot_metric_vs_T(series, metrics[:6], tmp, f"{result['dataset']}: metrics against T (band: min-max over seeds)", UNITS)
+    plot_metric_vs_T(
+        series, metrics[:6], tmp, f"{result['dataset']}: metrics against T (band: min-max over seeds)", UNITS
+    )
     tmp.replace(out / "metrics_vs_T.png")
     for T, rows in figures.items():
         tmp = out / f".figure1-T{T}.tmp.png"
@@ -344,18 +410,32 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         tmp.replace(out / f"figure1-T{T}.png")
         files.append(f"figure1-T{T}.png")
     md = [f"# Study: {result['dataset']}", "", "## Findings", ""] + [f"- {f}" for f in result["findings"]]
-    md += ["", "## Rows (mean and sd over seeds)", "", markdown_table(table, columns, UNITS),
-           "## Seed-paired comparisons", "", markdown_table(flat, flat_cols),
-           f"_nonnormal {meta['version']}, commit {meta['commit']}; command: `{meta['command']}`_", ""]
+    md += [
+        "",
+        "## Rows (mean and sd over seeds)",
+        "",
+        markdown_table(table, columns, UNITS),
+        "## Seed-paired comparisons",
+        "",
+        markdown_table(flat, flat_cols),
+        f"_nonnormal {meta['version']}, commit {meta['commit']}; command: `{meta['command']}`_",
+        "",
+    ]
     write_atomic(out / "study.md", "\n".join(md).encode())
-    write_atomic(out / "table.tex", latex_table(table, columns, f"Study on {result['dataset']}: mean over seeds", UNITS).encode())
+    write_atomic(
+        out / "table.tex", latex_table(table, columns, f"Study on {result['dataset']}: mean over seeds", UNITS).encode()
+    )
     import html as html_lib
 
-    sections = [("Findings", "<ul>" + "".join(f"<li>{html_lib.escape(f)}</li>" for f in result["findings"]) + "</ul>"),
-                ("Metrics against T", html_image(out / "metrics_vs_T.png", "metrics vs T"))]
+    sections = [
+        ("Findings", "<ul>" + "".join(f"<li>{html_lib.escape(f)}</li>" for f in result["findings"]) + "</ul>"),
+        ("Metrics against T", html_image(out / "metrics_vs_T.png", "metrics vs T")),
+    ]
     sections += [(f"Figure 1 at T={T}", html_image(out / f"figure1-T{T}.png", f"figure 1 T={T}")) for T in figures]
-    sections += [("Rows (mean and sd over seeds)", html_table(table, columns, UNITS)),
-                 ("Seed-paired comparisons", html_table(flat, flat_cols)),
-                 ("Config", "<pre>" + html_lib.escape(json.dumps(config, indent=1)) + "</pre>")]
+    sections += [
+        ("Rows (mean and sd over seeds)", html_table(table, columns, UNITS)),
+        ("Seed-paired comparisons", html_table(flat, flat_cols)),
+        ("Config", "<pre>" + html_lib.escape(json.dumps(config, indent=1)) + "</pre>"),
+    ]
     write_atomic(out / "study.html", html_page(f"nonnormal study: {result['dataset']}", sections, meta).encode())
     return files

@@ -54,6 +54,7 @@ def warn(message: str) -> None:
 
 # ---- files -------------------------------------------------------------------------------------
 
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -130,6 +131,7 @@ def truncate_metrics(run: Path, step: int) -> None:
 
 # ---- the folder: ours or not, one writer -------------------------------------------------------
 
+
 def is_run(run: Path) -> bool:
     return (run / LOCK).is_file() or (run / _LEGACY).is_file() or bool(checkpoints(run))
 
@@ -145,8 +147,9 @@ def open_run(run: str | Path) -> int:
         if run.exists() and not run.is_dir():
             raise NonnormalError(f"--out {str(run)!r} is a file: give a folder")
         if run.is_dir() and not is_run(run) and any(run.iterdir()):
-            raise NonnormalError(f"{run} is not empty and is not a nonnormal run (it has no {LOCK}): give a new or "
-                                 "empty folder as --out")
+            raise NonnormalError(
+                f"{run} is not empty and is not a nonnormal run (it has no {LOCK}): give a new or empty folder as --out"
+            )
         run.mkdir(parents=True, exist_ok=True)
         fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
@@ -156,8 +159,10 @@ def open_run(run: str | Path) -> int:
     except OSError as err:
         os.close(fd)
         if err.errno in (errno.EAGAIN, errno.EACCES):
-            raise NonnormalError(f"{run} is being trained by another process (it holds {run / LOCK}): wait for it "
-                                 "to end, or give another --out") from None
+            raise NonnormalError(
+                f"{run} is being trained by another process (it holds {run / LOCK}): wait for it "
+                "to end, or give another --out"
+            ) from None
         raise NonnormalError(f"cannot lock {run / LOCK}: {_why(err)}") from None
     try:
         if os.fstat(fd).st_size == 0:
@@ -177,6 +182,7 @@ def release(fd: int | None) -> None:
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
+
 
 def checkpoints(run: str | Path) -> list[Path]:
     """The run's checkpoint files, newest first (an old-format ``checkpoint.safetensors`` last)."""
@@ -240,8 +246,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         if meta["format"] == FORMAT and _digest(tensors) != state.get("sha256"):
             raise ValueError("its tensors do not match the sha256 it recorded")
     except Exception as err:  # noqa: BLE001 -- safetensors raises its own types on truncated or garbled files
-        raise NonnormalError(f"checkpoint {path} is corrupt or unreadable ({str(err).strip().splitlines()[0][:120]}): "
-                             "restore it or retrain the run") from None
+        raise NonnormalError(
+            f"checkpoint {path} is corrupt or unreadable ({str(err).strip().splitlines()[0][:120]}): "
+            "restore it or retrain the run"
+        ) from None
     return tensors, state
 
 
@@ -286,6 +294,7 @@ def saved_config(run: str | Path) -> dict | None:
 
 # ---- what a run is made of, and its tensors ------------------------------------------------------
 
+
 def load_data(cfg: dict):
     """The run's dataset (:func:`nonnormal.data.load` of ``cfg["data"]``)."""
     from . import data
@@ -314,15 +323,21 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path
     for key, v in want.items():
         if key not in tensors:
             what = "EMA weights" if key.startswith("ema.") else "weights"
-            raise NonnormalError(f"checkpoint {where} has no {what} {key} for its config's network: it is incomplete "
-                                 "or from another network; retrain the run")
+            raise NonnormalError(
+                f"checkpoint {where} has no {what} {key} for its config's network: it is incomplete "
+                "or from another network; retrain the run"
+            )
         if tuple(tensors[key].shape) != tuple(v.shape):
-            raise NonnormalError(f"checkpoint {where} does not match its config: {key} has shape "
-                                 f"{tuple(tensors[key].shape)}, the config's network needs {tuple(v.shape)}")
+            raise NonnormalError(
+                f"checkpoint {where} does not match its config: {key} has shape "
+                f"{tuple(tensors[key].shape)}, the config's network needs {tuple(v.shape)}"
+            )
     extra = sorted(k for k in tensors if k.startswith(("model.", "ema.")) and k not in want)
     if extra:
-        raise NonnormalError(f"checkpoint {where} does not match its config: it holds {extra[0]}, which the config's "
-                             "network does not have")
+        raise NonnormalError(
+            f"checkpoint {where} does not match its config: it holds {extra[0]}, which the config's "
+            "network does not have"
+        )
     model.load_state_dict({k[6:]: tensors[k] for k in want if k.startswith("model.")})
     return [tensors[f"ema.{name}"] for name, _ in model.named_parameters()]
 
@@ -330,8 +345,11 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     """The optimizer's per-parameter state as ``opt.<i>.<key>`` tensors, and its param groups (JSON)."""
     sd = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
-               for i, st in sd["state"].items() for k, v in st.items()}
+    tensors = {
+        f"opt.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+        for i, st in sd["state"].items()
+        for k, v in st.items()
+    }
     return tensors, sd["param_groups"]
 
 
@@ -342,8 +360,10 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list, wher
         if name.startswith("opt."):
             _, i, k = name.split(".", 2)
             if int(i) >= len(params) or (v.dim() and v.shape != params[int(i)].shape):
-                raise NonnormalError(f"checkpoint {where} does not match its config: optimizer state {name} does not "
-                                     "fit the network's parameters")
+                raise NonnormalError(
+                    f"checkpoint {where} does not match its config: optimizer state {name} does not "
+                    "fit the network's parameters"
+                )
             state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": groups})
 

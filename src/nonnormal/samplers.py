@@ -34,8 +34,16 @@ def coupled_noise(law, shape, generator: torch.Generator | None, device=None, dt
 
 
 @torch.no_grad()
-def walk_sampler(eps_model: EpsModel, x: torch.Tensor, walk: StructuredRandomWalk, *, rule: str = "posterior",
-                 noise: Callable[[int], torch.Tensor] | None = None, callback=None, progress: bool = False) -> torch.Tensor:
+def walk_sampler(
+    eps_model: EpsModel,
+    x: torch.Tensor,
+    walk: StructuredRandomWalk,
+    *,
+    rule: str = "posterior",
+    noise: Callable[[int], torch.Tensor] | None = None,
+    callback=None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Run the reverse walk from ``x = x_T`` down to ``x_0``:
     ``x_k = c_x x_{k+1} + c_eps eps_theta(x_{k+1}, t_{k+1}) + c_z zeta_k`` for k = T-1, ..., 0.
 
@@ -46,7 +54,9 @@ def walk_sampler(eps_model: EpsModel, x: torch.Tensor, walk: StructuredRandomWal
     noise = noise or coupled_noise(walk.law, x.shape, None, x.device, x.dtype)
     c_x, c_eps, c_z = (c.tolist() for c in walk.reverse_coefficients(check_rule(rule)))
     t = walk.t.tolist()
-    for k in tqdm(range(walk.T - 1, -1, -1), desc=f"sampling ({walk.law.spec}, {rule})", disable=not progress, leave=False):
+    for k in tqdm(
+        range(walk.T - 1, -1, -1), desc=f"sampling ({walk.law.spec}, {rule})", disable=not progress, leave=False
+    ):
         tk = torch.full((x.shape[0],), t[k + 1], device=x.device, dtype=x.dtype)
         eps = eps_model(x, tk).to(x.dtype)
         x = c_x[k] * x + c_eps[k] * eps + c_z[k] * noise(k)

@@ -84,8 +84,10 @@ class Schedule:
         if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
             raise NonnormalError(f"the number of steps T must be a positive integer, got {T!r}: use e.g. T=1000")
         if T > MAX_STEPS:
-            raise NonnormalError(f"T = {T:,} steps is more than {MAX_STEPS:,}: a walk holds several arrays of T "
-                                 "values and loops over every step; use fewer steps")
+            raise NonnormalError(
+                f"T = {T:,} steps is more than {MAX_STEPS:,}: a walk holds several arrays of T "
+                "values and loops over every step; use fewer steps"
+            )
         u = torch.linspace(0.0, 1.0, T + 1, dtype=torch.float64)
         lo = self.t_min
         if spacing == "uniform":
@@ -97,7 +99,9 @@ class Schedule:
         elif spacing == "ddpm":
             N = self.discrete_steps
             if N is not None and T > N:
-                raise NonnormalError(f"the ddpm spacing of {self.spec} has its {N} levels: T must be at most {N}, got {T}")
+                raise NonnormalError(
+                    f"the ddpm spacing of {self.spec} has its {N} levels: T must be at most {N}, got {T}"
+                )
             t = u if N is None else torch.round(u * N) / N
         else:
             raise NonnormalError(f"unknown spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
@@ -190,7 +194,11 @@ class DDPMLinear(Schedule):
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
         c = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-betas), 0)])
         N = self.steps  # node slopes dc/dt: central differences, second-order one-sided at the ends,
-        m = torch.cat([(-3 * c[:1] + 4 * c[1:2] - c[2:3]), c[2:] - c[:-2], (3 * c[-1:] - 4 * c[-2:-1] + c[-3:-2])]) * N / 2
+        m = (
+            torch.cat([(-3 * c[:1] + 4 * c[1:2] - c[2:3]), c[2:] - c[:-2], (3 * c[-1:] - 4 * c[-2:-1] + c[-3:-2])])
+            * N
+            / 2
+        )
         d = (c[1:] - c[:-1]) * N  # kept in [0, 3 x the neighbouring secants] so that c stays increasing
         bound = 3 * torch.minimum(torch.cat([d[:1], d]), torch.cat([d, d[-1:]]))
         self._c, self._m = c, torch.minimum(m.clamp(min=0), bound)
@@ -208,7 +216,12 @@ class DDPMLinear(Schedule):
         i = (t * N).floor().clamp(0, N - 1).long()
         s = t * N - i.to(t.dtype)
         c0, c1, m0, m1 = c[i], c[i + 1], m[i], m[i + 1]
-        value = (2 * s**3 - 3 * s**2 + 1) * c0 + (s**3 - 2 * s**2 + s) * m0 + (3 * s**2 - 2 * s**3) * c1 + (s**3 - s**2) * m1
+        value = (
+            (2 * s**3 - 3 * s**2 + 1) * c0
+            + (s**3 - 2 * s**2 + s) * m0
+            + (3 * s**2 - 2 * s**3) * c1
+            + (s**3 - s**2) * m1
+        )
         slope = (6 * s**2 - 6 * s) * (c0 - c1) + (3 * s**2 - 4 * s + 1) * m0 + (3 * s**2 - 2 * s) * m1
         return value, slope * N
 
@@ -277,8 +290,12 @@ def register(name: str, factory, *, overwrite: bool = False) -> None:
     instance (define ``gamma`` and ``gamma_prime``; set ``name`` to ``name`` so its spec round-trips)."""
     schedule = factory()
     if not isinstance(schedule, Schedule):
-        raise NonnormalError(f"schedule {name!r} must build a nonnormal.schedules.Schedule, got {type(schedule).__name__}")
+        raise NonnormalError(
+            f"schedule {name!r} must build a nonnormal.schedules.Schedule, got {type(schedule).__name__}"
+        )
     if schedule.name != name:
-        raise NonnormalError(f"schedule {name!r} names itself {schedule.name!r}: set its class attribute name = {name!r} "
-                             "so runs record it under the name they look it up by")
+        raise NonnormalError(
+            f"schedule {name!r} names itself {schedule.name!r}: set its class attribute name = {name!r} "
+            "so runs record it under the name they look it up by"
+        )
     _SCHEDULES.register(name, factory, overwrite=overwrite)

@@ -48,8 +48,9 @@ def image_se(per_image: np.ndarray) -> float:
     return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
 
 
-def paired_differences(values: Mapping[str, Mapping[int, float]], reference: str, level: float = LEVEL,
-                       tol: float = 1e-12) -> dict:
+def paired_differences(
+    values: Mapping[str, Mapping[int, float]], reference: str, level: float = LEVEL, tol: float = 1e-12
+) -> dict:
     """Each pair's seed-paired difference from ``reference``, with a t interval from the pooled variance.
 
     ``values[pair][seed]`` is one metric. For each other pair j, ``d_js = values[j][s] - values[ref][s]``
@@ -70,8 +71,7 @@ def paired_differences(values: Mapping[str, Mapping[int, float]], reference: str
         seeds = sorted(set(by_seed) & set(ref))
         if seeds:
             diffs[pair] = np.array([by_seed[s] - ref[s] for s in seeds], dtype=np.float64)
-    exact = {p for p, d in diffs.items()
-             if d.size > 1 and np.ptp(d) <= tol * max(1.0, float(np.abs(d).max()))}
+    exact = {p for p, d in diffs.items() if d.size > 1 and np.ptp(d) <= tol * max(1.0, float(np.abs(d).max()))}
     ss = sum(float(((d - d.mean()) ** 2).sum()) for p, d in diffs.items() if p not in exact)
     dof = sum(d.size - 1 for p, d in diffs.items() if p not in exact)
     pooled = math.sqrt(ss / dof) if dof > 0 else float("nan")
@@ -80,8 +80,13 @@ def paired_differences(values: Mapping[str, Mapping[int, float]], reference: str
     for pair, d in diffs.items():
         row = {"pair": pair, "n": int(d.size), "diff": float(d.mean())}
         if pair in exact:
-            row.update(lo=row["diff"], hi=row["diff"], exact=True,
-                       distinguishable=abs(row["diff"]) > tol, distinguishable_bonferroni=abs(row["diff"]) > tol)
+            row.update(
+                lo=row["diff"],
+                hi=row["diff"],
+                exact=True,
+                distinguishable=abs(row["diff"]) > tol,
+                distinguishable_bonferroni=abs(row["diff"]) > tol,
+            )
         elif dof > 0:
             for key, lev in (("", level), ("_bonferroni", 1 - (1 - level) / max(comparisons, 1))):
                 half = t_quantile(lev, dof) * pooled / math.sqrt(d.size)
@@ -89,15 +94,22 @@ def paired_differences(values: Mapping[str, Mapping[int, float]], reference: str
                     row.update(lo=row["diff"] - half, hi=row["diff"] + half, exact=False)
                 row["distinguishable" + key] = bool(abs(row["diff"]) > half)
         else:
-            row.update(lo=float("nan"), hi=float("nan"), exact=False, distinguishable=None,
-                       distinguishable_bonferroni=None)
+            row.update(
+                lo=float("nan"), hi=float("nan"), exact=False, distinguishable=None, distinguishable_bonferroni=None
+            )
         rows.append(row)
-    return {"rows": rows, "pooled_sd": pooled, "dof": dof, "level": level, "comparisons": comparisons,
-            "reference": reference}
+    return {
+        "rows": rows,
+        "pooled_sd": pooled,
+        "dof": dof,
+        "level": level,
+        "comparisons": comparisons,
+        "reference": reference,
+    }
 
 
 def words(row: dict) -> str:
-    """"distinguishable" / "not distinguishable" / "n/a (one seed)" for a row of :func:`paired_differences`."""
+    """ "distinguishable" / "not distinguishable" / "n/a (one seed)" for a row of :func:`paired_differences`."""
     if row.get("distinguishable") is None:
         return "n/a (one seed)"
     return "distinguishable" if row["distinguishable"] else "not distinguishable"

@@ -51,7 +51,7 @@ class Plan:
     sample_seed: int = 0  # one seed for every sampler setting: coupled samples
     columns: int = 12  # samples per row of the Figure-1 grids
 
-    def check(self) -> "Plan":
+    def check(self) -> Plan:
         from .compare import parse_pairs
 
         parse_pairs(",".join(self.pairs))
@@ -60,7 +60,9 @@ class Plan:
             if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
                 raise NonnormalError(f"study.{name} must be a list of integers, got {v!r}")
             if any(i < (0 if name == "seeds" else 1) for i in v) or (name != "T_sample" and not v):
-                raise NonnormalError(f"study.{name} must be a non-empty list of {'non-negative' if name == 'seeds' else 'positive'} integers, got {v!r}")
+                raise NonnormalError(
+                    f"study.{name} must be a non-empty list of {'non-negative' if name == 'seeds' else 'positive'} integers, got {v!r}"
+                )
             if name != "seeds" and any(i > config_lib.MAX_T for i in v):
                 raise NonnormalError(f"study.{name} holds a step count over {config_lib.MAX_T:,}: lower it")
         for name in ("seeds", "T_train", "T_sample", "laws_sample", "pairs"):
@@ -77,7 +79,9 @@ class Plan:
             if getattr(self, name) < 1:
                 raise NonnormalError(f"study.{name} must be positive, got {getattr(self, name)}")
         if self.n_test < 0 or not (math.isfinite(self.rtol) and self.rtol > 0):
-            raise NonnormalError(f"study.n_test must be >= 0 and study.rtol finite and positive, got {self.n_test}, {self.rtol}")
+            raise NonnormalError(
+                f"study.n_test must be >= 0 and study.rtol finite and positive, got {self.n_test}, {self.rtol}"
+            )
         return self
 
 
@@ -89,7 +93,9 @@ def load_plan(path: str | Path | None, plan_overrides: dict | None = None) -> tu
     known = set(Plan.__dataclass_fields__)
     unknown = sorted(set(table) - known)
     if unknown:
-        raise NonnormalError(f"{path or 'study'}: unknown key study.{unknown[0]}: the keys of [study] are {', '.join(sorted(known))}")
+        raise NonnormalError(
+            f"{path or 'study'}: unknown key study.{unknown[0]}: the keys of [study] are {', '.join(sorted(known))}"
+        )
     defaults = Plan()
     for key, value in table.items():
         want = type(getattr(defaults, key))
@@ -143,15 +149,22 @@ class Study:
                 for pair in plan.pairs:
                     q, p = pair.split("/")
                     tq, tp = _trained_pair(q, p)
-                    extra = [f"diffusion.q={json.dumps(tq)}", f"diffusion.p={json.dumps(tp)}", f"diffusion.T={T}",
-                             f"train.seed={seed}"]
-                    self.configs[(tq, tp, T, seed)] = config_lib.load(None, list(overrides) + extra,
-                                                                      base=copy.deepcopy(run_config))
+                    extra = [
+                        f"diffusion.q={json.dumps(tq)}",
+                        f"diffusion.p={json.dumps(tp)}",
+                        f"diffusion.T={T}",
+                        f"train.seed={seed}",
+                    ]
+                    self.configs[(tq, tp, T, seed)] = config_lib.load(
+                        None, list(overrides) + extra, base=copy.deepcopy(run_config)
+                    )
         first = next(iter(self.configs.values()))
         self.data = data_lib.load(first["data"]["dataset"], seed=first["data"]["split_seed"])
         if self.data.levels is None or len(self.data.shape) != 3:
-            raise NonnormalError(f"a study needs discrete image data (bits/dim, style, sample grids); {self.data.name} "
-                                 "is not: use nonnormal train and eval for low-dimensional data")
+            raise NonnormalError(
+                f"a study needs discrete image data (bits/dim, style, sample grids); {self.data.name} "
+                "is not: use nonnormal train and eval for low-dimensional data"
+            )
         n_test = plan.n_test or None
         self.x_test = self.data.unit("test", n_test)
         if plan.n_samples == 0:
@@ -204,22 +217,31 @@ class Study:
         run = self.model_dir(tq, tp, T, seed)
         device = torch.device("cpu")
         model, cfg, state = load_run(run, device)
-        base = {"metrics_version": METRICS_VERSION, "run": str(run), "step": state["step"], "rtol": self.plan.rtol, "n_test": self.plan.n_test,
-                "n_samples": self.plan.n_samples, "sample_seed": self.plan.sample_seed}
+        base = {
+            "metrics_version": METRICS_VERSION,
+            "run": str(run),
+            "step": state["step"],
+            "rtol": self.plan.rtol,
+            "n_test": self.plan.n_test,
+            "n_samples": self.plan.n_samples,
+            "sample_seed": self.plan.sample_seed,
+        }
         diffusion = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
         L = self.data.levels
         cache = self.out / "cache" / _slug(f"{tq}-{tp}-T{T}-seed{seed}")
 
         def ode_bpd():
             g = torch.Generator().manual_seed(12345)  # same images, dequantization and probes for every model
-            bpd, _ = diffusion.bits_per_dim(model, self.x_test, L, generator=g, trace="hutchinson",
-                                            rtol=self.plan.rtol, atol=self.plan.rtol)
+            bpd, _ = diffusion.bits_per_dim(
+                model, self.x_test, L, generator=g, trace="hutchinson", rtol=self.plan.rtol, atol=self.plan.rtol
+            )
             return bpd.tolist()
 
         def bound_bpd():
             g = torch.Generator().manual_seed(54321)
-            parts = diffusion.bound_bits_per_dim(model, self.x_test, L, generator=g,
-                                                 dequantized=cfg["data"]["dequantize"])
+            parts = diffusion.bound_bits_per_dim(
+                model, self.x_test, L, generator=g, dequantized=cfg["data"]["dequantize"]
+            )
             return parts["total"].tolist()
 
         bpd = self._cached(cache / "bpd_ode.json", base, ode_bpd)
@@ -227,12 +249,26 @@ class Study:
         rows = []
         for setting in settings_of(self.plan, T, p):
             name = _slug(f"samples-{setting['sampler']}-{setting['law_sample']}-T{setting['T_sample']}.json")
-            metrics = self._cached(cache / name, {**base, **setting},
-                                   lambda s=setting: self._sample_metrics(diffusion, model, s))
-            rows.append({"q": q, "p": p, "pair": _label(q, p), "seed": seed, "T_train": T, **setting,
-                         "bpd_ode": float(np.mean(bpd)), "bpd_bound": float(np.mean(bound)),
-                         "bpd_ode_images": bpd, "bpd_bound_images": bound, "train_seconds": state["train_seconds"],
-                         "weights_from": _label(tq, tp), **metrics})
+            metrics = self._cached(
+                cache / name, {**base, **setting}, lambda s=setting: self._sample_metrics(diffusion, model, s)
+            )
+            rows.append(
+                {
+                    "q": q,
+                    "p": p,
+                    "pair": _label(q, p),
+                    "seed": seed,
+                    "T_train": T,
+                    **setting,
+                    "bpd_ode": float(np.mean(bpd)),
+                    "bpd_bound": float(np.mean(bound)),
+                    "bpd_ode_images": bpd,
+                    "bpd_bound_images": bound,
+                    "train_seconds": state["train_seconds"],
+                    "weights_from": _label(tq, tp),
+                    **metrics,
+                }
+            )
         return rows
 
     def samples(self, diffusion, model, setting: dict, n: int) -> torch.Tensor:
@@ -243,8 +279,14 @@ class Study:
         if setting["sampler"] == "ode":
             x = diffusion.ode_sample(model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol)
         else:
-            x = diffusion.sample(model, shape, seed=self.plan.sample_seed, law=setting["law_sample"],
-                                 T=setting["T_sample"], progress=self.progress)
+            x = diffusion.sample(
+                model,
+                shape,
+                seed=self.plan.sample_seed,
+                law=setting["law_sample"],
+                T=setting["T_sample"],
+                progress=self.progress,
+            )
         L = self.data.levels
         return levels_to_unit(unit_to_levels(x.float(), L), L).float()
 
@@ -261,8 +303,13 @@ class Study:
 
         L = self.data.levels
         look = style.style_metrics(unit_to_levels(x, L), L, self._train_levels())
-        out.update(saturation=look["saturation"], smoothness=look["tv"], hf_power=look["hf_share"],
-                   hist_distance=look["hist_tv"], hist_w1=look["hist_w1"])
+        out.update(
+            saturation=look["saturation"],
+            smoothness=look["tv"],
+            hf_power=look["hf_share"],
+            hist_distance=look["hist_tv"],
+            hist_w1=look["hist_w1"],
+        )
         return out
 
     def _train_levels(self) -> torch.Tensor:
@@ -295,8 +342,14 @@ class Study:
             self.log(f"[eval {i}/{len(todo)}] {pair} T={T} seed={seed}")
             rows.extend(self.evaluate_model(*pair.split("/"), T, seed))
         comparisons = compare_rows(rows, self.plan)
-        return {"plan": asdict(self.plan), "dataset": self.data.name, "rows": rows, "comparisons": comparisons,
-                "findings": findings(comparisons, self.plan), "seconds": time.perf_counter() - t0}
+        return {
+            "plan": asdict(self.plan),
+            "dataset": self.data.name,
+            "rows": rows,
+            "comparisons": comparisons,
+            "findings": findings(comparisons, self.plan),
+            "seconds": time.perf_counter() - t0,
+        }
 
 
 def own_T_sample(plan_T_sample: list, T: int) -> int:
@@ -319,8 +372,13 @@ def compare_rows(rows: list[dict], plan: Plan) -> list[dict]:
     for T in plan.T_train:
         for metric in METRICS:
             # across pairs: each model sampled with its own law at its own T (or the ODE for bpd)
-            own = [r for r in _group(rows, T_train=T) if r["sampler"] == "walk" and r["law_sample"] == r["p"]
-                   and r["T_sample"] == own_T_sample(plan.T_sample, T)]
+            own = [
+                r
+                for r in _group(rows, T_train=T)
+                if r["sampler"] == "walk"
+                and r["law_sample"] == r["p"]
+                and r["T_sample"] == own_T_sample(plan.T_sample, T)
+            ]
             values: dict[str, dict[int, float]] = {}
             for r in own:
                 if r.get(metric) is not None and math.isfinite(r[metric]):
@@ -338,8 +396,17 @@ def compare_rows(rows: list[dict], plan: Plan) -> list[dict]:
                     own = pair.split("/")[1]
                     if own in values and len(values) > 1:
                         res = stats.paired_differences(values, own)
-                        out.append({"kind": "laws", "T_train": T, "T_sample": T_s, "pair": pair, "metric": metric,
-                                    **_means(values), **res})
+                        out.append(
+                            {
+                                "kind": "laws",
+                                "T_train": T,
+                                "T_sample": T_s,
+                                "pair": pair,
+                                "metric": metric,
+                                **_means(values),
+                                **res,
+                            }
+                        )
     return out
 
 
@@ -360,20 +427,30 @@ def findings(comparisons: list[dict], plan: Plan) -> list[str]:
         for row in c["rows"]:
             if row.get("exact"):
                 if c["metric"] == "bpd_ode" and row["diff"] == 0:
-                    out.append(f"T={c['T_train']}: {row['pair']} has exactly the bpd_ode of {c['reference']} "
-                               "(same gradients, reused weights).")
+                    out.append(
+                        f"T={c['T_train']}: {row['pair']} has exactly the bpd_ode of {c['reference']} "
+                        "(same gradients, reused weights)."
+                    )
                 continue
             if row.get("distinguishable"):
                 direction = "higher" if row["diff"] > 0 else "lower"
-                out.append(f"T={c['T_train']}: {row['pair']} has {direction} {c['metric']} than {c['reference']} "
-                           f"by {abs(row['diff']):.4g} ({int(c['level'] * 100)}% CI [{row['lo']:.4g}, {row['hi']:.4g}], "
-                           f"{c['dof']} dof, {c['comparisons']} comparisons{'; survives Bonferroni' if row['distinguishable_bonferroni'] else ''}).")
+                out.append(
+                    f"T={c['T_train']}: {row['pair']} has {direction} {c['metric']} than {c['reference']} "
+                    f"by {abs(row['diff']):.4g} ({int(c['level'] * 100)}% CI [{row['lo']:.4g}, {row['hi']:.4g}], "
+                    f"{c['dof']} dof, {c['comparisons']} comparisons{'; survives Bonferroni' if row['distinguishable_bonferroni'] else ''})."
+                )
     out += laplace_claim(comparisons, plan)
     n_pairs = sum(len(c["rows"]) for c in comparisons if c["kind"] == "pairs")
-    hits = sum(bool(r.get("distinguishable")) and not r.get("exact") for c in comparisons if c["kind"] == "pairs"
-               for r in c["rows"])
-    out.append(f"{hits} of {n_pairs} pair-vs-{REFERENCE} comparisons are distinguishable at 95% "
-               f"(about {0.05 * n_pairs:.1f} would be by chance alone).")
+    hits = sum(
+        bool(r.get("distinguishable")) and not r.get("exact")
+        for c in comparisons
+        if c["kind"] == "pairs"
+        for r in c["rows"]
+    )
+    out.append(
+        f"{hits} of {n_pairs} pair-vs-{REFERENCE} comparisons are distinguishable at 95% "
+        f"(about {0.05 * n_pairs:.1f} would be by chance alone)."
+    )
     if not plan.seeds or len(plan.seeds) < 2:
         out.append(f"One seed: no interval; the words {stats.words({'distinguishable': None})!r} apply throughout.")
     return out
@@ -396,8 +473,14 @@ def laplace_claim(comparisons: list[dict], plan: Plan) -> list[str]:
         sat, tv = parts["saturation"], parts["smoothness"]  # smoothness = total variation: lower is smoother
         more_saturated = sat.get("distinguishable") and sat["diff"] > 0
         smoother = tv.get("distinguishable") and tv["diff"] < 0
-        verdict = "holds" if more_saturated and smoother else ("holds in part" if more_saturated or smoother else "does not hold")
-        out.append(f"T={T}: 'Laplace rows are smoother and more saturated' {verdict}: saturation "
-                   f"{sat['diff']:+.4f} [{sat['lo']:+.4f}, {sat['hi']:+.4f}], total variation {tv['diff']:+.4f} "
-                   f"[{tv['lo']:+.4f}, {tv['hi']:+.4f}] against {REFERENCE}.")
+        verdict = (
+            "holds"
+            if more_saturated and smoother
+            else ("holds in part" if more_saturated or smoother else "does not hold")
+        )
+        out.append(
+            f"T={T}: 'Laplace rows are smoother and more saturated' {verdict}: saturation "
+            f"{sat['diff']:+.4f} [{sat['lo']:+.4f}, {sat['hi']:+.4f}], total variation {tv['diff']:+.4f} "
+            f"[{tv['lo']:+.4f}, {tv['hi']:+.4f}] against {REFERENCE}."
+        )
     return out

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config as config_lib, runs
+from . import config as config_lib
+from . import runs
 from .data import Examples, GlobalBatchSampler, batches, dequantize, levels_to_unit
 from .errors import NonnormalError
 from .runs import build_model, load_data  # noqa: F401 -- part of this module's interface
@@ -40,8 +41,9 @@ from .runs import build_model, load_data  # noqa: F401 -- part of this module's 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after writing a checkpoint; continue with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
-RESUMABLE = {("train", k) for k in ("steps", "checkpoint_every", "log_every", "device", "keep", "workers",
-                                    "tensorboard")}
+RESUMABLE = {
+    ("train", k) for k in ("steps", "checkpoint_every", "log_every", "device", "keep", "workers", "tensorboard")
+}
 
 
 class TrainingStopped(NonnormalError):
@@ -90,9 +92,23 @@ class Batches:
     ``data`` is a torch Dataset of stored examples, or a tensor of them.
     """
 
-    def __init__(self, data, levels: int | None, dequant: bool, loss, batch: int, generator: torch.Generator,
-                 device: torch.device, dtype: torch.dtype = torch.float32, *, seed: int = 0, start: int = 0,
-                 rank: int = 0, world: int = 1, workers: int = 0):
+    def __init__(
+        self,
+        data,
+        levels: int | None,
+        dequant: bool,
+        loss,
+        batch: int,
+        generator: torch.Generator,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        *,
+        seed: int = 0,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+    ):
         data = Examples(data) if torch.is_tensor(data) else data
         self.levels, self.dequant, self.loss, self.dtype = levels, dequant, loss, dtype
         self.batch, self.generator, self.device = batch, generator, device
@@ -166,16 +182,20 @@ def _check_resume(cfg: dict, saved: dict, run: Path) -> None:
             continue  # plugins: more may be loaded on resume
         for key, value in table.items():
             if (section, key) not in RESUMABLE and cfg[section].get(key, value) != value:
-                raise NonnormalError(f"--resume with {section}.{key}={cfg[section][key]!r}, but {run} was trained "
-                                     f"with {value!r}: only train.steps, checkpoint_every, log_every, keep, workers, "
-                                     "tensorboard and device may change")
+                raise NonnormalError(
+                    f"--resume with {section}.{key}={cfg[section][key]!r}, but {run} was trained "
+                    f"with {value!r}: only train.steps, checkpoint_every, log_every, keep, workers, "
+                    "tensorboard and device may change"
+                )
 
 
 def _tensorboard(run: Path, step: int) -> Callable:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise NonnormalError("train.tensorboard needs the tensorboard package: pip install 'nonnormal[tensorboard]'") from None
+        raise NonnormalError(
+            "train.tensorboard needs the tensorboard package: pip install 'nonnormal[tensorboard]'"
+        ) from None
     writer = SummaryWriter(log_dir=str(run / "tensorboard"), purge_step=step or None)
 
     def log(step: int, metrics: dict) -> None:
@@ -188,8 +208,14 @@ def _tensorboard(run: Path, step: int) -> Callable:
     return log
 
 
-def train(cfg: dict, run: str | Path, resume: bool = False, progress: bool = True, stop_at: int | None = None,
-          callbacks: Iterable[Callable[[int, dict], Any]] = ()) -> dict[str, Any]:
+def train(
+    cfg: dict,
+    run: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    callbacks: Iterable[Callable[[int, dict], Any]] = (),
+) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run in folder ``run``; returns the final state.
 
     ``callbacks`` are called as ``callback(step, metrics)`` with each row of ``metrics.jsonl`` (on
@@ -251,8 +277,10 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
     if found is not None:
         path, tensors, state = found
         if state.get("data", sizes) != sizes:
-            raise NonnormalError(f"the dataset changed since {path} was written ({state['data']} examples then, "
-                                 f"{sizes} now): restore it, or train a new run")
+            raise NonnormalError(
+                f"the dataset changed since {path} was written ({state['data']} examples then, "
+                f"{sizes} now): restore it, or train a new run"
+            )
         for e, saved_e in zip(ema, runs.load_weights(model, tensors, path)):
             e.copy_(saved_e)
         runs.load_optimizer(opt, tensors, state["param_groups"], path)
@@ -272,8 +300,21 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
         runs.truncate_metrics(run, step)
         if t["tensorboard"]:
             callbacks.append(_tensorboard(run, step))
-    feed = Batches(data.train, data.levels, cfg["data"]["dequantize"], loss_fn, t["batch"], generator, device, dtype,
-                   seed=t["seed"], start=step, rank=dist.rank, world=dist.world, workers=t["workers"])
+    feed = Batches(
+        data.train,
+        data.levels,
+        cfg["data"]["dequantize"],
+        loss_fn,
+        t["batch"],
+        generator,
+        device,
+        dtype,
+        seed=t["seed"],
+        start=step,
+        rank=dist.rank,
+        world=dist.world,
+        workers=t["workers"],
+    )
 
     def save() -> None:
         if main:
@@ -284,14 +325,31 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
             tensors["rng.torch"] = torch.get_rng_state()
             if device.type == "cuda":
                 tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-            runs.save_checkpoint(run, step, tensors, {
-                "train_seconds": elapsed, "config": cfg, "param_groups": groups,
-                "sampler": {"seed": t["seed"], "position": step}, "metrics_window": window, "data": sizes,
-                "shape": list(data.shape), "levels": data.levels}, t["keep"])
+            runs.save_checkpoint(
+                run,
+                step,
+                tensors,
+                {
+                    "train_seconds": elapsed,
+                    "config": cfg,
+                    "param_groups": groups,
+                    "sampler": {"seed": t["seed"], "position": step},
+                    "metrics_window": window,
+                    "data": sizes,
+                    "shape": list(data.shape),
+                    "levels": data.levels,
+                },
+                t["keep"],
+            )
 
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["bf16"])
-    bar = tqdm(total=t["steps"], initial=step, desc=f"train {cfg['diffusion']['q']}/{cfg['diffusion']['p']}",
-               disable=not (progress and main), dynamic_ncols=True)
+    bar = tqdm(
+        total=t["steps"],
+        initial=step,
+        desc=f"train {cfg['diffusion']['q']}/{cfg['diffusion']['p']}",
+        disable=not (progress and main),
+        dynamic_ncols=True,
+    )
     model.train()
     t_window = time.perf_counter()
     try:
@@ -300,25 +358,46 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                 t0 = time.perf_counter()
                 x0, noise = feed.next()
                 lr = schedule.get_last_lr()[0]
-                loss, grad_norm = optimizer_step(net, loss_fn, opt, ema, x0, noise, None, t["grad_clip"],
-                                                 min(t["ema"], (1 + step) / (10 + step)), amp)
+                loss, grad_norm = optimizer_step(
+                    net,
+                    loss_fn,
+                    opt,
+                    ema,
+                    x0,
+                    noise,
+                    None,
+                    t["grad_clip"],
+                    min(t["ema"], (1 + step) / (10 + step)),
+                    amp,
+                )
                 schedule.step()
                 value, stop = dist.reduce(float(loss), signals.received is not None)  # nats/dim; one stop step
                 if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
-                    fix = ("lower train.lr or set train.grad_clip" if step > 0 else
-                           "this is the first step, before any update: the pair's K(u) overflows at the untrained "
-                           "network's residuals (a light-tailed or one-sided p); use train.dtype = \"float64\", a "
-                           "larger T, or another p")
-                    raise NonnormalError(f"the loss became {'NaN' if math.isnan(value) else value} at step {step}: "
-                                         f"training stopped and the last checkpoint in {run} is untouched; {fix}")
+                    fix = (
+                        "lower train.lr or set train.grad_clip"
+                        if step > 0
+                        else "this is the first step, before any update: the pair's K(u) overflows at the untrained "
+                        'network\'s residuals (a light-tailed or one-sided p); use train.dtype = "float64", a '
+                        "larger T, or another p"
+                    )
+                    raise NonnormalError(
+                        f"the loss became {'NaN' if math.isnan(value) else value} at step {step}: "
+                        f"training stopped and the last checkpoint in {run} is untouched; {fix}"
+                    )
                 step += 1
                 elapsed += time.perf_counter() - t0
                 window.append(value / math.log(2))
                 bar.update(1)
                 if step % t["log_every"] == 0 or step == t["steps"]:
                     now = time.perf_counter()
-                    row = {"step": step, "loss_bpd": sum(window) / len(window), "lr": lr, "grad_norm": float(grad_norm),
-                           "steps_per_s": len(window) / (now - t_window), "train_seconds": elapsed}
+                    row = {
+                        "step": step,
+                        "loss_bpd": sum(window) / len(window),
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "steps_per_s": len(window) / (now - t_window),
+                        "train_seconds": elapsed,
+                    }
                     bar.set_postfix(loss=f"{row['loss_bpd']:.3f} bpd")
                     if main:
                         runs.append_line(run / runs.METRICS, json.dumps(row))
@@ -330,8 +409,10 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                 if stop and step < t["steps"]:
                     dist.barrier()  # the checkpoint is written before any process exits
                     name = signal.Signals(signals.received).name if signals.received else "a signal"
-                    raise TrainingStopped(f"stopped by {name} after step {step}: checkpoint written to {run}; "
-                                          f"continue with --resume (exit code {EXIT_STOPPED})")
+                    raise TrainingStopped(
+                        f"stopped by {name} after step {step}: checkpoint written to {run}; "
+                        f"continue with --resume (exit code {EXIT_STOPPED})"
+                    )
                 if step == stop_at:
                     break
     finally:
@@ -343,8 +424,18 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
     return {"step": step, "train_seconds": elapsed}
 
 
-def optimizer_step(net: nn.Module, loss_fn, opt: torch.optim.Optimizer, ema: list[torch.Tensor], x0: torch.Tensor,
-                   noise, lr: float | None, grad_clip: float, ema_decay: float, amp) -> tuple[torch.Tensor, torch.Tensor]:
+def optimizer_step(
+    net: nn.Module,
+    loss_fn,
+    opt: torch.optim.Optimizer,
+    ema: list[torch.Tensor],
+    x0: torch.Tensor,
+    noise,
+    lr: float | None,
+    grad_clip: float,
+    ema_decay: float,
+    amp,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step on a batch: loss, backward, clipping, AdamW (at ``lr``, unless None), EMA update.
 
     The objective is the batch's mean loss per dimension (nats/dim); it is returned detached,

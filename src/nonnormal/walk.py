@@ -43,12 +43,15 @@ def check_rule(rule: str) -> str:
 class StructuredRandomWalk:
     """A T-step walk on ``schedule.grid(T, spacing)`` with increments from ``law``."""
 
-    def __init__(self, schedule="vdm", T: int = 1000, law="gaussian", discretization: str = "exact", *,
-                 spacing: str = "uniform"):
+    def __init__(
+        self, schedule="vdm", T: int = 1000, law="gaussian", discretization: str = "exact", *, spacing: str = "uniform"
+    ):
         self.schedule = schedules.get(schedule)  # VP noise schedule
         self.law: IncrementLaw = increments.get(law)  # law of the standardized increments z_k
         if discretization not in DISCRETIZATIONS:
-            raise NonnormalError(f"unknown discretization {discretization!r}: choose one of {', '.join(DISCRETIZATIONS)}")
+            raise NonnormalError(
+                f"unknown discretization {discretization!r}: choose one of {', '.join(DISCRETIZATIONS)}"
+            )
         self.discretization = discretization  # how a_k, b_k are taken from f and g
         self.spacing = spacing  # time-grid spacing, one of schedules.SPACINGS
         self.t = self.schedule.grid(T, spacing)  # t_0 < ... < t_T (float64)
@@ -108,7 +111,7 @@ class StructuredRandomWalk:
         s, t0, t1 = self.schedule, self.t[:-1], self.t[1:]
         if check_rule(rule) == "euler":
             dt = t1 - t0
-            return 1 - s.f(t1) * dt, -s.g(t1) ** 2 * dt / s.sigma(t1), s.g(t1) * dt.sqrt()
+            return 1 - s.f(t1) * dt, -(s.g(t1) ** 2) * dt / s.sigma(t1), s.g(t1) * dt.sqrt()
         a_s, a_t, sg_s, sg_t = s.alpha(t0), s.alpha(t1), s.sigma(t0), s.sigma(t1)
         r = -torch.expm1(s.gamma(t0) - s.gamma(t1))  # sigma_{t|s}^2 / sigma_t^2
         c_x = (a_t / a_s) * sg_s**2 / sg_t**2 + (a_s / a_t) * r

@@ -54,14 +54,20 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = _Parser(prog="nonnormal", description="Non-normal diffusion models.")
     parser.add_argument("--version", action="version", version=f"nonnormal {__version__}")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
-                        help="import a module (or .py file) that registers laws, schedules or networks; repeatable; "
-                             "runs record it, so later commands on the run load it again")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module (or .py file) that registers laws, schedules or networks; repeatable; "
+        "runs record it, so later commands on the run load it again",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("laws", help="list the increment laws")
@@ -76,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_kl)
 
     p = sub.add_parser("invariance", help="forward walks with non-normal increments against their Gaussian limit")
-    p.add_argument("--laws", type=_text, default="laplace,uniform,rademacher", help="comma-separated laws (gaussian is always added)")
+    p.add_argument(
+        "--laws",
+        type=_text,
+        default="laplace,uniform,rademacher",
+        help="comma-separated laws (gaussian is always added)",
+    )
     p.add_argument("--steps", default="4,16,64,256", help="comma-separated step counts T")
     p.add_argument("--schedule", type=_text, default="vdm", help="noise schedule: vdm, cosine, ddpm-linear, brownian")
     p.add_argument("--paths", type=_count(16, 10_000_000), default=200_000, help="number of simulated walks")
@@ -89,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     def run_options(p, steps_help):
         p.add_argument("--config", type=_text, default=None, help="TOML config (see configs/); flags below override it")
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
-        p.add_argument("--dataset", type=_text, default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE")
-        p.add_argument("--schedule", type=_text, default=None, help="noise schedule: vdm, cosine, ddpm-linear, brownian")
+        p.add_argument(
+            "--dataset", type=_text, default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE"
+        )
+        p.add_argument(
+            "--schedule", type=_text, default=None, help="noise schedule: vdm, cosine, ddpm-linear, brownian"
+        )
         p.add_argument("--T", type=int, default=None, help="number of steps of the walk")
         p.add_argument("--steps", type=int, default=None, help=steps_help)
         p.add_argument("--batch", type=int, default=None, help="global batch size")
@@ -105,16 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--q", type=_text, default=None, help="increment law of the data walk")
     p.add_argument("--p", type=_text, default=None, help="increment law of the model walk")
     p.add_argument("--out", type=_text, default=None, help="run folder (default runs/train-<timestamp>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its newest checkpoint (from step 0 if it has none yet)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint (from step 0 if it has none yet)",
+    )
     p.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
     p.set_defaults(handler=cmd_train)
 
     def sampler_options(p, what):
-        p.add_argument("--sampler", type=_text, default="walk", help=f"walk (ancestral, law p) or ode (probability flow) for {what}")
-        p.add_argument("--spacing", type=_text, default=None, help="time grid: uniform, log-snr, quadratic, ddpm (default: the run's)")
-        p.add_argument("--ode-method", type=_text, default=None, help="ODE method: dopri5 (adaptive, default), heun, euler, rk4, ...")
-        p.add_argument("--ode-steps", type=_count(1, 1_000_000), default=None, help="steps of a fixed-step ODE method (default 100)")
+        p.add_argument(
+            "--sampler",
+            type=_text,
+            default="walk",
+            help=f"walk (ancestral, law p) or ode (probability flow) for {what}",
+        )
+        p.add_argument(
+            "--spacing",
+            type=_text,
+            default=None,
+            help="time grid: uniform, log-snr, quadratic, ddpm (default: the run's)",
+        )
+        p.add_argument(
+            "--ode-method",
+            type=_text,
+            default=None,
+            help="ODE method: dopri5 (adaptive, default), heun, euler, rk4, ...",
+        )
+        p.add_argument(
+            "--ode-steps",
+            type=_count(1, 1_000_000),
+            default=None,
+            help="steps of a fixed-step ODE method (default 100)",
+        )
         p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance of an adaptive method (rtol = atol)")
 
     def tail_options(p, out_help: str, force_help: str, handler) -> None:
@@ -126,24 +164,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample from a trained run: a PNG grid and an .npz")
     p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
-    p.add_argument("--pretrained", type=_text, default=None, metavar="DIR",
-                   help="a local diffusers pipeline or UNet folder instead of a run (needs the diffusers extra)")
+    p.add_argument(
+        "--pretrained",
+        type=_text,
+        default=None,
+        metavar="DIR",
+        help="a local diffusers pipeline or UNet folder instead of a run (needs the diffusers extra)",
+    )
     p.add_argument("--n", type=_count(1, 1_000_000), default=64, help="number of samples")
     p.add_argument("--T", type=int, default=None, help="steps (default: the run's T)")
     p.add_argument("--rule", type=_text, default=None, help="posterior or euler (default: the run's)")
     p.add_argument("--law", type=_text, default=None, help="increment law of the reverse walk (default: the run's p)")
     p.add_argument("--seed", type=_seed, default=0, help="one seed couples every law: same prior, same uniforms")
     sampler_options(p, "the samples")
-    tail_options(p, "output folder (default RUN/samples-<law>-T<T>-seed<seed>)", "overwrite earlier samples in --out",
-                 cmd_sample)
+    tail_options(
+        p, "output folder (default RUN/samples-<law>-T<T>-seed<seed>)", "overwrite earlier samples in --out", cmd_sample
+    )
 
     p = sub.add_parser("eval", help="test-set bits/dim (ODE and bound) and sample quality (FD, KID) of a run")
     p.add_argument("run", nargs="?", help="run folder (or give --pretrained)")
-    p.add_argument("--pretrained", type=_text, default=None, metavar="DIR",
-                   help="a local diffusers pipeline or UNet folder instead of a run (needs --dataset)")
+    p.add_argument(
+        "--pretrained",
+        type=_text,
+        default=None,
+        metavar="DIR",
+        help="a local diffusers pipeline or UNet folder instead of a run (needs --dataset)",
+    )
     p.add_argument("--dataset", type=_text, default=None, help="test data for --pretrained, e.g. cifar10:path=DIR")
     p.add_argument("--n-test", type=_count(1, 10_000_000), default=None, help="first N test images (default all)")
-    p.add_argument("--n-samples", type=_count(2, 1_000_000), default=None, help="samples for FD/KID (default: test-set size)")
+    p.add_argument(
+        "--n-samples", type=_count(2, 1_000_000), default=None, help="samples for FD/KID (default: test-set size)"
+    )
     p.add_argument("--T", type=int, default=None, help="steps for the bound and the samples (default: the run's T)")
     p.add_argument("--seed", type=_seed, default=0)
     sampler_options(p, "FD/KID's samples (the ODE options also set bpd_ode's solver)")
@@ -158,30 +209,79 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
     run_options(p, "optimizer steps per pair")
-    p.add_argument("--pairs", type=_text, default=None, help="comma-separated q/p pairs (default: the paper's four; add e.g. logistic/logistic,student_t/student_t)")
-    p.add_argument("--seeds", type=_count(1, 100), default=2, help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals")
-    p.add_argument("--n-samples", type=_count(2, 1_000_000), default=None, help="samples per pair for FD/KID (default: test-set size)")
-    p.add_argument("--n-test", type=_count(1, 10_000_000), default=None, help="first N test images for bits/dim (default all)")
+    p.add_argument(
+        "--pairs",
+        type=_text,
+        default=None,
+        help="comma-separated q/p pairs (default: the paper's four; add e.g. logistic/logistic,student_t/student_t)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_count(1, 100),
+        default=2,
+        help="training seeds per pair (seed, seed+1, ...): 2 or more give intervals",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=_count(2, 1_000_000),
+        default=None,
+        help="samples per pair for FD/KID (default: test-set size)",
+    )
+    p.add_argument(
+        "--n-test", type=_count(1, 10_000_000), default=None, help="first N test images for bits/dim (default all)"
+    )
     p.add_argument("--rtol", type=float, default=1e-3, help="ODE tolerance for bits/dim (rtol = atol; eval uses 1e-5)")
     p.add_argument("--sample-seed", type=_seed, default=0, help="seed of the samples (shared by every pair)")
-    p.add_argument("--out", type=_text, default=None, help="output folder (default runs/compare-<timestamp>); an unfinished one resumes")
+    p.add_argument(
+        "--out",
+        type=_text,
+        default=None,
+        help="output folder (default runs/compare-<timestamp>); an unfinished one resumes",
+    )
     p.add_argument("--force", action="store_true", help="rebuild the table in a finished --out")
     p.set_defaults(handler=cmd_compare)
 
-    p = sub.add_parser("study", help="what the law changes: pairs x training T x seeds, sampled with several laws and T")
-    p.add_argument("what", nargs="?", default="grid", choices=("grid", "bias"),
-                   help="grid (default): train and measure the grid of a study config; bias: the bias of non-L2 "
-                        "losses on exact-score mixtures")
+    p = sub.add_parser(
+        "study", help="what the law changes: pairs x training T x seeds, sampled with several laws and T"
+    )
+    p.add_argument(
+        "what",
+        nargs="?",
+        default="grid",
+        choices=("grid", "bias"),
+        help="grid (default): train and measure the grid of a study config; bias: the bias of non-L2 "
+        "losses on exact-score mixtures",
+    )
     run_options(p, "optimizer steps per model")
     p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (configs/study-quick.toml)")
-    p.add_argument("--seeds", type=_count(1, 100), default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)")
-    p.add_argument("--pairs", type=_text, default=None, help="comma-separated q/p pairs (overrides study.pairs; bias: default the paper's four)")
-    p.add_argument("--Ts", type=_text, default=None, help="comma-separated step counts (overrides study.T_train; bias: default 10,30,100,1000)")
-    p.add_argument("--n", type=_count(16, 1_000_000), default=None, help="bias: samples per (pair, T, predictor) (default 1000)")
-    p.add_argument("--out", type=_text, default=None, help="output folder (default runs/study-<timestamp>); an unfinished one resumes")
+    p.add_argument(
+        "--seeds", type=_count(1, 100), default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)"
+    )
+    p.add_argument(
+        "--pairs",
+        type=_text,
+        default=None,
+        help="comma-separated q/p pairs (overrides study.pairs; bias: default the paper's four)",
+    )
+    p.add_argument(
+        "--Ts",
+        type=_text,
+        default=None,
+        help="comma-separated step counts (overrides study.T_train; bias: default 10,30,100,1000)",
+    )
+    p.add_argument(
+        "--n", type=_count(16, 1_000_000), default=None, help="bias: samples per (pair, T, predictor) (default 1000)"
+    )
+    p.add_argument(
+        "--out",
+        type=_text,
+        default=None,
+        help="output folder (default runs/study-<timestamp>); an unfinished one resumes",
+    )
     p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out")
     p.set_defaults(handler=cmd_study)
     return parser
+
 
 def _one_line(text) -> str:
     """A message on one line whatever the paths in it hold (a newline in a file name is shown as \\n)."""
@@ -202,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except OSError as err:  # the environment, not the input: a path, its permissions, free space
         where = f" ({_one_line(err.filename)})" if getattr(err, "filename", None) else ""
-        print(f"nonnormal: error: {_one_line(err.strerror or err)}{where}: check the path, its permissions and "
-              "the free space", file=sys.stderr)
+        print(
+            f"nonnormal: error: {_one_line(err.strerror or err)}{where}: check the path, its permissions and "
+            "the free space",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("nonnormal: interrupted", file=sys.stderr)
         return 130
-

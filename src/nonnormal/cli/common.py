@@ -22,6 +22,7 @@ def _int_list(text: str, what: str) -> list[int]:
         raise NonnormalError(f"{what} lists a value twice ({text!r}): list each once")
     return values
 
+
 def _check_positive(args, *names: str) -> None:
     """Optional integer flags (None = not given) must be positive when given."""
     for name in names:
@@ -29,10 +30,12 @@ def _check_positive(args, *names: str) -> None:
         if v is not None and v <= 0:
             raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
+
 def _check_tolerance(rtol: float, what: str = "--rtol") -> float:
     if not (math.isfinite(rtol) and rtol > 0):
         raise NonnormalError(f"{what} must be a finite positive number, got {rtol}: e.g. 1e-5")
     return rtol
+
 
 def _out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
     """The output folder, checked before any work; :func:`_make` creates it when there is something to write."""
@@ -57,9 +60,15 @@ def _make(path: Path) -> Path:
 def _train_overrides(args) -> list[str]:
     """The shortcut flags of train/compare as ``section.key=value`` overrides (after --set)."""
     out = list(args.set or [])
-    pairs = [("dataset", "data.dataset", True), ("schedule", "diffusion.schedule", True), ("T", "diffusion.T", False),
-             ("steps", "train.steps", False), ("batch", "train.batch", False), ("device", "train.device", True),
-             ("seed", "train.seed", False)]
+    pairs = [
+        ("dataset", "data.dataset", True),
+        ("schedule", "diffusion.schedule", True),
+        ("T", "diffusion.T", False),
+        ("steps", "train.steps", False),
+        ("batch", "train.batch", False),
+        ("device", "train.device", True),
+        ("seed", "train.seed", False),
+    ]
     for attr, key, quote in pairs:
         value = getattr(args, attr, None)
         if value is not None:
@@ -69,6 +78,7 @@ def _train_overrides(args) -> list[str]:
     if getattr(args, "tensorboard", False):
         out.append("train.tensorboard=true")
     return out
+
 
 def _repo_config(name: str) -> str | None:
     """configs/NAME when run from the repository, else None (the built-in defaults)."""

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from ..errors import NonnormalError
 from ..runs import write_atomic
-from .common import _make, _check_positive, _check_tolerance, _out_dir, _train_overrides
+from .common import _check_positive, _check_tolerance, _make, _out_dir, _train_overrides
 
 
 def cmd_train(args) -> int:
-    from .. import config as config_lib, increments
+    from .. import config as config_lib
+    from .. import increments
     from ..divergences import check_pair
     from ..train import train
 
@@ -46,6 +47,7 @@ def cmd_train(args) -> int:
     print(f"trained {state['step']} steps in {state['train_seconds']:.0f} s: {out}")
     return 0
 
+
 def cmd_sample(args) -> int:
     import numpy as np
 
@@ -73,8 +75,9 @@ def cmd_sample(args) -> int:
     else:
         info.update({k: v for k, v in (("ode_method", options["method"]), ("ode_steps", options["steps"])) if v})
         stem = f"samples-ode-{options['method']}{options['steps'] or ''}-seed{args.seed}"
-    out = _out_dir(args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force,
-                   ["samples.png", "samples.npz"])
+    out = _out_dir(
+        args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force, ["samples.png", "samples.npz"]
+    )
     shape = (args.n,) + tuple(state["shape"])
     from ..config import check_memory
 
@@ -103,13 +106,17 @@ def cmd_sample(args) -> int:
 
         tmp = out / ".samples.tmp.png"
         reference = load_data(cfg).unit("test") if args.run else None
-        plot_scatter({"samples": x, **({"test data": reference} if reference is not None else {})}, tmp,
-                     f"{info.get('law', 'ODE')} samples, seed {args.seed}")
+        plot_scatter(
+            {"samples": x, **({"test data": reference} if reference is not None else {})},
+            tmp,
+            f"{info.get('law', 'ODE')} samples, seed {args.seed}",
+        )
         os.replace(tmp, out / "samples.png")
         print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
     else:
         print(f"wrote {out / 'samples.npz'}")
     return 0
+
 
 def _sampler_options(args) -> dict:
     """``--sampler`` checked with its flags; for the ODE, its solver options ``{method, steps, rtol, atol}``.
@@ -125,12 +132,19 @@ def _sampler_options(args) -> dict:
     if args.sampler == "walk" and ode_flags:
         raise NonnormalError(f"{ode_flags[0]} goes with --sampler ode (the walk takes --T, --law, --rule, --spacing)")
     if args.sampler == "ode" and walk_flags:
-        raise NonnormalError(f"{walk_flags[0]} goes with --sampler walk: the probability-flow ODE has no increment "
-                             "law, reverse rule or T (give --ode-method and --ode-steps)")
+        raise NonnormalError(
+            f"{walk_flags[0]} goes with --sampler walk: the probability-flow ODE has no increment "
+            "law, reverse rule or T (give --ode-method and --ode-steps)"
+        )
     if args.sampler == "walk":
         return {}
-    return dict(zip(("method", "steps", "rtol", "atol"),
-                    ode.check_options(args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol)))
+    return dict(
+        zip(
+            ("method", "steps", "rtol", "atol"),
+            ode.check_options(args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol),
+        )
+    )
+
 
 def cmd_eval(args) -> int:
     from ..evaluate import evaluate_run
@@ -151,36 +165,62 @@ def cmd_eval(args) -> int:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
     _check_tolerance(args.rtol)
-    result = evaluate_run(args.run, pick_device(args.device), args.n_test, args.n_samples, args.T, args.rtol, args.rtol,
-                          seed=args.seed, quality=not args.no_quality, progress=not args.quiet, sampler=args.sampler,
-                          ode_method=args.ode_method or "dopri5", ode_steps=args.ode_steps, spacing=args.spacing)
+    result = evaluate_run(
+        args.run,
+        pick_device(args.device),
+        args.n_test,
+        args.n_samples,
+        args.T,
+        args.rtol,
+        args.rtol,
+        seed=args.seed,
+        quality=not args.no_quality,
+        progress=not args.quiet,
+        sampler=args.sampler,
+        ode_method=args.ode_method or "dopri5",
+        ode_steps=args.ode_steps,
+        spacing=args.spacing,
+    )
     text = json.dumps(result, indent=1)
     print(text)
     write_atomic(path, (text + "\n").encode())
     print(f"wrote {path}")
     return 0
 
+
 def _diffusers():
     """nonnormal.integrations.diffusers, or a one-line error naming the extra."""
     try:
         from ..integrations import diffusers
     except ImportError:
-        raise NonnormalError("this needs diffusers, which is not installed: pip install 'nonnormal[diffusers]'") from None
+        raise NonnormalError(
+            "this needs diffusers, which is not installed: pip install 'nonnormal[diffusers]'"
+        ) from None
     return diffusers
+
 
 def _source(args) -> str:
     """``run`` or ``pretrained``: exactly one of a run folder and ``--pretrained DIR``."""
     if bool(args.run) == bool(getattr(args, "pretrained", None)):
-        raise NonnormalError("give a run folder or --pretrained DIR (a local diffusers pipeline folder)"
-                             + (", not both" if args.run else ""))
+        raise NonnormalError(
+            "give a run folder or --pretrained DIR (a local diffusers pipeline folder)"
+            + (", not both" if args.run else "")
+        )
     return "run" if args.run else "pretrained"
+
 
 def _eval_pretrained(args) -> int:
     from ..train import pick_device
 
     if not args.dataset:
-        raise NonnormalError("eval --pretrained needs --dataset: the test data to score the model on, e.g. cifar10:path=DIR")
-    path = Path(args.out) if args.out else Path("runs") / f"pretrained-{Path(args.pretrained).resolve().name}" / "eval.json"
+        raise NonnormalError(
+            "eval --pretrained needs --dataset: the test data to score the model on, e.g. cifar10:path=DIR"
+        )
+    path = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"pretrained-{Path(args.pretrained).resolve().name}" / "eval.json"
+    )
     if path.is_dir():
         raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
     if path.exists() and not path.is_file():
@@ -189,9 +229,19 @@ def _eval_pretrained(args) -> int:
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
     _check_tolerance(args.rtol)
-    result = _diffusers().evaluate_pretrained(args.pretrained, args.dataset, pick_device(args.device), args.n_test,
-                                              args.n_samples, args.T, args.rtol, args.rtol, seed=args.seed,
-                                              quality=not args.no_quality, progress=not args.quiet)
+    result = _diffusers().evaluate_pretrained(
+        args.pretrained,
+        args.dataset,
+        pick_device(args.device),
+        args.n_test,
+        args.n_samples,
+        args.T,
+        args.rtol,
+        args.rtol,
+        seed=args.seed,
+        quality=not args.no_quality,
+        progress=not args.quiet,
+    )
     text = json.dumps(result, indent=1)
     print(text)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,8 +249,11 @@ def _eval_pretrained(args) -> int:
     print(f"wrote {path}")
     return 0
 
+
 def cmd_export(args) -> int:
     out = _diffusers().export_run(args.run, args.diffusers, force=args.force)
-    print(f"wrote a diffusers pipeline folder {out}: DiffusionPipeline.from_pretrained({str(out)!r}) loads it "
-          f"(nonnormal sample --pretrained {out} samples it as the run)")
+    print(
+        f"wrote a diffusers pipeline folder {out}: DiffusionPipeline.from_pretrained({str(out)!r}) loads it "
+        f"(nonnormal sample --pretrained {out} samples it as the run)"
+    )
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NonnormalError
 from ..runs import write_atomic
-from .common import _make, _int_list, _check_tolerance, _out_dir, _train_overrides, _repo_config
+from .common import _check_tolerance, _int_list, _make, _out_dir, _repo_config, _train_overrides
 
 
 def cmd_laws(args) -> int:
@@ -19,9 +19,17 @@ def cmd_laws(args) -> int:
     rows = []
     for name in increments.names():
         law = increments.get(name)
-        rows.append({"name": name, "spec": law.spec, "params": law.params, "variance": 1.0,
-                     "fourth_moment": law.fourth_moment, "has_density": law.has_density,
-                     "support": [law.support[0], law.support[1]]})
+        rows.append(
+            {
+                "name": name,
+                "spec": law.spec,
+                "params": law.params,
+                "variance": 1.0,
+                "fourth_moment": law.fourth_moment,
+                "has_density": law.has_density,
+                "support": [law.support[0], law.support[1]],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2, default=lambda v: str(v)))
         return 0
@@ -30,9 +38,12 @@ def cmd_laws(args) -> int:
         params = ",".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-"
         lo, hi = r["support"]
         support = "R" if math.isinf(lo) and math.isinf(hi) else f"[{lo:.3g}, {hi:.3g}]"
-        print(f"{r['name']:<12}{params:<14}{r['variance']:>9.3g}{r['fourth_moment']:>9.4g}  {'yes' if r['has_density'] else 'no ':<7}  {support}")
+        print(
+            f"{r['name']:<12}{params:<14}{r['variance']:>9.3g}{r['fourth_moment']:>9.4g}  {'yes' if r['has_density'] else 'no ':<7}  {support}"
+        )
     print("parameters: name:key=value, e.g. student_t:nu=8 (nu > 4 needed for a finite fourth moment)")
     return 0
+
 
 def cmd_kl(args) -> int:
     import torch
@@ -54,6 +65,7 @@ def cmd_kl(args) -> int:
     for u, k in zip(us, values):
         print(f"  u = {u:>8g}   K = {k:.6f}")
     return 0
+
 
 def cmd_invariance(args) -> int:
     from .. import increments, schedules
@@ -80,6 +92,7 @@ def cmd_invariance(args) -> int:
     print(f"wrote {out / 'invariance.json'} and {out / 'invariance.png'}")
     return 0
 
+
 def cmd_compare(args) -> int:
     from ..compare import OUTPUTS, PAIRS, compare, parse_pairs
 
@@ -89,16 +102,29 @@ def cmd_compare(args) -> int:
         raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
     clash = [f for f in OUTPUTS if (out / f).exists()]
     if clash and not args.force:
-        raise NonnormalError(f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out")
+        raise NonnormalError(
+            f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out"
+        )
     config = args.config or _repo_config("compare-digits.toml")
     t0 = time.time()
     _check_tolerance(args.rtol)
-    compare(out, pairs, config, _train_overrides(args), seeds=args.seeds, n_samples=args.n_samples,
-            n_test=args.n_test, rtol=args.rtol, sample_seed=args.sample_seed, progress=not args.quiet)
+    compare(
+        out,
+        pairs,
+        config,
+        _train_overrides(args),
+        seeds=args.seeds,
+        n_samples=args.n_samples,
+        n_test=args.n_test,
+        rtol=args.rtol,
+        sample_seed=args.sample_seed,
+        progress=not args.quiet,
+    )
     print()
     print((out / "table.md").read_text())
     print(f"wrote {out}/: {', '.join(OUTPUTS)} ({time.time() - t0:.0f} s)")
     return 0
+
 
 def cmd_study(args) -> int:
     if args.what == "bias":
@@ -107,15 +133,22 @@ def cmd_study(args) -> int:
     from ..report import write_study
     from ..study import Study, load_plan
 
-    config = args.config or (str(_repo_config("study-quick.toml") or "") if args.quick else _repo_config("study-digits.toml"))
+    config = args.config or (
+        str(_repo_config("study-quick.toml") or "") if args.quick else _repo_config("study-digits.toml")
+    )
     if args.quick and not config:
         raise NonnormalError("--quick needs configs/study-quick.toml: run from the repository or give --config")
     if not config:
         raise NonnormalError("give --config (e.g. configs/study-digits.toml) or --quick")
     seeds = list(range(args.seeds)) if args.seeds else None
-    plan, run_config = load_plan(config, {"seeds": seeds,
-                                          "pairs": [f"{q}/{p}" for q, p in parse_pairs(args.pairs)] if args.pairs else None,
-                                          "T_train": _int_list(args.Ts, "--Ts") if args.Ts else None})
+    plan, run_config = load_plan(
+        config,
+        {
+            "seeds": seeds,
+            "pairs": [f"{q}/{p}" for q, p in parse_pairs(args.pairs)] if args.pairs else None,
+            "T_train": _int_list(args.Ts, "--Ts") if args.Ts else None,
+        },
+    )
     out = Path(args.out) if args.out else Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
@@ -133,6 +166,7 @@ def cmd_study(args) -> int:
     print(f"wrote {out}/: {', '.join(files)} ({time.time() - t0:.0f} s)")
     return 0
 
+
 def _study_bias(args) -> int:
     """The bias of non-L2 losses on exact-score mixtures: loss-optimal predictor vs conditional mean."""
     from ..bias import bias_study, plot_bias
@@ -147,17 +181,33 @@ def _study_bias(args) -> int:
         raise NonnormalError(f"--n must be at least 16 samples, got {n}")
     out = _out_dir(args.out, "bias", args.force, ["bias.json", "bias.md", "bias.tex", "bias.png"])
     t0 = time.time()
-    rows = bias_study(pairs, Ts, n=n, seed=args.seed or 0,
-                      progress=None if args.quiet else lambda r: print(
-                          f"  {r['q']}/{r['p']} T={r['T']} {r['predictor']}: sliced W1 {r['sliced_w1']:.4f}, gap {r['gap']:.4f}",
-                          flush=True))
+    rows = bias_study(
+        pairs,
+        Ts,
+        n=n,
+        seed=args.seed or 0,
+        progress=None
+        if args.quiet
+        else lambda r: print(
+            f"  {r['q']}/{r['p']} T={r['T']} {r['predictor']}: sliced W1 {r['sliced_w1']:.4f}, gap {r['gap']:.4f}",
+            flush=True,
+        ),
+    )
     columns = ["q", "p", "T", "predictor", "sliced_w1", "energy", "occupancy_mse", "spread", "gap", "n"]
-    write_atomic(_make(out) / "bias.json", (json.dumps({"provenance": provenance(), "rows": rows}, indent=1) + "\n").encode())
+    write_atomic(
+        _make(out) / "bias.json", (json.dumps({"provenance": provenance(), "rows": rows}, indent=1) + "\n").encode()
+    )
     write_atomic(out / "bias.md", markdown_table(rows, columns).encode())
-    write_atomic(out / "bias.tex", latex_table(rows, columns, "Loss-optimal predictor vs conditional mean on a "
-                                               "Gaussian mixture with exact scores").encode())
+    write_atomic(
+        out / "bias.tex",
+        latex_table(
+            rows, columns, "Loss-optimal predictor vs conditional mean on a Gaussian mixture with exact scores"
+        ).encode(),
+    )
     tmp = out / ".bias.tmp.png"
-    plot_bias(rows, tmp, metric="spread")  # sliced W1 at n = 1000 is mostly noise; the spread shows the pull to the modes
+    plot_bias(
+        rows, tmp, metric="spread"
+    )  # sliced W1 at n = 1000 is mostly noise; the spread shows the pull to the modes
     os.replace(tmp, out / "bias.png")
     print(markdown_table(rows, columns))
     print(f"wrote {out}/: bias.json, bias.md, bias.tex, bias.png ({time.time() - t0:.0f} s)")

@@ -14,5 +14,18 @@ from .levels import check_levels, dequantize, levels_to_unit, unit_to_levels
 from .sampler import GlobalBatchSampler, batches
 from .specs import FASHION_MNIST_DIRS, load, names, split_indices
 
-__all__ = ["Data", "Examples", "ImageFiles", "GlobalBatchSampler", "batches", "load", "names", "split_indices",
-           "check_levels", "dequantize", "levels_to_unit", "unit_to_levels", "FASHION_MNIST_DIRS"]
+__all__ = [
+    "Data",
+    "Examples",
+    "ImageFiles",
+    "GlobalBatchSampler",
+    "batches",
+    "load",
+    "names",
+    "split_indices",
+    "check_levels",
+    "dequantize",
+    "levels_to_unit",
+    "unit_to_levels",
+    "FASHION_MNIST_DIRS",
+]

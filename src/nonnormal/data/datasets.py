@@ -63,8 +63,9 @@ class ImageFiles(Dataset):
         return torch.from_numpy(formats.read_image(self.files[i], self.size, self.channels))
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([formats.read_image(self.files[i], self.size, self.channels)
-                                          for i in indices]))
+        return torch.from_numpy(
+            np.stack([formats.read_image(self.files[i], self.size, self.channels) for i in indices])
+        )
 
     def take(self, n: int | None = None) -> torch.Tensor:
         """The first ``n`` images (all by default), read now, as one uint8 tensor."""
@@ -111,5 +112,7 @@ class Data:
         return self._split(split).labels
 
     def __repr__(self) -> str:
-        return (f"Data({self.name!r}, train={len(self.train)}, test={len(self.test)}, shape={self.shape}, "
-                f"levels={self.levels}, num_classes={self.num_classes})")
+        return (
+            f"Data({self.name!r}, train={len(self.train)}, test={len(self.test)}, shape={self.shape}, "
+            f"levels={self.levels}, num_classes={self.num_classes})"
+        )

@@ -20,8 +20,9 @@ import numpy as np
 
 from ..errors import NonnormalError
 
-CIFAR_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-              "and pass cifar10:path=FILE_OR_DIR")
+CIFAR_HINT = (
+    "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and pass cifar10:path=FILE_OR_DIR"
+)
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
@@ -44,19 +45,24 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
-        raise NonnormalError(f"cannot read {path}: {_first_line(err)}; the file is corrupt or truncated, "
-                             "get a fresh copy") from None
+        raise NonnormalError(
+            f"cannot read {path}: {_first_line(err)}; the file is corrupt or truncated, get a fresh copy"
+        ) from None
     magic = raw[:4]
     if magic != bytes([0, 0, 8, ndim]):
-        raise NonnormalError(f"{path} is not an idx file of {ndim}-D unsigned bytes: magic number {magic.hex()}, "
-                             f"expected 0000080{ndim}; the file is corrupt or not in idx format")
+        raise NonnormalError(
+            f"{path} is not an idx file of {ndim}-D unsigned bytes: magic number {magic.hex()}, "
+            f"expected 0000080{ndim}; the file is corrupt or not in idx format"
+        )
     head = 4 + 4 * ndim
     if len(raw) < head:
         raise NonnormalError(f"{path} is truncated inside its header: get a fresh copy")
     dims = struct.unpack(f">{ndim}I", raw[4:head])
     if len(raw) - head != math.prod(dims):
-        raise NonnormalError(f"{path} holds {len(raw) - head} data bytes but its header says {dims} "
-                             f"({math.prod(dims)}): the file is truncated or corrupt, get a fresh copy")
+        raise NonnormalError(
+            f"{path} holds {len(raw) - head} data bytes but its header says {dims} "
+            f"({math.prod(dims)}): the file is truncated or corrupt, get a fresh copy"
+        )
     return np.frombuffer(raw, np.uint8, offset=head).reshape(dims)
 
 
@@ -64,13 +70,20 @@ class _BatchUnpickler(pickle.Unpickler):
     """Unpickles a CIFAR batch (a dict of bytes, lists and numpy arrays) and refuses any other global."""
 
     _core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"  # numpy 2 renamed it
-    _allowed = frozenset({("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                          (f"{_core}.multiarray", "_reconstruct"), (f"{_core}.multiarray", "scalar")})
+    _allowed = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+            (f"{_core}.multiarray", "_reconstruct"),
+            (f"{_core}.multiarray", "scalar"),
+        }
+    )
 
     def find_class(self, module, name):
         for old in ("numpy.core", "numpy._core"):  # a pickle names the one its writer's numpy had
             if module.startswith(old + "."):
-                module = self._core + module[len(old):]
+                module = self._core + module[len(old) :]
         if (module, name) not in self._allowed:
             raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
         return super().find_class(module, name)
@@ -84,11 +97,15 @@ def cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         d = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
         x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
     except Exception as err:  # noqa: BLE001 -- a corrupt pickle fails in many ways, all one error to the user
-        raise NonnormalError(f"cannot read CIFAR batch {where}: {type(err).__name__}: {_first_line(err)}; "
-                             f"the file is corrupt or truncated: {CIFAR_HINT}") from None
+        raise NonnormalError(
+            f"cannot read CIFAR batch {where}: {type(err).__name__}: {_first_line(err)}; "
+            f"the file is corrupt or truncated: {CIFAR_HINT}"
+        ) from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or y.shape != (len(x),) or (y.size and y.max() > 9):
-        raise NonnormalError(f"CIFAR batch {where} has data {x.dtype} {x.shape} and {y.shape} labels, expected "
-                             f"uint8 (N, 3072) and N labels 0..9: {CIFAR_HINT}")
+        raise NonnormalError(
+            f"CIFAR batch {where} has data {x.dtype} {x.shape} and {y.shape} labels, expected "
+            f"uint8 (N, 3072) and N labels 0..9: {CIFAR_HINT}"
+        )
     return x.reshape(-1, 3, 32, 32), y  # each row: the R plane, then G, then B, each 32x32 row-major
 
 
@@ -118,8 +135,9 @@ def cifar_raw(p: Path) -> dict[str, tuple[bytes, str]]:
                 if m.isfile() and folder == "cifar-10-batches-py" and n in CIFAR_BATCHES:
                     raw[n] = (tar.extractfile(m).read(), f"{p}:{m.name}")
     except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
-        raise NonnormalError(f"cannot read {p}: {_first_line(err)}; the archive is corrupt or truncated: "
-                             f"{CIFAR_HINT}") from None
+        raise NonnormalError(
+            f"cannot read {p}: {_first_line(err)}; the archive is corrupt or truncated: {CIFAR_HINT}"
+        ) from None
     missing = [n for n in CIFAR_BATCHES if n not in raw]
     if missing:
         raise NonnormalError(f"{p} has no cifar-10-batches-py/{missing[0]}: {CIFAR_HINT}")
@@ -129,18 +147,23 @@ def cifar_raw(p: Path) -> dict[str, tuple[bytes, str]]:
 def npz_images(x: np.ndarray, key: str, path: Path, levels: int) -> np.ndarray:
     """An npz array of integer levels as ``(N, C, H, W)``, checked."""
     if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-        raise NonnormalError(f"{path}: {key} has dtype {x.dtype}: store integer levels 0..{levels - 1} "
-                             "(e.g. x.astype(np.uint8))")
+        raise NonnormalError(
+            f"{path}: {key} has dtype {x.dtype}: store integer levels 0..{levels - 1} (e.g. x.astype(np.uint8))"
+        )
     if x.size and (x.min() < 0 or x.max() >= levels):
-        raise NonnormalError(f"{path}: {key} has values {x.min()}..{x.max()}, outside 0..{levels - 1}: "
-                             "store levels 0..L-1 and pass npz:path=...:levels=L")
+        raise NonnormalError(
+            f"{path}: {key} has values {x.min()}..{x.max()}, outside 0..{levels - 1}: "
+            "store levels 0..L-1 and pass npz:path=...:levels=L"
+        )
     if x.ndim == 3:
         return x[:, None]
     first, last = x.ndim == 4 and x.shape[1] in (1, 3), x.ndim == 4 and x.shape[-1] in (1, 3)
     if first != last:
         return x if first else x.transpose(0, 3, 1, 2)
-    raise NonnormalError(f"{path}: {key} has shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) "
-                         "with C = 1 or 3 on one side only")
+    raise NonnormalError(
+        f"{path}: {key} has shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) "
+        "with C = 1 or 3 on one side only"
+    )
 
 
 def read_image(path: Path, size: int, channels: int) -> np.ndarray:

@@ -49,7 +49,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         while pos < end:
             epoch, offset = divmod(pos, self.n)
             take = min(end - pos, self.n - offset)
-            out.extend(self.permutation(epoch)[offset:offset + take].tolist())
+            out.extend(self.permutation(epoch)[offset : offset + take].tolist())
             pos += take
         return out
 
@@ -78,9 +78,14 @@ def batches(dataset: Dataset, sampler: GlobalBatchSampler, workers: int = 0) -> 
     draws from torch's global random generator, so a resumed run's dropout and noise stay exact.
     An error a worker raises comes back as the one line it had.
     """
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_stack,
-                        generator=torch.Generator(),  # the loader's base seed comes from here, not the global RNG
-                        worker_init_fn=_leave_signals_to_the_trainer if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=_stack,
+        generator=torch.Generator(),  # the loader's base seed comes from here, not the global RNG
+        worker_init_fn=_leave_signals_to_the_trainer if workers else None,
+    )
     it = iter(loader)
     try:
         while True:

@@ -99,8 +99,10 @@ def _fashion_mnist(seed: int, path: str | None) -> Data:
     for split in ("train", "t10k"):
         x, y = part(f"{split}-images-idx3-ubyte", 3), part(f"{split}-labels-idx1-ubyte", 1)
         if len(x) != len(y) or (y.size and y.max() > 9):
-            raise NonnormalError(f"{folder}: {split} has {len(x)} images and {len(y)} labels (max {y.max(initial=0)}), "
-                                 "expected equal counts of labels 0..9; the files do not match, get a fresh copy")
+            raise NonnormalError(
+                f"{folder}: {split} has {len(x)} images and {len(y)} labels (max {y.max(initial=0)}), "
+                "expected equal counts of labels 0..9; the files do not match, get a fresh copy"
+            )
         arrays += [x[:, None], y]
     return _in_memory(*arrays, 256, 10)
 
@@ -126,8 +128,10 @@ def _folder(seed: int, path: str, size: int, channels: int) -> Data:
     tops = [f.relative_to(root).parts for f in files]
     classes = sorted({t[0] for t in tops if len(t) > 1})
     if classes and any(len(t) == 1 for t in tops):
-        raise NonnormalError(f"{root} has images both at its top and in sub-folders: put each image in a "
-                             "class sub-folder, or none in sub-folders")
+        raise NonnormalError(
+            f"{root} has images both at its top and in sub-folders: put each image in a "
+            "class sub-folder, or none in sub-folders"
+        )
     y = torch.tensor([classes.index(t[0]) for t in tops], dtype=torch.int64) if classes else None
     tr, te = split_indices(len(files), 0.1, seed)
 
@@ -145,19 +149,24 @@ def _npz(seed: int, path: str, levels: int) -> Data:
         z = np.load(p, allow_pickle=False)
         arrays = {k: z[k] for k in z.files} if hasattr(z, "files") else None
     except (OSError, EOFError, ValueError, KeyError, zlib.error, zipfile.BadZipFile) as err:
-        raise NonnormalError(f"cannot read {p}: {formats._first_line(err)}; the file is corrupt or not an .npz") from None
+        raise NonnormalError(
+            f"cannot read {p}: {formats._first_line(err)}; the file is corrupt or not an .npz"
+        ) from None
     if hasattr(z, "close"):
         z.close()
     xk = "x_train" if arrays and "x_train" in arrays else "x"
     if not arrays or xk not in arrays:
-        raise NonnormalError(f"{p} has arrays {sorted(arrays or [])}: it needs 'x' or 'x_train' (+ 'x_test'), "
-                             "optionally 'y' (np.savez(path, x=images, y=labels))")
+        raise NonnormalError(
+            f"{p} has arrays {sorted(arrays or [])}: it needs 'x' or 'x_train' (+ 'x_test'), "
+            "optionally 'y' (np.savez(path, x=images, y=labels))"
+        )
 
     def part(xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray | None]:
         x, y = formats.npz_images(arrays[xkey], xkey, p, levels), arrays.get(ykey)
         if y is not None and (not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),) or y.min(initial=0) < 0):
-            raise NonnormalError(f"{p}: {ykey} has {y.dtype} {y.shape}, expected {len(x)} integer labels >= 0 "
-                                 f"matching {xkey}")
+            raise NonnormalError(
+                f"{p}: {ykey} has {y.dtype} {y.shape}, expected {len(x)} integer labels >= 0 matching {xkey}"
+            )
         return x, y
 
     x, y = part(xk, "y_train" if xk == "x_train" else "y")
@@ -165,8 +174,10 @@ def _npz(seed: int, path: str, levels: int) -> Data:
         return _by_seed(x, y, levels, None if y is None else int(y.max(initial=-1)) + 1, seed, 0.1)
     xt, yt = part("x_test", "y_test")
     if xt.shape[1:] != x.shape[1:] or (y is None) != (yt is None):
-        raise NonnormalError(f"{p}: x_test {xt.shape} and {xk} {x.shape} differ per example, or only one of them "
-                             "has labels: store matching arrays")
+        raise NonnormalError(
+            f"{p}: x_test {xt.shape} and {xk} {x.shape} differ per example, or only one of them "
+            "has labels: store matching arrays"
+        )
     k = None if y is None else int(max(y.max(initial=-1), yt.max(initial=-1))) + 1
     return _in_memory(x, y, xt, yt, levels, k)
 
@@ -179,11 +190,13 @@ def _toy2d(seed: int, name: str, n: int) -> Data:
 
 # ---- specs ------------------------------------------------------------------------------------
 
+
 def _int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(v: str) -> int:
         if not re.fullmatch(r"\d+", v) or not lo <= int(v) <= hi:
             raise ValueError(f"an integer in {lo}..{hi}")
         return int(v)
+
     return parse
 
 
@@ -192,6 +205,7 @@ def _choice(*options: str, cast: Callable = str) -> Callable[[str], object]:
         if v not in options:
             raise ValueError(f"one of {', '.join(options)}")
         return cast(v)
+
     return parse
 
 
@@ -206,11 +220,18 @@ _LOADERS: dict[str, tuple[Callable[..., Data], dict]] = {
     "mnist5k": (_mnist5k, {}),
     "fashion-mnist": (_fashion_mnist, {"path": (_path, None)}),
     "cifar10": (_cifar10, {"path": (_path, _REQUIRED)}),
-    "folder": (_folder, {"path": (_path, _REQUIRED), "size": (_int(1, 4096), 32),
-                         "channels": (_choice("1", "3", cast=int), 3)}),
+    "folder": (
+        _folder,
+        {"path": (_path, _REQUIRED), "size": (_int(1, 4096), 32), "channels": (_choice("1", "3", cast=int), 3)},
+    ),
     "npz": (_npz, {"path": (_path, _REQUIRED), "levels": (_int(2, 256), 256)}),
-    "toy2d": (_toy2d, {"name": (_choice("8gaussians", "checkerboard", "swissroll", "moons"), _REQUIRED),
-                       "n": (_int(2, 10**8), 10000)}),
+    "toy2d": (
+        _toy2d,
+        {
+            "name": (_choice("8gaussians", "checkerboard", "swissroll", "moons"), _REQUIRED),
+            "n": (_int(2, 10**8), 10000),
+        },
+    ),
 }
 _KEY = re.compile(r"([A-Za-z_]\w*)=")
 _NEXT_KEY = re.compile(r":(?=[A-Za-z_]\w*=)")
@@ -227,15 +248,18 @@ def _pairs(rest: str, spec: str) -> list[tuple[str, str, str]]:
         m = _KEY.match(rest, pos)
         stop = _NEXT_KEY.search(rest, pos)
         if m is None:
-            raise NonnormalError(f"bad option {rest[pos:stop.start() if stop else None]!r} in {spec!r}: "
-                                 "write name:key=value")
+            raise NonnormalError(
+                f"bad option {rest[pos : stop.start() if stop else None]!r} in {spec!r}: write name:key=value"
+            )
         start = m.end()
         if rest.startswith('"', start):
             end = rest.find('"', start + 1)
             if end < 0 or (end + 1 < len(rest) and rest[end + 1] != ":"):
-                raise NonnormalError(f"option {m.group(1)!r} in {spec!r} opens a quote it does not close before "
-                                     'the next ":": write key="VALUE"')
-            out.append((m.group(1), rest[start + 1:end], rest[pos:end + 1]))
+                raise NonnormalError(
+                    f"option {m.group(1)!r} in {spec!r} opens a quote it does not close before "
+                    'the next ":": write key="VALUE"'
+                )
+            out.append((m.group(1), rest[start + 1 : end], rest[pos : end + 1]))
             pos = end + 2
         else:
             end = stop.start() if stop else len(rest)

@@ -48,8 +48,10 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = 256,
     """
     x, y = x.double().reshape(x.shape[0], -1), y.double().reshape(y.shape[0], -1)
     if x.shape[1] != y.shape[1] or min(x.shape[0], y.shape[0]) < 1:
-        raise NonnormalError(f"sliced_wasserstein needs two non-empty sample sets of one dimension, got {tuple(x.shape)} "
-                             f"and {tuple(y.shape)}")
+        raise NonnormalError(
+            f"sliced_wasserstein needs two non-empty sample sets of one dimension, got {tuple(x.shape)} "
+            f"and {tuple(y.shape)}"
+        )
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(x.shape[1], projections, generator=g, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..runs import write_atomic
 from ..errors import NonnormalError
+from ..runs import write_atomic
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
 MIN_TRAIN = 100  # fewer training images than this cannot give a meaningful feature space
@@ -48,14 +48,26 @@ class FeatureClassifier(nn.Module):
     one more per doubling above.
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int,
-                 base_width: int = 16,  # channels of the stem; doubled per stage, capped at 128
-                 feature_dim: int = 64):  # size of the penultimate layer whose activations are the features
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        base_width: int = 16,  # channels of the stem; doubled per stage, capped at 128
+        feature_dim: int = 64,
+    ):  # size of the penultimate layer whose activations are the features
         super().__init__()
         if min(height, width) < 8:
             raise NonnormalError(f"images must be at least 8x8 for the feature classifier, got {height}x{width}")
-        self.config = {"channels": channels, "height": height, "width": width, "num_classes": num_classes,
-                       "base_width": base_width, "feature_dim": feature_dim}
+        self.config = {
+            "channels": channels,
+            "height": height,
+            "width": width,
+            "num_classes": num_classes,
+            "base_width": base_width,
+            "feature_dim": feature_dim,
+        }
 
         def conv(c_in, c_out, stride=1):
             return [nn.Conv2d(c_in, c_out, 3, padding=1, stride=stride, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
@@ -91,13 +103,17 @@ class Features:
         """``(N, F)`` float64 penultimate features of images ``(N, C, H, W)`` in [-1, 1]."""
         x_unit = torch.as_tensor(x_unit)
         if x_unit.ndim != 4 or tuple(x_unit.shape[1:]) != self.shape:
-            raise NonnormalError(f"images must have shape (N, {', '.join(map(str, self.shape))}) like the classifier's "
-                                 f"training data, got {tuple(x_unit.shape)}")
+            raise NonnormalError(
+                f"images must have shape (N, {', '.join(map(str, self.shape))}) like the classifier's "
+                f"training data, got {tuple(x_unit.shape)}"
+            )
         if not x_unit.is_floating_point():
             raise NonnormalError("images must be floats in [-1, 1]: convert levels with nonnormal.data.levels_to_unit")
         device = next(self.model.parameters()).device
-        out = [self.model.features(x_unit[i:i + batch_size].to(device, torch.float32)).double().cpu()
-               for i in range(0, x_unit.shape[0], batch_size)]
+        out = [
+            self.model.features(x_unit[i : i + batch_size].to(device, torch.float32)).double().cpu()
+            for i in range(0, x_unit.shape[0], batch_size)
+        ]
         return torch.cat(out).numpy() if out else np.zeros((0, self.model.config["feature_dim"]))
 
     def __repr__(self) -> str:
@@ -107,9 +123,13 @@ class Features:
 def _check_split(x, y, num_classes: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.ndim != 4 or not x.is_floating_point():
-        raise NonnormalError(f"{split} images must be a float tensor (N, C, H, W) in [-1, 1], got {x.dtype} {tuple(x.shape)}")
+        raise NonnormalError(
+            f"{split} images must be a float tensor (N, C, H, W) in [-1, 1], got {x.dtype} {tuple(x.shape)}"
+        )
     if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-        raise NonnormalError(f"{split} labels must be integers of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        raise NonnormalError(
+            f"{split} labels must be integers of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+        )
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise NonnormalError(f"{split} labels must lie in 0..{num_classes - 1}: pass the right num_classes")
     return x.float(), y.long()
@@ -124,7 +144,7 @@ def _shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Te
     """Translate each image by up to ``pixels`` in each direction, repeating the border."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pixels,) * 4, mode="replicate")
-    dy, dx = (torch.randint(0, 2 * pixels + 1, (2, n), generator=generator))
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n), generator=generator)
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pixels)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
@@ -134,7 +154,10 @@ def _shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Te
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     model.eval()
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()) for i in range(0, len(x), batch_size))
+    correct = sum(
+        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        for i in range(0, len(x), batch_size)
+    )
     return correct / max(len(x), 1)
 
 
@@ -147,8 +170,16 @@ def _hash(*arrays) -> str:
     return h.hexdigest()
 
 
-def train_classifier(x_train_unit: torch.Tensor, y_train: torch.Tensor, x_test_unit: torch.Tensor, y_test: torch.Tensor,
-                     num_classes: int, seed: int = 0, epochs: int | None = None, progress: bool = False) -> Features:
+def train_classifier(
+    x_train_unit: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test_unit: torch.Tensor,
+    y_test: torch.Tensor,
+    num_classes: int,
+    seed: int = 0,
+    epochs: int | None = None,
+    progress: bool = False,
+) -> Features:
     """Train a :class:`FeatureClassifier` on images in [-1, 1]; the same inputs and seed give the same weights.
 
     AdamW with a one-cycle learning rate, batches of 64, random shifts of up to 1/8 of the image
@@ -162,10 +193,14 @@ def train_classifier(x_train_unit: torch.Tensor, y_train: torch.Tensor, x_test_u
     x_train, y_train = _check_split(x_train_unit, y_train, num_classes, "training")
     x_test, y_test = _check_split(x_test_unit, y_test, num_classes, "test")
     if x_train.shape[0] < MIN_TRAIN or x_test.shape[0] < MIN_TEST:
-        raise NonnormalError(f"the feature classifier needs at least {MIN_TRAIN} training and {MIN_TEST} test images, got "
-                             f"{x_train.shape[0]} and {x_test.shape[0]}: use a larger dataset")
+        raise NonnormalError(
+            f"the feature classifier needs at least {MIN_TRAIN} training and {MIN_TEST} test images, got "
+            f"{x_train.shape[0]} and {x_test.shape[0]}: use a larger dataset"
+        )
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise NonnormalError(f"training and test images differ in shape: {tuple(x_train.shape[1:])} vs {tuple(x_test.shape[1:])}")
+        raise NonnormalError(
+            f"training and test images differ in shape: {tuple(x_train.shape[1:])} vs {tuple(x_test.shape[1:])}"
+        )
     batch_size = 64
     epochs = _default_epochs(x_train.shape[0], batch_size) if epochs is None else int(epochs)
     if epochs < 1:
@@ -188,7 +223,7 @@ def train_classifier(x_train_unit: torch.Tensor, y_train: torch.Tensor, x_test_u
                 model.train()
                 order = torch.randperm(x_train.shape[0], generator=generator)
                 for i in range(0, len(order), batch_size):
-                    idx = order[i:i + batch_size]
+                    idx = order[i : i + batch_size]
                     if len(idx) < 2:  # batch norm needs two examples
                         continue
                     loss = F.cross_entropy(model(_shift(x_train[idx], pixels, generator)), y_train[idx])
@@ -232,12 +267,16 @@ def _load_cached(weights: Path, sidecar: Path, expect: dict) -> Features | None:
         model.load_state_dict(load(raw), strict=True)
         return Features(model, float(meta["test_accuracy"]), meta["key"])
     except Exception as e:  # noqa: BLE001 -- any damage to the cache means: train again
-        warnings.warn(f"ignoring the cached feature classifier {weights.name} ({type(e).__name__}: {e}); training it again",
-                      stacklevel=3)
+        warnings.warn(
+            f"ignoring the cached feature classifier {weights.name} ({type(e).__name__}: {e}); training it again",
+            stacklevel=3,
+        )
         return None
 
 
-def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Features:
+def features_for(
+    dataset, seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False
+) -> Features:
     """The feature map of a labelled dataset (``nonnormal.data.load``): trained once per dataset and seed, then cached.
 
     Trains on ``dataset.unit("train")`` and its labels and reports accuracy on the test split.
@@ -246,13 +285,19 @@ def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = N
     """
     name = str(getattr(dataset, "name", "dataset"))
     if len(dataset.shape) != 3:
-        raise NonnormalError(f"dataset {name!r} is not images (N, C, H, W), and FD/KID compare images: use an image dataset")
+        raise NonnormalError(
+            f"dataset {name!r} is not images (N, C, H, W), and FD/KID compare images: use an image dataset"
+        )
     if dataset.labels("train") is None or dataset.labels("test") is None or not dataset.num_classes:
-        raise NonnormalError(f"dataset {name!r} has no labels, and FD/KID need a labelled dataset to train their "
-                             "feature classifier: use one with classes (digits, mnist, cifar10)")
+        raise NonnormalError(
+            f"dataset {name!r} has no labels, and FD/KID need a labelled dataset to train their "
+            "feature classifier: use one with classes (digits, mnist, cifar10)"
+        )
     if len(dataset.train) < MIN_TRAIN or len(dataset.test) < MIN_TEST:
-        raise NonnormalError(f"dataset {name!r} has {len(dataset.train)} training and {len(dataset.test)} test images; FD/KID "
-                             f"need at least {MIN_TRAIN} and {MIN_TEST} to train their feature classifier: use a larger dataset")
+        raise NonnormalError(
+            f"dataset {name!r} has {len(dataset.train)} training and {len(dataset.test)} test images; FD/KID "
+            f"need at least {MIN_TRAIN} and {MIN_TEST} to train their feature classifier: use a larger dataset"
+        )
     data_hash = _hash(dataset.tensor("train"), dataset.labels("train"))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_folder()
     stem = f"classifier-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in name)}-{data_hash[:12]}-seed{seed}"
@@ -262,14 +307,26 @@ def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = N
     if cached is not None:
         return cached
 
-    features = train_classifier(dataset.unit("train"), dataset.labels("train"), dataset.unit("test"), dataset.labels("test"),
-                                int(dataset.num_classes), seed=seed, progress=progress)
+    features = train_classifier(
+        dataset.unit("train"),
+        dataset.labels("train"),
+        dataset.unit("test"),
+        dataset.labels("test"),
+        int(dataset.num_classes),
+        seed=seed,
+        progress=progress,
+    )
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
     raw = save({k: v.detach().contiguous().cpu() for k, v in features.model.state_dict().items()})
-    meta = {**expect, "test_accuracy": features.test_accuracy, "key": features.key,
-            "model": features.model.config, "weights_sha256": hashlib.sha256(raw).hexdigest()}
+    meta = {
+        **expect,
+        "test_accuracy": features.test_accuracy,
+        "key": features.key,
+        "model": features.model.config,
+        "weights_sha256": hashlib.sha256(raw).hexdigest(),
+    }
     write_atomic(weights, raw)  # the sidecar goes last: a sidecar means its weights are complete
     write_atomic(sidecar, json.dumps(meta, indent=1).encode())
     return features
@@ -281,7 +338,9 @@ def features_for(dataset, seed: int = 0, cache_dir: str | os.PathLike | None = N
 def _check_features(f1, f2, what: str) -> tuple[np.ndarray, np.ndarray]:
     f1, f2 = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise NonnormalError(f"{what} needs two feature arrays (N, d) with the same d, got shapes {f1.shape} and {f2.shape}")
+        raise NonnormalError(
+            f"{what} needs two feature arrays (N, d) with the same d, got shapes {f1.shape} and {f2.shape}"
+        )
     if min(f1.shape[0], f2.shape[0]) < 2:
         raise NonnormalError(f"{what} needs at least 2 samples in each set, got {f1.shape[0]} and {f2.shape[0]}")
     if not (np.isfinite(f1).all() and np.isfinite(f2).all()):
@@ -321,7 +380,9 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
 
 
-def kernel_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_distance(
+    f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID: the unbiased MMD^2 with ``k(x, y) = (x.y / d + 1)^3``, over random subsets; ``(mean, std)`` across subsets.
 
     Each subset draws ``min(subset_size, n1, n2)`` rows of each set without replacement.
@@ -333,8 +394,12 @@ def kernel_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_si
         raise NonnormalError(f"subset_size must be an integer >= 2, got {subset_size!r}")
     m = min(subset_size, f1.shape[0], f2.shape[0])
     rng = np.random.default_rng(seed)
-    values = np.array([_mmd2_unbiased(f1[rng.choice(f1.shape[0], m, replace=False)], f2[rng.choice(f2.shape[0], m, replace=False)])
-                       for _ in range(subsets)])
+    values = np.array(
+        [
+            _mmd2_unbiased(f1[rng.choice(f1.shape[0], m, replace=False)], f2[rng.choice(f2.shape[0], m, replace=False)])
+            for _ in range(subsets)
+        ]
+    )
     return float(values.mean()), float(values.std())
 
 
@@ -354,12 +419,16 @@ def inception_fid(real_uint8_nhwc, fake_uint8_nhwc, batch_size: int = 50, device
     try:
         from pytorch_fid.inception import InceptionV3
     except Exception as e:  # noqa: BLE001 -- missing package, or a broken torchvision under it
-        raise NonnormalError(f"inception_fid needs the pytorch-fid package (and a working torchvision), which failed to import "
-                             f"({type(e).__name__}): pip install pytorch-fid, or use frechet_distance on features_for(...)") from None
+        raise NonnormalError(
+            f"inception_fid needs the pytorch-fid package (and a working torchvision), which failed to import "
+            f"({type(e).__name__}): pip install pytorch-fid, or use frechet_distance on features_for(...)"
+        ) from None
     path = _inception_weights_path()
     if not path.is_file():
-        raise NonnormalError(f"inception_fid will not download weights: put {INCEPTION_WEIGHTS} (from the pytorch-fid "
-                             f"releases on GitHub) at {path}")
+        raise NonnormalError(
+            f"inception_fid will not download weights: put {INCEPTION_WEIGHTS} (from the pytorch-fid "
+            f"releases on GitHub) at {path}"
+        )
     feats = []
     model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
     for images in (real_uint8_nhwc, fake_uint8_nhwc):
@@ -369,7 +438,7 @@ def inception_fid(real_uint8_nhwc, fake_uint8_nhwc, batch_size: int = 50, device
         out = []
         with torch.no_grad():
             for i in range(0, x.shape[0], batch_size):
-                batch = x[i:i + batch_size].permute(0, 3, 1, 2).to(device, torch.float32) / 255
+                batch = x[i : i + batch_size].permute(0, 3, 1, 2).to(device, torch.float32) / 255
                 out.append(model(batch)[0].squeeze(-1).squeeze(-1).double().cpu())
         feats.append(torch.cat(out).numpy())
     return frechet_distance(*feats)

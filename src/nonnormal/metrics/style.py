@@ -30,7 +30,9 @@ def _images(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
-        raise NonnormalError(f"style metrics need images shaped (N, H, W) or (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
+        raise NonnormalError(
+            f"style metrics need images shaped (N, H, W) or (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}"
+        )
     return x
 
 
@@ -40,7 +42,9 @@ def to_levels(x: torch.Tensor, levels: int) -> torch.Tensor:
         raise NonnormalError(f"levels must be at least 2, got {levels}")
     if not torch.is_floating_point(x):
         if int(x.min()) < 0 or int(x.max()) > levels - 1:
-            raise NonnormalError(f"integer images must hold levels 0..{levels - 1}, got values in [{int(x.min())}, {int(x.max())}]")
+            raise NonnormalError(
+                f"integer images must hold levels 0..{levels - 1}, got values in [{int(x.min())}, {int(x.max())}]"
+            )
         return x.long()
     return unit_to_levels(x.double(), levels)
 
@@ -90,16 +94,23 @@ def histogram_distance(x: torch.Tensor, y: torch.Tensor, levels: int) -> dict[st
     """``{"tv": 1/2 sum |p - q|, "w1": sum |P - Q| * 2/L}`` between the pixel histograms of two
     image sets (``P``, ``Q`` the cumulative shares; ``w1`` is on the [-1, 1] scale, bins 2/L apart)."""
     p, q = pixel_histogram(x, levels), pixel_histogram(y, levels)
-    return {"tv": float(0.5 * (p - q).abs().sum()),
-            "w1": float((p.cumsum(0) - q.cumsum(0)).abs()[:-1].sum() * 2 / levels)}
+    return {
+        "tv": float(0.5 * (p - q).abs().sum()),
+        "w1": float((p.cumsum(0) - q.cumsum(0)).abs()[:-1].sum() * 2 / levels),
+    }
 
 
-def style_metrics(samples: torch.Tensor, levels: int, data: torch.Tensor | None = None, cutoff: float = 0.25) -> dict[str, float]:
+def style_metrics(
+    samples: torch.Tensor, levels: int, data: torch.Tensor | None = None, cutoff: float = 0.25
+) -> dict[str, float]:
     """Every style metric of ``samples``: ``saturation``, ``tv`` (total variation), ``hf_share``
     (power above ``cutoff`` cycles per pixel) and, given ``data``, ``hist_tv`` and ``hist_w1``
     between the samples' and the data's pixel histograms."""
-    out = {"saturation": saturation(samples, levels), "tv": total_variation(samples, levels),
-           "hf_share": high_frequency_share(samples, levels, cutoff)}
+    out = {
+        "saturation": saturation(samples, levels),
+        "tv": total_variation(samples, levels),
+        "hf_share": high_frequency_share(samples, levels, cutoff),
+    }
     if data is not None:
         h = histogram_distance(samples, data, levels)
         out.update(hist_tv=h["tv"], hist_w1=h["w1"])

@@ -54,8 +54,10 @@ def get_class(name: str) -> type:
         try:
             entry = getattr(importlib.import_module(module), attr)
         except ImportError as err:
-            raise NonnormalError(f"network {name!r} needs {err.name or module}, which is not installed: "
-                                 f"pip install 'nonnormal[diffusers]' (or the package it names)") from None
+            raise NonnormalError(
+                f"network {name!r} needs {err.name or module}, which is not installed: "
+                f"pip install 'nonnormal[diffusers]' (or the package it names)"
+            ) from None
         _NETS[name] = entry
     return entry
 
@@ -86,4 +88,3 @@ def build(name: str, shape: tuple[int, ...], **opts) -> nn.Module:
         raise
     except (TypeError, ValueError) as e:
         raise NonnormalError(f"bad option for network {name!r} on data of shape {tuple(shape)}: {e}") from None
-

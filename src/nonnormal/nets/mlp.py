@@ -15,7 +15,9 @@ class MLP(nn.Module):
     def __init__(self, shape: tuple[int], width: int = 256, depth: int = 3, dropout: float = 0.0):
         super().__init__()
         if len(shape) != 1:
-            raise NonnormalError(f"the MLP takes vectors, got examples of shape {tuple(shape)}: use net = 'unet' for images")
+            raise NonnormalError(
+                f"the MLP takes vectors, got examples of shape {tuple(shape)}: use net = 'unet' for images"
+            )
         if width <= 0 or depth <= 0:
             raise NonnormalError(f"MLP width and depth must be positive, got width={width}, depth={depth}")
         if not 0 <= dropout < 1:
@@ -24,8 +26,11 @@ class MLP(nn.Module):
         self.inp = nn.Linear(shape[0], width)
         self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(width, width))
-            for _ in range(depth))
+            nn.Sequential(
+                nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(width, width)
+            )
+            for _ in range(depth)
+        )
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, shape[0]))
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)

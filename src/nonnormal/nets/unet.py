@@ -73,13 +73,22 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     """``eps_theta(x, t)`` for images of shape ``(channels, size, size)``."""
 
-    def __init__(self, shape: tuple[int, int, int], width: int = 32, ch_mult: tuple[int, ...] = (1, 2),
-                 num_res_blocks: int = 1, attn_resolutions: tuple[int, ...] = (4,), dropout: float = 0.0,
-                 fourier: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        width: int = 32,
+        ch_mult: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 1,
+        attn_resolutions: tuple[int, ...] = (4,),
+        dropout: float = 0.0,
+        fourier: tuple[int, ...] = (),
+    ):
         super().__init__()
         if len(shape) != 3:
-            raise NonnormalError(f"the UNet takes images (channels, height, width), but the data's examples have shape "
-                                 f"{tuple(shape)}: set net.name = \"mlp\" for vector data (see configs/toy2d.toml)")
+            raise NonnormalError(
+                f"the UNet takes images (channels, height, width), but the data's examples have shape "
+                f'{tuple(shape)}: set net.name = "mlp" for vector data (see configs/toy2d.toml)'
+            )
         C, H, W = shape  # image shape
         self.shape = tuple(shape)
         self.fourier = tuple(int(n) for n in fourier)  # VDM Fourier-feature exponents n (2^n pi x); () = off
@@ -93,7 +102,9 @@ class UNet(nn.Module):
             raise NonnormalError(f"UNet dropout must lie in [0, 1), got {dropout}")
         down = 2 ** (len(ch_mult) - 1)
         if H % down or W % down:
-            raise NonnormalError(f"a {H}x{W} image cannot be halved {len(ch_mult) - 1} times: use fewer ch_mult entries")
+            raise NonnormalError(
+                f"a {H}x{W} image cannot be halved {len(ch_mult) - 1} times: use fewer ch_mult entries"
+            )
         emb_dim = 4 * width
         self.width = width
         self.time = nn.Sequential(nn.Linear(width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -113,7 +124,9 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 chans.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
@@ -123,7 +136,9 @@ class UNet(nn.Module):
                     blocks.append(Attention(ch))
                 self.up.append(blocks)
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)])
+                )
                 res *= 2
         self.norm_out, self.conv_out = _norm(ch), nn.Conv2d(ch, C, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)

@@ -21,8 +21,9 @@ from __future__ import annotations
 try:
     import diffusers  # noqa: F401
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
-    raise ImportError("nonnormal.integrations.diffusers needs diffusers: pip install 'nonnormal[diffusers]'",
-                      name="diffusers") from _err
+    raise ImportError(
+        "nonnormal.integrations.diffusers needs diffusers: pip install 'nonnormal[diffusers]'", name="diffusers"
+    ) from _err
 
 # ModelMixin and SchedulerMixin must be attributes of this module: DiffusionPipeline.from_pretrained
 # finds the loading method of a component from another library by looking them up in its module
@@ -32,8 +33,15 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: E402,F
 from .common import EXPORT_FORMAT, EXPORT_INFO  # noqa: E402,F401
 from .export import export_run  # noqa: E402
 from .nets import DiffusersUNet, NonNormalNet  # noqa: E402
-from .pretrained import (PREDICTION_TYPES, PretrainedEps, default_diffusion_config, evaluate_pretrained,  # noqa: E402,F401
-                         load_pretrained, make_diffusion, pretrained_as_run)
+from .pretrained import (  # noqa: E402,F401
+    PREDICTION_TYPES,
+    PretrainedEps,
+    default_diffusion_config,
+    evaluate_pretrained,
+    load_pretrained,
+    make_diffusion,
+    pretrained_as_run,
+)
 from .scheduler import NonNormalScheduler, coupled_increments  # noqa: E402
 from .timesteps import t_to_timestep, timestep_to_t  # noqa: E402
 
@@ -44,5 +52,14 @@ for _cls in (NonNormalScheduler, NonNormalNet):
     _cls.__module__ = __name__
 del _cls
 
-__all__ = ["NonNormalScheduler", "DiffusersUNet", "NonNormalNet", "load_pretrained", "export_run",
-           "evaluate_pretrained", "timestep_to_t", "t_to_timestep", "coupled_increments"]
+__all__ = [
+    "NonNormalScheduler",
+    "DiffusersUNet",
+    "NonNormalNet",
+    "load_pretrained",
+    "export_run",
+    "evaluate_pretrained",
+    "timestep_to_t",
+    "t_to_timestep",
+    "coupled_increments",
+]

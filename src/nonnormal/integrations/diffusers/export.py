@@ -40,10 +40,19 @@ def export_run(run, out, force: bool = False) -> Path:
         raise NonnormalError(f"{out} is not empty: pass --force to replace it or choose another folder")
     run_path, target = Path(run).resolve(), out.resolve()
     if target == run_path or target in run_path.parents:
-        raise NonnormalError(f"--diffusers {out} is the run or holds it: --force would delete the run; choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file() and not (out / "model_index.json").is_file():
-        raise NonnormalError(f"{out} holds files that are not an exported pipeline: --force replaces only an earlier "
-                             "export; choose another folder")
+        raise NonnormalError(
+            f"--diffusers {out} is the run or holds it: --force would delete the run; choose another folder"
+        )
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not (out / EXPORT_INFO).is_file()
+        and not (out / "model_index.json").is_file()
+    ):
+        raise NonnormalError(
+            f"{out} holds files that are not an exported pipeline: --force replaces only an earlier "
+            "export; choose another folder"
+        )
     model, cfg, state = _load_run(run)
     shape = tuple(state["shape"])
     if len(shape) != 3:
@@ -55,12 +64,19 @@ def export_run(run, out, force: bool = False) -> Path:
         N = int(cfg["net"].get("num_train_timesteps", 1000))
     else:
         N = s.steps if isinstance(s, schedules.DDPMLinear) else 1000
-    sched: dict[str, Any] = {"num_train_timesteps": N, "clip_sample": False, "law": d["p"], "rule": d["rule"],
-                             "plugins": list(cfg.get("plugins") or []) or None}
+    sched: dict[str, Any] = {
+        "num_train_timesteps": N,
+        "clip_sample": False,
+        "law": d["p"],
+        "rule": d["rule"],
+        "plugins": list(cfg.get("plugins") or []) or None,
+    }
     if isinstance(s, schedules.DDPMLinear):
         if s.steps != N:
-            raise NonnormalError(f"the run's ddpm-linear schedule has {s.steps} steps but its UNet maps time with "
-                                 f"num_train_timesteps={N}: they must agree to export to diffusers")
+            raise NonnormalError(
+                f"the run's ddpm-linear schedule has {s.steps} steps but its UNet maps time with "
+                f"num_train_timesteps={N}: they must agree to export to diffusers"
+            )
         sched.update(beta_start=s.beta_start, beta_end=s.beta_end, beta_schedule="linear")
     else:
         sched["schedule"] = d["schedule"]
@@ -70,17 +86,30 @@ def export_run(run, out, force: bool = False) -> Path:
     else:
         C, H, W = shape
         options = {k: v for k, v in cfg["net"].items() if k != "name"}
-        unet = NonNormalNet(net=name, net_options=options, shape=list(shape), num_train_timesteps=N,
-                            sample_size=H if H == W else [H, W], in_channels=C, out_channels=C,
-                            plugins=list(cfg.get("plugins") or []) or None)
+        unet = NonNormalNet(
+            net=name,
+            net_options=options,
+            shape=list(shape),
+            num_train_timesteps=N,
+            sample_size=H if H == W else [H, W],
+            in_channels=C,
+            out_channels=C,
+            plugins=list(cfg.get("plugins") or []) or None,
+        )
         unet.network.load_state_dict(model.state_dict())
     pipe = DDPMPipeline(unet=unet.float().eval(), scheduler=scheduler)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        info = {"format": EXPORT_FORMAT, "run": str(Path(run).resolve()), "step": state.get("step"),
-                "shape": list(shape), "levels": state.get("levels"), "config": cfg}
+        info = {
+            "format": EXPORT_FORMAT,
+            "run": str(Path(run).resolve()),
+            "step": state.get("step"),
+            "shape": list(shape),
+            "levels": state.get("levels"),
+            "config": cfg,
+        }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
         (tmp / "README.md").write_text(_model_card(cfg, state, N))
         if out.exists():
@@ -96,17 +125,17 @@ def _model_card(cfg: dict, state: dict, N: int) -> str:
     d = cfg["diffusion"]
     return f"""# nonnormal run exported to diffusers
 
-Trained with nonnormal: data {cfg['data']['dataset']}, network {cfg['net']['name']}, schedule {d['schedule']},
-q = {d['q']}, p = {d['p']}, T = {d['T']}, rule {d['rule']}, {state.get('step')} steps (EMA weights).
+Trained with nonnormal: data {cfg["data"]["dataset"]}, network {cfg["net"]["name"]}, schedule {d["schedule"]},
+q = {d["q"]}, p = {d["p"]}, T = {d["T"]}, rule {d["rule"]}, {state.get("step")} steps (EMA weights).
 
 ```python
 from diffusers import DiffusionPipeline
 import torch
 pipe = DiffusionPipeline.from_pretrained("THIS_FOLDER")   # needs: pip install 'nonnormal[diffusers]'
-images = pipe(batch_size=16, generator=torch.manual_seed(0), num_inference_steps={min(N, d['T'])}).images
+images = pipe(batch_size=16, generator=torch.manual_seed(0), num_inference_steps={min(N, d["T"])}).images
 ```
 
-The scheduler is nonnormal's NonNormalScheduler (law {d['p']}); swap the law with
+The scheduler is nonnormal's NonNormalScheduler (law {d["p"]}); swap the law with
 `pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, law="laplace")`.
 `nonnormal sample --pretrained THIS_FOLDER --seed 0` reproduces `nonnormal sample RUN --seed 0` exactly.
 """

@@ -5,11 +5,11 @@ export of a run with another network holds)."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import nn
 
 from ...errors import NonnormalError
 from .common import _load_plugins
@@ -25,37 +25,77 @@ class DiffusersUNet(nn.Module):
     embedding is diffusers' sinusoidal one ("positional"), evaluated at fractional timesteps.
     """
 
-    def __init__(self, shape: tuple[int, ...], block_out_channels: tuple[int, ...] = (32, 64),
-                 layers_per_block: int = 1, down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D"),
-                 up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D"),
-                 mid_block_type: str = "UNetMidBlock2D", norm_num_groups: int = 8, attention_head_dim: int = 8,
-                 dropout: float = 0.0, act_fn: str = "silu", flip_sin_to_cos: bool = True, freq_shift: int = 0,
-                 center_input_sample: bool = False, downsample_type: str = "conv", upsample_type: str = "conv",
-                 resnet_time_scale_shift: str = "default", add_attention: bool = True, norm_eps: float = 1e-5,
-                 num_train_timesteps: int = 1000):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        block_out_channels: tuple[int, ...] = (32, 64),
+        layers_per_block: int = 1,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D"),
+        mid_block_type: str = "UNetMidBlock2D",
+        norm_num_groups: int = 8,
+        attention_head_dim: int = 8,
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        center_input_sample: bool = False,
+        downsample_type: str = "conv",
+        upsample_type: str = "conv",
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        norm_eps: float = 1e-5,
+        num_train_timesteps: int = 1000,
+    ):
         super().__init__()
         if len(shape) != 3:
-            raise NonnormalError(f"diffusers-unet2d takes images (channels, height, width), but the data's examples "
-                                 f"have shape {tuple(shape)}: use net.name = \"mlp\" for vector data")
+            raise NonnormalError(
+                f"diffusers-unet2d takes images (channels, height, width), but the data's examples "
+                f'have shape {tuple(shape)}: use net.name = "mlp" for vector data'
+            )
         C, H, W = shape
         downs = len(block_out_channels) - 1
         if H % 2**downs or W % 2**downs:
             raise NonnormalError(f"a {H}x{W} image cannot be halved {downs} times: give fewer block_out_channels")
         if not len(block_out_channels) == len(down_block_types) == len(up_block_types):
-            raise NonnormalError(f"diffusers-unet2d needs as many down_block_types ({len(down_block_types)}) and "
-                                 f"up_block_types ({len(up_block_types)}) as block_out_channels ({len(block_out_channels)})")
-        if isinstance(num_train_timesteps, bool) or int(num_train_timesteps) != num_train_timesteps or num_train_timesteps < 2:
-            raise NonnormalError(f"diffusers-unet2d num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+            raise NonnormalError(
+                f"diffusers-unet2d needs as many down_block_types ({len(down_block_types)}) and "
+                f"up_block_types ({len(up_block_types)}) as block_out_channels ({len(block_out_channels)})"
+            )
+        if (
+            isinstance(num_train_timesteps, bool)
+            or int(num_train_timesteps) != num_train_timesteps
+            or num_train_timesteps < 2
+        ):
+            raise NonnormalError(
+                f"diffusers-unet2d num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}"
+            )
         self.shape = tuple(shape)
         self.num_train_timesteps = int(num_train_timesteps)
         self.unet = UNet2DModel(
-            sample_size=H if H == W else (H, W), in_channels=C, out_channels=C, block_out_channels=tuple(block_out_channels),
-            layers_per_block=layers_per_block, down_block_types=tuple(down_block_types),
-            up_block_types=tuple(up_block_types), mid_block_type=mid_block_type, norm_num_groups=norm_num_groups,
-            attention_head_dim=attention_head_dim, dropout=dropout, act_fn=act_fn, flip_sin_to_cos=flip_sin_to_cos,
-            freq_shift=freq_shift, center_input_sample=center_input_sample, downsample_type=downsample_type,
-            upsample_type=upsample_type, resnet_time_scale_shift=resnet_time_scale_shift, add_attention=add_attention,
-            norm_eps=norm_eps, time_embedding_type="positional", num_train_timesteps=self.num_train_timesteps)
+            sample_size=H if H == W else (H, W),
+            in_channels=C,
+            out_channels=C,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            mid_block_type=mid_block_type,
+            norm_num_groups=norm_num_groups,
+            attention_head_dim=attention_head_dim,
+            dropout=dropout,
+            act_fn=act_fn,
+            flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift,
+            center_input_sample=center_input_sample,
+            downsample_type=downsample_type,
+            upsample_type=upsample_type,
+            resnet_time_scale_shift=resnet_time_scale_shift,
+            add_attention=add_attention,
+            norm_eps=norm_eps,
+            time_embedding_type="positional",
+            num_train_timesteps=self.num_train_timesteps,
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return _unet_eps(self.unet, x, t, self.num_train_timesteps)
@@ -76,9 +116,17 @@ class NonNormalNet(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, net: str = "unet", net_options: dict | None = None, shape: list[int] | None = None,
-                 num_train_timesteps: int = 1000, sample_size: int | list[int] = 8, in_channels: int = 1,
-                 out_channels: int = 1, plugins: list[str] | None = None):
+    def __init__(
+        self,
+        net: str = "unet",
+        net_options: dict | None = None,
+        shape: list[int] | None = None,
+        num_train_timesteps: int = 1000,
+        sample_size: int | list[int] = 8,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        plugins: list[str] | None = None,
+    ):
         super().__init__()
         from ... import nets
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from diffusers import UNet2DModel
+from torch import nn
 
 from ... import schedules
 from ...errors import NonnormalError
@@ -29,8 +29,14 @@ class PretrainedEps(nn.Module):
     ``eps = (x - alpha x0) / sigma``, with ``alpha``, ``sigma`` of ``schedule`` at ``t``.
     """
 
-    def __init__(self, model: nn.Module, num_train_timesteps: int, prediction_type: str = "epsilon",
-                 schedule=None, channels: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_train_timesteps: int,
+        prediction_type: str = "epsilon",
+        schedule=None,
+        channels: int | None = None,
+    ):
         super().__init__()
         self.model, self.num_train_timesteps, self.prediction_type = model, int(num_train_timesteps), prediction_type
         self.schedule = schedules.get(schedule) if schedule is not None else None
@@ -60,7 +66,9 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise NonnormalError(f"{what} {path} is unreadable ({str(err).splitlines()[0][:100]}): restore the folder") from None
+        raise NonnormalError(
+            f"{what} {path} is unreadable ({str(err).splitlines()[0][:100]}): restore the folder"
+        ) from None
     if not isinstance(data, dict):
         raise NonnormalError(f"{what} {path} is not a JSON object: restore the folder")
     return data
@@ -71,15 +79,21 @@ def _schedule_spec(sched: dict, where: Path) -> str:
     if sched.get("schedule"):  # a NonNormalScheduler that names a nonnormal schedule
         return str(sched["schedule"])
     if sched.get("trained_betas") is not None:
-        raise NonnormalError(f"{where}: the scheduler has trained_betas, which nonnormal's schedules cannot express: "
-                             "only linear betas (ddpm-linear) are supported")
+        raise NonnormalError(
+            f"{where}: the scheduler has trained_betas, which nonnormal's schedules cannot express: "
+            "only linear betas (ddpm-linear) are supported"
+        )
     if sched.get("rescale_betas_zero_snr"):
-        raise NonnormalError(f"{where}: the scheduler rescales betas to zero terminal SNR, which nonnormal's "
-                             "VP schedules cannot express: only plain linear betas (ddpm-linear) are supported")
+        raise NonnormalError(
+            f"{where}: the scheduler rescales betas to zero terminal SNR, which nonnormal's "
+            "VP schedules cannot express: only plain linear betas (ddpm-linear) are supported"
+        )
     kind = sched.get("beta_schedule", "linear")
     if kind != "linear":
-        raise NonnormalError(f"{where}: beta_schedule {kind!r} is not supported: only linear betas map to nonnormal's "
-                             "ddpm-linear schedule")
+        raise NonnormalError(
+            f"{where}: beta_schedule {kind!r} is not supported: only linear betas map to nonnormal's "
+            "ddpm-linear schedule"
+        )
     N = int(sched.get("num_train_timesteps", 1000))
     start, end = float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02))
     return f"ddpm-linear:beta_start={start!r}:beta_end={end!r}:steps={N}"
@@ -88,8 +102,15 @@ def _schedule_spec(sched: dict, where: Path) -> str:
 def default_diffusion_config(schedule: str, num_train_timesteps: int) -> dict:
     """Sampling defaults for a pretrained DDPM model: Gaussian laws, the posterior rule, T = N steps on
     the ``ddpm`` spacing (the model's own timesteps; a smaller ``T`` keeps to them, rounded)."""
-    return {"q": "gaussian", "p": "gaussian", "schedule": schedule, "T": num_train_timesteps, "rule": "posterior",
-            "loss": "step", "spacing": "ddpm"}
+    return {
+        "q": "gaussian",
+        "p": "gaussian",
+        "schedule": schedule,
+        "T": num_train_timesteps,
+        "rule": "posterior",
+        "loss": "step",
+        "spacing": "ddpm",
+    }
 
 
 def make_diffusion(d: dict):
@@ -102,16 +123,20 @@ def make_diffusion(d: dict):
 def _folder_parts(path: Path) -> tuple[Path, Path | None, dict | None]:
     """``(unet folder, scheduler config file or None, export info or None)`` of a pipeline or UNet folder."""
     if not path.is_dir():
-        raise NonnormalError(f"--pretrained {path}: no such folder: give a local diffusers pipeline folder "
-                             "(with model_index.json) or a UNet folder (with config.json)")
+        raise NonnormalError(
+            f"--pretrained {path}: no such folder: give a local diffusers pipeline folder "
+            "(with model_index.json) or a UNet folder (with config.json)"
+        )
     info = _read_json(path / EXPORT_INFO, "export info") if (path / EXPORT_INFO).is_file() else None
     if (path / "model_index.json").is_file():
         index = _read_json(path / "model_index.json", "pipeline index")
         latent = [k for k in ("vae", "vqvae", "text_encoder") if index.get(k)]
         if latent or "unet" not in index:
             kind = index.get("_class_name", "?")
-            raise NonnormalError(f"{path} holds a {kind} ({'with ' + latent[0] if latent else 'without a unet'}): only "
-                                 "unconditional pixel-space pipelines with a UNet2DModel (DDPMPipeline) are supported")
+            raise NonnormalError(
+                f"{path} holds a {kind} ({'with ' + latent[0] if latent else 'without a unet'}): only "
+                "unconditional pixel-space pipelines with a UNet2DModel (DDPMPipeline) are supported"
+            )
         sched = path / "scheduler" / "scheduler_config.json"
         return path / "unet", sched if sched.is_file() else None, info
     if (path / "config.json").is_file():
@@ -119,8 +144,10 @@ def _folder_parts(path: Path) -> tuple[Path, Path | None, dict | None]:
             if sched.is_file():
                 return path, sched, info
         return path, None, info
-    raise NonnormalError(f"{path} is not a diffusers pipeline or UNet folder (no model_index.json or config.json): "
-                         "save one with pipeline.save_pretrained(DIR) or download it first")
+    raise NonnormalError(
+        f"{path} is not a diffusers pipeline or UNet folder (no model_index.json or config.json): "
+        "save one with pipeline.save_pretrained(DIR) or download it first"
+    )
 
 
 def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
@@ -142,32 +169,42 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
     kind = unet_cfg.get("_class_name")
     classes = {"UNet2DModel": UNet2DModel, "NonNormalNet": NonNormalNet}
     if kind not in classes:
-        raise NonnormalError(f"{unet_dir} holds a {kind or 'model of unknown class'}: only UNet2DModel (or an "
-                             "exported nonnormal network) is supported")
+        raise NonnormalError(
+            f"{unet_dir} holds a {kind or 'model of unknown class'}: only UNet2DModel (or an "
+            "exported nonnormal network) is supported"
+        )
     if unet_cfg.get("class_embed_type") or unet_cfg.get("num_class_embeds"):
         raise NonnormalError(f"{unet_dir} is a class-conditional UNet2DModel: only unconditional models are supported")
     if unet_cfg.get("time_embedding_type", "positional") != "positional":
-        raise NonnormalError(f"{unet_dir} uses time_embedding_type {unet_cfg['time_embedding_type']!r}: only "
-                             "'positional' embeds nonnormal's fractional timesteps")
+        raise NonnormalError(
+            f"{unet_dir} uses time_embedding_type {unet_cfg['time_embedding_type']!r}: only "
+            "'positional' embeds nonnormal's fractional timesteps"
+        )
     if sched_path is not None:
         sched = _read_json(sched_path, "scheduler config")
     else:
-        warnings.warn(f"{path} has no scheduler config: assuming DDPM's defaults (linear betas 1e-4..0.02, "
-                      "1000 steps, epsilon prediction)", stacklevel=2)
+        warnings.warn(
+            f"{path} has no scheduler config: assuming DDPM's defaults (linear betas 1e-4..0.02, "
+            "1000 steps, epsilon prediction)",
+            stacklevel=2,
+        )
         sched = {}
     prediction = sched.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
-        raise NonnormalError(f"{path}: prediction_type {prediction!r} is not supported: nonnormal needs epsilon "
-                             "(v_prediction and sample are converted)")
+        raise NonnormalError(
+            f"{path}: prediction_type {prediction!r} is not supported: nonnormal needs epsilon "
+            "(v_prediction and sample are converted)"
+        )
     if info is not None:
         if info.get("format") != EXPORT_FORMAT:
-            raise NonnormalError(f"{path / EXPORT_INFO} has format {info.get('format')!r}, not {EXPORT_FORMAT}: "
-                                 "re-export the run with this version")
+            raise NonnormalError(
+                f"{path / EXPORT_INFO} has format {info.get('format')!r}, not {EXPORT_FORMAT}: "
+                "re-export the run with this version"
+            )
         _load_plugins(info["config"].get("plugins"))
     _load_plugins(sched.get("plugins"))
     spec = _schedule_spec(sched, sched_path or path)
     N = int(sched.get("num_train_timesteps", 1000))
-    import warnings
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -180,8 +217,9 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
     except NonnormalError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise NonnormalError(f"cannot load the model in {unet_dir} ({str(err).splitlines()[0][:150]}): "
-                             "is the folder complete?") from None
+        raise NonnormalError(
+            f"cannot load the model in {unet_dir} ({str(err).splitlines()[0][:150]}): is the folder complete?"
+        ) from None
     finally:
         diffusers_logging.set_verbosity(verbosity)
     channels = int(unet_cfg.get("in_channels", 3))
@@ -191,8 +229,10 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
     hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
     out_channels = int(unet_cfg.get("out_channels", channels))
     if out_channels not in (channels, 2 * channels):
-        raise NonnormalError(f"{unet_dir}: the model maps {channels} channels to {out_channels}: nonnormal needs the "
-                             "noise of every input channel")
+        raise NonnormalError(
+            f"{unet_dir}: the model maps {channels} channels to {out_channels}: nonnormal needs the "
+            "noise of every input channel"
+        )
     eps = PretrainedEps(model, N, prediction, spec, channels).to(device, dtype).eval().requires_grad_(False)
     if info is not None:
         d = dict(info["config"]["diffusion"])
@@ -229,9 +269,20 @@ def _se(values: torch.Tensor) -> float:
     return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
 
 
-def evaluate_pretrained(path, dataset: str, device="cpu", n_test: int | None = None, n_samples: int | None = None,
-                        T: int | None = None, rtol: float = 1e-5, atol: float = 1e-5, batch: int = 500, seed: int = 0,
-                        quality: bool = True, progress: bool = False) -> dict:
+def evaluate_pretrained(
+    path,
+    dataset: str,
+    device="cpu",
+    n_test: int | None = None,
+    n_samples: int | None = None,
+    T: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    batch: int = 500,
+    seed: int = 0,
+    quality: bool = True,
+    progress: bool = False,
+) -> dict:
     """``nonnormal eval --pretrained``: test-set bits/dim of a pretrained model on ``dataset``.
 
     ``bpd_ode``: the probability-flow likelihood of dequantized test images (Hutchinson trace);
@@ -242,27 +293,37 @@ def evaluate_pretrained(path, dataset: str, device="cpu", n_test: int | None = N
     eps, diffusion, shape = load_pretrained(path, device)
     data = _load_dataset(dataset)
     if tuple(data.shape) != tuple(shape):
-        raise NonnormalError(f"the model makes examples of shape {tuple(shape)}, but {data.name} has {tuple(data.shape)}: "
-                             "give the dataset the model was trained on")
+        raise NonnormalError(
+            f"the model makes examples of shape {tuple(shape)}, but {data.name} has {tuple(data.shape)}: "
+            "give the dataset the model was trained on"
+        )
     if data.levels is None:
         raise NonnormalError(f"{data.name} is continuous: bits/dim of a pretrained image model needs discrete data")
     T = T or diffusion.T
     x = data.unit("test")
     x = (x if n_test is None else x[:n_test]).to(device, torch.float32)
     g = torch.Generator(device).manual_seed(seed)
-    out: dict[str, Any] = {"pretrained": str(path), "dataset": data.name, "schedule": eps.info["schedule"], "T": T,
-                           "n_test": x.shape[0]}
+    out: dict[str, Any] = {
+        "pretrained": str(path),
+        "dataset": data.name,
+        "schedule": eps.info["schedule"],
+        "T": T,
+        "n_test": x.shape[0],
+    }
     bpd, nfe = [], 0
     for i in range(0, x.shape[0], batch):
-        b, n = diffusion.bits_per_dim(eps, x[i:i + batch], data.levels, generator=g, trace="hutchinson", rtol=rtol,
-                                      atol=atol)
+        b, n = diffusion.bits_per_dim(
+            eps, x[i : i + batch], data.levels, generator=g, trace="hutchinson", rtol=rtol, atol=atol
+        )
         bpd.append(b.cpu())
         nfe += n
     bpd = torch.cat(bpd)
     out.update(bpd_ode=float(bpd.mean()), bpd_ode_se=_se(bpd), ode_nfe=nfe)
     bound = make_diffusion({**diffusion.to_config(), "T": T})
-    totals = [bound.bound_bits_per_dim(eps, x[i:i + batch], data.levels, generator=g, dequantized=True)["total"].cpu()
-              for i in range(0, x.shape[0], batch)]
+    totals = [
+        bound.bound_bits_per_dim(eps, x[i : i + batch], data.levels, generator=g, dequantized=True)["total"].cpu()
+        for i in range(0, x.shape[0], batch)
+    ]
     total = torch.cat(totals)
     out.update(bpd_bound=float(total.mean()), bpd_bound_se=_se(total))
     labels = getattr(data, "train_labels", None)
@@ -272,8 +333,8 @@ def evaluate_pretrained(path, dataset: str, device="cpu", n_test: int | None = N
         except Exception:  # noqa: BLE001 - no labels: no quality
             labels = None
     if quality and labels is not None:
-        from ...metrics import features as quality_lib
         from ...data import levels_to_unit, unit_to_levels
+        from ...metrics import features as quality_lib
 
         features = quality_lib.features_for(data, progress=progress)
         n = n_samples or x.shape[0]

@@ -86,28 +86,55 @@ class NonNormalScheduler(DDPMScheduler):
     """
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", trained_betas=None, variance_type: str = "fixed_small",
-                 clip_sample: bool = True, prediction_type: str = "epsilon", thresholding: bool = False,
-                 dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
-                 sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
-                 rescale_betas_zero_snr: bool = False, law: str = "gaussian", rule: str = "posterior",
-                 schedule: str | None = None, plugins: list[str] | None = None):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas=None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        law: str = "gaussian",
+        rule: str = "posterior",
+        schedule: str | None = None,
+        plugins: list[str] | None = None,
+    ):
         from ...walk import check_rule
 
         _load_plugins(plugins)
         self.law = increments.get(law)
         check_rule(rule)
-        super().__init__(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                         beta_schedule=beta_schedule, trained_betas=trained_betas, variance_type=variance_type,
-                         clip_sample=clip_sample, prediction_type=prediction_type, thresholding=thresholding,
-                         dynamic_thresholding_ratio=dynamic_thresholding_ratio, clip_sample_range=clip_sample_range,
-                         sample_max_value=sample_max_value, timestep_spacing=timestep_spacing,
-                         steps_offset=steps_offset, rescale_betas_zero_snr=rescale_betas_zero_snr)
+        super().__init__(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+            trained_betas=trained_betas,
+            variance_type=variance_type,
+            clip_sample=clip_sample,
+            prediction_type=prediction_type,
+            thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range,
+            sample_max_value=sample_max_value,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
         if schedule is not None:
             s = schedules.get(schedule)
-            ac = s.alpha(timestep_to_t(torch.arange(num_train_timesteps, dtype=torch.float64),
-                                       num_train_timesteps)) ** 2
+            ac = (
+                s.alpha(timestep_to_t(torch.arange(num_train_timesteps, dtype=torch.float64), num_train_timesteps)) ** 2
+            )
             # float64: 1 - alphas_cumprod loses most digits in float32 where the noise is small
             self.alphas_cumprod = ac
             self.alphas = ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
@@ -127,10 +154,16 @@ class NonNormalScheduler(DDPMScheduler):
         tau = torch.tensor(float(timestep_to_t(int(t), N)), dtype=torch.float64)
         dt = tau - float(timestep_to_t(int(prev_t), N))
         g = s.g(tau)
-        return float(1 - s.f(tau) * dt), float(-g**2 * dt / s.sigma(tau)), float(g * dt.sqrt())
+        return float(1 - s.f(tau) * dt), float(-(g**2) * dt / s.sigma(tau)), float(g * dt.sqrt())
 
-    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
-             generator: torch.Generator | None = None, return_dict: bool = True):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
         """One reverse step from ``timestep``: DDPM's ``step`` with the noise of ``law`` (and ``rule``)."""
         t = timestep
         prev_t = self.previous_timestep(t)
@@ -155,15 +188,18 @@ class NonNormalScheduler(DDPMScheduler):
         elif self.config.prediction_type == "v_prediction":
             pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
         else:
-            raise ValueError(f"prediction_type given as {self.config.prediction_type} must be one of `epsilon`, "
-                             "`sample` or `v_prediction` for the NonNormalScheduler.")
+            raise ValueError(
+                f"prediction_type given as {self.config.prediction_type} must be one of `epsilon`, "
+                "`sample` or `v_prediction` for the NonNormalScheduler."
+            )
 
         # 3. clip or threshold predicted x_0
         if self.config.thresholding:
             pred_original_sample = self._threshold_sample(pred_original_sample)
         elif self.config.clip_sample:
-            pred_original_sample = pred_original_sample.clamp(-self.config.clip_sample_range,
-                                                              self.config.clip_sample_range)
+            pred_original_sample = pred_original_sample.clamp(
+                -self.config.clip_sample_range, self.config.clip_sample_range
+            )
 
         # 4./5. the mean of the step
         if self.config.rule == "posterior":
@@ -178,8 +214,9 @@ class NonNormalScheduler(DDPMScheduler):
         # 6. add noise: DDPM's normal draws, through the law's quantile function
         variance = 0
         if t > 0:
-            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                             dtype=model_output.dtype)
+            z = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
             variance_noise = self.increments(z)
             if self.config.rule == "euler":
                 variance = c_z * variance_noise
