@@ -14,6 +14,7 @@ them all at start (:func:`load_entry_points`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -23,6 +24,7 @@ from .errors import NonnormalError
 
 ENTRY_POINT_GROUP = "nonnormal.plugins"
 _LOADED: dict[str, str] = {}  # spec as given -> canonical spec (paths made absolute)
+_FILES: dict[str, str] = {}  # sha256 of an imported plugin file -> its canonical spec (a copy is not re-imported)
 _ENTRY_POINTS_LOADED = False
 REQUESTED: list[str] = []  # the command line's --plugin modules: every config built in this process records them
 
@@ -60,6 +62,15 @@ def load_one(spec: str) -> str:
         return canonical
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, "")  # as `python -m` does: modules in the current folder are found
+    digest = None
+    if canonical.endswith(".py") or Path(canonical).is_absolute():
+        try:  # the same code at another path (an exported pipeline's copy) registers the same names
+            digest = hashlib.sha256(Path(canonical).read_bytes()).hexdigest()
+        except OSError:
+            digest = None  # _import_file says what is wrong
+        if digest in _FILES:
+            _LOADED[spec] = canonical
+            return canonical
     try:
         if canonical.endswith(".py") or Path(canonical).is_absolute():
             _import_file(Path(canonical))
@@ -85,6 +96,8 @@ def load_one(spec: str) -> str:
             f"plugin {canonical!r} failed on import ({type(err).__name__}: {first}): fix the plugin"
         ) from None
     _LOADED[spec] = canonical
+    if digest is not None:
+        _FILES[digest] = canonical
     return canonical
 
 

@@ -253,7 +253,8 @@ def _eval_pretrained(args) -> int:
 def cmd_export(args) -> int:
     out = _diffusers().export_run(args.run, args.diffusers, force=args.force)
     print(
-        f"wrote a diffusers pipeline folder {out}: DiffusionPipeline.from_pretrained({str(out)!r}) loads it "
-        f"(nonnormal sample --pretrained {out} samples it as the run)"
+        f"wrote a diffusers pipeline folder {out}: after `import nonnormal.integrations.diffusers`, "
+        f"DiffusionPipeline.from_pretrained({str(out)!r}) loads it (see {out / 'README.md'}; "
+        f"nonnormal sample --pretrained {out} samples it as the run)"
     )
     return 0

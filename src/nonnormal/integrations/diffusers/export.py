@@ -13,7 +13,7 @@ from diffusers import DDPMPipeline
 
 from ... import schedules
 from ...errors import NonnormalError
-from .common import EXPORT_FORMAT, EXPORT_INFO
+from .common import EXPORT_FORMAT, EXPORT_INFO, PLUGIN_DIR, is_plugin_file
 from .nets import NonNormalNet
 from .scheduler import NonNormalScheduler
 
@@ -69,7 +69,6 @@ def export_run(run, out, force: bool = False) -> Path:
         "clip_sample": False,
         "law": d["p"],
         "rule": d["rule"],
-        "plugins": list(cfg.get("plugins") or []) or None,
     }
     if isinstance(s, schedules.DDPMLinear):
         if s.steps != N:
@@ -94,13 +93,18 @@ def export_run(run, out, force: bool = False) -> Path:
             sample_size=H if H == W else [H, W],
             in_channels=C,
             out_channels=C,
-            plugins=list(cfg.get("plugins") or []) or None,
         )
         unet.network.load_state_dict(model.state_dict())
     pipe = DDPMPipeline(unet=unet.float().eval(), scheduler=scheduler)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        plugins = _copy_plugins(cfg.get("plugins") or [], tmp)
+        if plugins:  # named from each component's folder, so the export can move
+            up = [p if not is_plugin_file(p) else f"../{p}" for p in plugins]
+            scheduler.register_to_config(plugins=up)
+            if isinstance(unet, NonNormalNet):
+                unet.register_to_config(plugins=up)
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         info = {
             "format": EXPORT_FORMAT,
@@ -108,7 +112,7 @@ def export_run(run, out, force: bool = False) -> Path:
             "step": state.get("step"),
             "shape": list(shape),
             "levels": state.get("levels"),
-            "config": cfg,
+            "config": {**cfg, "plugins": plugins},
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
         (tmp / "README.md").write_text(_model_card(cfg, state, N))
@@ -121,6 +125,29 @@ def export_run(run, out, force: bool = False) -> Path:
     return out
 
 
+def _copy_plugins(plugins: list[str], folder: Path) -> list[str]:
+    """Copy the run's plugin files into ``folder/plugins``; their specs relative to ``folder`` (modules as they are)."""
+    out: list[str] = []
+    for spec in plugins:
+        if not is_plugin_file(spec):
+            out.append(spec)
+            continue
+        src = Path(spec)
+        if not src.is_file():
+            raise NonnormalError(f"the run's plugin file {src} is gone: restore it to export the run")
+        (folder / PLUGIN_DIR).mkdir(exist_ok=True)
+        name, i = src.name, 1
+        while (folder / PLUGIN_DIR / name).exists():
+            i += 1
+            name = f"{src.stem}_{i}.py"
+        shutil.copyfile(src, folder / PLUGIN_DIR / name)
+        out.append(f"{PLUGIN_DIR}/{name}")
+    return out
+
+
+LOAD_LINE = 'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")'
+
+
 def _model_card(cfg: dict, state: dict, N: int) -> str:
     d = cfg["diffusion"]
     return f"""# nonnormal run exported to diffusers
@@ -129,13 +156,22 @@ Trained with nonnormal: data {cfg["data"]["dataset"]}, network {cfg["net"]["name
 q = {d["q"]}, p = {d["p"]}, T = {d["T"]}, rule {d["rule"]}, {state.get("step")} steps (EMA weights).
 
 ```python
-from diffusers import DiffusionPipeline
 import torch
-pipe = DiffusionPipeline.from_pretrained("THIS_FOLDER")   # needs: pip install 'nonnormal[diffusers]'
+from diffusers import DiffusionPipeline
+
+import nonnormal.integrations.diffusers  # noqa: F401  (pip install 'nonnormal[diffusers]'): diffusers finds our classes
+{LOAD_LINE}
 images = pipe(batch_size=16, generator=torch.manual_seed(0), num_inference_steps={min(N, d["T"])}).images
 ```
 
+diffusers loads classes from other libraries only once they are imported, hence the import line.
 The scheduler is nonnormal's NonNormalScheduler (law {d["p"]}); swap the law with
 `pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, law="laplace")`.
 `nonnormal sample --pretrained THIS_FOLDER --seed 0` reproduces `nonnormal sample RUN --seed 0` exactly.
+The run's plugin files, if any, are copied into `plugins/`: the folder can move.
+
+Known limit: diffusers' own `DDPMScheduler.from_pretrained(FOLDER, subfolder="scheduler")` ignores the
+law (it only logs a warning about unused config keys) and samples Gaussian steps; for a schedule other than
+ddpm-linear it fails (the beta keys are null). Load the scheduler with nonnormal's class:
+`NonNormalScheduler.from_pretrained(FOLDER, subfolder="scheduler")` (from `nonnormal.integrations.diffusers`).
 """

@@ -4,15 +4,17 @@ export of a run with another network holds)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import UNet2DModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
 from ...errors import NonnormalError
-from .common import _load_plugins
+from .common import load_plugins, plugin_folder
 from .timesteps import t_to_timestep, timestep_to_t
 
 
@@ -108,11 +110,14 @@ def _unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, num_train_times
     return unet(x, k.reshape(-1).expand(x.shape[0])).sample
 
 
-class NonNormalNet(ModelMixin, ConfigMixin):
+class NonNormalNet(UNet2DModel):
     """Any nonnormal network as a diffusers model, so that a ``DDPMPipeline`` can hold it.
 
     ``forward(sample, timestep)`` takes diffusers' integer timesteps and returns ``.sample``
     (the predicted noise) like ``UNet2DModel``; ``eps(x, t)`` is the network at nonnormal's times.
+    It subclasses ``UNet2DModel`` for that interface only (what ``DDPMPipeline`` declares it holds;
+    none of UNet2DModel's layers are built), so a pipeline loads it without a type warning.
+    ``plugins`` relative to the model's folder are loaded from there by :meth:`from_pretrained`.
     """
 
     @register_to_config
@@ -127,13 +132,18 @@ class NonNormalNet(ModelMixin, ConfigMixin):
         out_channels: int = 1,
         plugins: list[str] | None = None,
     ):
-        super().__init__()
+        ModelMixin.__init__(self)  # not UNet2DModel's: its layers are not ours
         from ... import nets
 
-        _load_plugins(plugins)
+        load_plugins(plugins)
         self.num_train_timesteps = int(num_train_timesteps)
         # (not self.net: ModelMixin looks config keys up before submodules)
         self.network = nets.build(net, tuple(shape or (in_channels, sample_size, sample_size)), **(net_options or {}))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        with plugin_folder(Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.network(x, t)

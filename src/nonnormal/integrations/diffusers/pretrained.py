@@ -16,7 +16,7 @@ from torch import nn
 
 from ... import schedules
 from ...errors import NonnormalError
-from .common import EXPORT_FORMAT, EXPORT_INFO, _load_plugins
+from .common import EXPORT_FORMAT, EXPORT_INFO, load_plugins
 from .nets import NonNormalNet, _unet_eps
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -201,8 +201,8 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
                 f"{path / EXPORT_INFO} has format {info.get('format')!r}, not {EXPORT_FORMAT}: "
                 "re-export the run with this version"
             )
-        _load_plugins(info["config"].get("plugins"))
-    _load_plugins(sched.get("plugins"))
+        load_plugins(info["config"].get("plugins"), path)
+    load_plugins(sched.get("plugins"), sched_path.parent if sched_path is not None else path)
     spec = _schedule_spec(sched, sched_path or path)
     N = int(sched.get("num_train_timesteps", 1000))
 

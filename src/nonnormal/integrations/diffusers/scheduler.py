@@ -3,6 +3,8 @@ DDPM's own normal draws through :func:`coupled_increments`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import register_to_config
@@ -10,7 +12,7 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ... import increments, schedules
-from .common import _load_plugins
+from .common import load_plugins, plugin_folder
 from .timesteps import timestep_to_t
 
 
@@ -77,7 +79,11 @@ class NonNormalScheduler(DDPMScheduler):
       paper's reverse walk located at the reverse-SDE drift, scaled ``g(t) sqrt(dt)``);
     - ``schedule``: optional nonnormal schedule spec (``"vdm"``): when set, the noise levels are
       ``alpha_t^2`` of that schedule at ``t = (k + 1) / N`` instead of the betas;
-    - ``plugins``: optional list of nonnormal plugin modules to import (laws or schedules of your own).
+    - ``plugins``: optional list of nonnormal plugin modules to import (laws or schedules of your own);
+      a relative ``.py`` path is taken from the scheduler's folder by :meth:`from_pretrained`.
+
+    With ``schedule`` set, the beta keys do not apply and the config records them as ``null``
+    (so ``DDPMScheduler.from_config`` of it fails instead of using betas the model never saw).
 
     ``step`` draws ``z = randn_tensor(shape, generator)`` exactly where DDPM does and uses
     :func:`coupled_increments` of ``z``: the Gaussian posterior scheduler reproduces DDPM, and one
@@ -89,9 +95,9 @@ class NonNormalScheduler(DDPMScheduler):
     def __init__(
         self,
         num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
+        beta_start: float | None = 0.0001,
+        beta_end: float | None = 0.02,
+        beta_schedule: str | None = "linear",
         trained_betas=None,
         variance_type: str = "fixed_small",
         clip_sample: bool = True,
@@ -110,9 +116,11 @@ class NonNormalScheduler(DDPMScheduler):
     ):
         from ...walk import check_rule
 
-        _load_plugins(plugins)
+        load_plugins(plugins)
         self.law = increments.get(law)
         check_rule(rule)
+        if schedule is not None:  # the noise levels come from the schedule: DDPM's betas are placeholders
+            beta_start, beta_end, beta_schedule = 0.0001, 0.02, "linear"
         super().__init__(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -141,8 +149,14 @@ class NonNormalScheduler(DDPMScheduler):
             self.betas = 1.0 - self.alphas
             self.one = torch.tensor(1.0, dtype=torch.float64)
             self.continuous_schedule = s
+            self.register_to_config(beta_start=None, beta_end=None, beta_schedule=None)
         else:
             self.continuous_schedule = _DiscreteLevels(self.alphas_cumprod)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder=None, **kwargs):
+        with plugin_folder(Path(pretrained_model_name_or_path or ".") / (subfolder or "")):
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     def increments(self, z: torch.Tensor) -> torch.Tensor:
         """This scheduler's law's standardized increments for the normal draws ``z``."""
