@@ -370,6 +370,9 @@ def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
     assert (out / "model_index.json").is_file() and (out / "nonnormal.json").is_file()
     pipe = DiffusionPipeline.from_pretrained(str(out), low_cpu_mem_usage=False)
     assert type(pipe.unet).__name__ == "NonNormalNet" and pipe.scheduler.config.schedule == "vdm"
+    # no DDPM beta keys for a vdm run: they would claim noise levels the model never saw
+    assert pipe.scheduler.config.beta_schedule is None and pipe.scheduler.config.beta_start is None
+    assert NonNormalScheduler.from_config(pipe.scheduler.config).alphas_cumprod.equal(pipe.scheduler.alphas_cumprod)
     assert pipe.scheduler.law.spec == "laplace"
     pipe.set_progress_bar_config(disable=True)
     assert pipe(batch_size=1, generator=torch.manual_seed(0), num_inference_steps=3, output_type="pt").images.shape == (
@@ -400,3 +403,81 @@ def test_the_core_does_not_import_diffusers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def _python_block(text: str, marker: str) -> str:
+    """The fenced python block of ``text`` that contains ``marker``."""
+    import re
+
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b]
+    assert len(blocks) == 1, f"expected one python block with {marker!r}"
+    return blocks[0]
+
+
+def test_an_export_with_plugins_moves_and_loads_as_documented_in_a_fresh_process(tmp_path):
+    """Issue 17 item 1: the README's and the folder's own loading lines, run as written in a new process,
+    on an export of a run whose law, schedule and network live in a plugin file that is gone afterwards."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_plugins import PLUGIN, TINY
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "myplug.py").write_text(PLUGIN)
+    (work / "tiny.toml").write_text(
+        'plugins = ["myplug.py"]\n' + TINY.replace("T = 8", 'T = 8\nq = "mylaw"\np = "mylaw"')
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+
+    def run(args, cwd, code=None):
+        cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "nonnormal.cli", *args]
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    for args in (
+        ["train", "--config", "tiny.toml", "--out", "run", "--quiet"],
+        ["export", "run", "--diffusers", "export"],
+    ):
+        r = run(args, work)
+        assert r.returncode == 0, r.stderr
+    assert "import nonnormal.integrations.diffusers" in r.stdout
+    moved = tmp_path / "elsewhere" / "pipeline"
+    moved.parent.mkdir()
+    shutil.move(str(work / "export"), str(moved))
+    shutil.rmtree(work)  # the plugin file and the run are gone: the folder must stand alone
+    assert (moved / "plugins" / "myplug.py").is_file()
+    assert str(tmp_path) not in (moved / "scheduler" / "scheduler_config.json").read_text()
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    blocks = {
+        "README": _python_block(readme.read_text(), 'from_pretrained("out/pipeline")').replace(
+            "out/pipeline", str(moved)
+        ),
+        "card": _python_block((moved / "README.md").read_text(), "from_pretrained(").replace(
+            "path/to/this/folder", str(moved)
+        ),
+    }
+    check = "\nprint(type(pipe.unet).__name__, pipe.scheduler.law.spec, pipe.scheduler.config.schedule, len(images))\n"
+    for name, block in blocks.items():
+        r = run(None, tmp_path, block + check)
+        assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"
+        assert r.stdout.split()[-4:] == ["NonNormalNet", "mylaw", "myvdm", {"README": "4", "card": "16"}[name]]
+        assert "Expected types" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+    # the known limit, as documented: diffusers' own scheduler cannot take a non-ddpm-linear export's
+    # null betas; nonnormal's loads the law from the folder
+    r = run(
+        None,
+        tmp_path,
+        f"from diffusers import DDPMScheduler; DDPMScheduler.from_pretrained({str(moved)!r}, subfolder='scheduler')",
+    )
+    assert r.returncode != 0 and "None is not implemented" in r.stderr
+    code = (
+        "from nonnormal.integrations.diffusers import NonNormalScheduler\n"
+        f"s = NonNormalScheduler.from_pretrained({str(moved)!r}, subfolder='scheduler'); print(s.law.spec)"
+    )
+    r = run(None, tmp_path, code)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "mylaw", r.stderr

@@ -47,4 +47,3 @@ def load_plugins(plugins, folder=None) -> None:
         for spec in plugins
     ]
     plugins_lib.load(specs)
-
