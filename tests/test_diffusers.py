@@ -481,3 +481,13 @@ def test_an_export_with_plugins_moves_and_loads_as_documented_in_a_fresh_process
     )
     r = run(None, tmp_path, code)
     assert r.returncode == 0 and r.stdout.split()[-1] == "mylaw", r.stderr
+
+
+def test_a_pretrained_model_is_refused_under_another_schedule(pipeline_dir):
+    from nonnormal.diffusion import Diffusion
+
+    eps, diffusion, shape = load_pretrained(pipeline_dir)
+    assert diffusion.schedule.spec.startswith("ddpm-linear")
+    with pytest.raises(NonnormalError, match="made for the schedule 'ddpm-linear.*uses 'vdm"):
+        Diffusion("vdm", T=5).sample(eps, (1, *shape))
+    assert diffusion.sample(eps, (1, *shape), T=3).shape == (1, *shape)

@@ -123,7 +123,10 @@ def test_cli_samples_and_evaluates_a_cosine_run_with_cosine(tmp_path, capsys):
     assert str(npz["schedule"]).startswith("cosine") and str(npz["spacing"]) == "quadratic" and int(npz["T"]) == 12
     model, cfg, _ = load_run(run)
     own = Diffusion.from_config(cfg["diffusion"]).sample(model, (4, 1, 8, 8), seed=0)
-    vdm = Diffusion.from_config({**cfg["diffusion"], "schedule": "vdm"}).sample(model, (4, 1, 8, 8), seed=0)
+    with pytest.raises(NonnormalError, match="made for the schedule 'cosine"):  # issue 17 item 4
+        Diffusion.from_config({**cfg["diffusion"], "schedule": "vdm"}).sample(model, (4, 1, 8, 8), seed=0)
+    unchecked = lambda x, t: model(x, t)  # noqa: E731 - a plain callable says nothing about its schedule
+    vdm = Diffusion.from_config({**cfg["diffusion"], "schedule": "vdm"}).sample(unchecked, (4, 1, 8, 8), seed=0)
     assert np.allclose(npz["samples"], own.numpy(), atol=1e-5) and not np.allclose(
         npz["samples"], vdm.numpy(), atol=1e-2
     )
@@ -222,3 +225,38 @@ def test_cli_eval_refuses_bad_sampler_options(tiny_run, tmp_path, capsys, argv, 
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_model_that_carries_its_schedule_is_refused_under_another():
+    """Issue 17 item 4: an exact model built for vdm, sampled with cosine, gave wrong samples silently
+    (mean |x0| 1.31 against 0.98); every entry point that takes a model now refuses it on one line."""
+    mix = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], std=0.2, schedule="vdm")
+    x = torch.zeros(4, 2)
+    wrong = Diffusion("cosine", T=10)
+    calls = {
+        "sample": lambda: wrong.sample(mix.eps, (4, 2)),
+        "ode_sample": lambda: wrong.ode_sample(mix.eps, (4, 2), method="euler", steps=2),
+        "log_likelihood": lambda: wrong.log_likelihood(mix.eps, x.double()),
+        "bits_per_dim": lambda: wrong.bits_per_dim(mix.eps, x, 17),
+        "bound_bits_per_dim": lambda: wrong.bound_bits_per_dim(mix.eps, x, 17),
+        "ode": lambda: wrong.ode(mix.eps),
+    }
+    for name, call in calls.items():
+        with pytest.raises(NonnormalError, match=r"made for the schedule 'vdm.*uses 'cosine.*schedule='vdm") as err:
+            call()
+        assert "\n" not in str(err.value), name
+    # parameters count: vdm with another gamma_max is another schedule
+    with pytest.raises(NonnormalError, match="made for the schedule"):
+        Diffusion("vdm:gamma_max=10", T=10).sample(mix.eps, (4, 2))
+    # its own schedule (by name or by the object) is accepted, and a plain callable is not checked
+    right = Diffusion("vdm", T=10).sample(mix.eps, (4, 2))
+    assert torch.equal(right, Diffusion(mix.schedule, T=10).sample(mix.eps, (4, 2)))
+    assert torch.isfinite(wrong.sample(lambda x, t: mix.eps(x, t), (4, 2))).all()
+
+
+def test_the_mismatch_the_check_prevents_is_real():
+    """The samples of the refused combination are wrong (what the issue measured), the matched ones right."""
+    mix = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], std=0.2, schedule="vdm")
+    ok = Diffusion("vdm", T=100).sample(mix.eps, (2000, 2), seed=0, dtype=torch.float64)
+    bad = Diffusion("cosine", T=100).sample(lambda x, t: mix.eps(x, t), (2000, 2), seed=0, dtype=torch.float64)
+    assert abs(float(ok[:, 0].abs().mean()) - 1.0) < 0.05 and float(bad[:, 0].abs().mean()) > 1.15

@@ -73,7 +73,7 @@ def test_bound_parts_with_a_zero_model():
     L, T, D = 17, 20, 3
     x = levels_to_unit(torch.randint(0, L, (4000, D), generator=torch.Generator().manual_seed(0)), L)
     parts = Diffusion("vdm", T).bound_bits_per_dim(
-        lambda x, t: torch.zeros_like(x), x, L, generator=torch.Generator().manual_seed(1)
+        lambda x, t: torch.zeros_like(x), x, L, generator=torch.Generator().manual_seed(1), dequantized=False
     )
     v2 = float((StructuredRandomWalk("vdm", T).v() ** 2).sum())
     expected = D * v2 / 2 / (D * math.log(2))
@@ -95,7 +95,9 @@ def test_bound_on_the_ddpm_spacing_is_ddpm_s_terms():
     L, T, D = 17, 20, 3
     x = levels_to_unit(torch.randint(0, L, (4000, D), generator=torch.Generator().manual_seed(0)), L)
     d = Diffusion("ddpm-linear:steps=20", T, spacing="ddpm")
-    parts = d.bound_bits_per_dim(lambda x, t: torch.zeros_like(x), x, L, generator=torch.Generator().manual_seed(1))
+    parts = d.bound_bits_per_dim(
+        lambda x, t: torch.zeros_like(x), x, L, generator=torch.Generator().manual_seed(1), dequantized=False
+    )
     v = StructuredRandomWalk(d.schedule, T, spacing="ddpm").v()
     assert math.isinf(float(v[0])) and torch.isfinite(v[1:]).all()
     expected = float((v[1:] ** 2).sum()) / 2 / math.log(2)
@@ -106,8 +108,8 @@ def test_bound_on_the_ddpm_spacing_is_ddpm_s_terms():
 
 def test_bad_likelihood_input():
     with pytest.raises(NonnormalError, match="unknown trace"):
-        Diffusion().log_likelihood(DATA.eps, torch.zeros(2, 4), trace="exactly")
+        Diffusion(SCHEDULE).log_likelihood(DATA.eps, torch.zeros(2, 4), trace="exactly")
     with pytest.raises(NonnormalError, match="levels must be an integer"):
-        Diffusion().bits_per_dim(DATA.eps, torch.zeros(2, 4), 1)
+        Diffusion(SCHEDULE).bits_per_dim(DATA.eps, torch.zeros(2, 4), 1)
     with pytest.raises(NonnormalError, match="uniform.*bounded support"):
         Diffusion(q="gaussian", p="uniform")

@@ -6,6 +6,7 @@ The public API::
     d = Diffusion("vdm", T=100, q="laplace", p="laplace")
     loss = d.loss()                      # per-example step-KL loss for training
     x = d.sample(eps_model, (16, 1, 8, 8), seed=0)
+    run = nonnormal.load("runs/digits-laplace")  # a trained run: .model, .diffusion, .x_test, .levels
 
 Registries (add your own law, schedule or network; a ``--plugin`` module does the same for the
 command line): :func:`nonnormal.increments.register`, :func:`nonnormal.schedules.register`,
@@ -29,6 +30,7 @@ except PackageNotFoundError:  # pragma: no cover - not installed (a source check
 
 if TYPE_CHECKING:
     from .diffusion import Diffusion
+    from .loading import load
 
 __all__ = [
     "Diffusion",
@@ -41,9 +43,10 @@ __all__ = [
     "plugins",
     "exact",
     "load_run",
+    "load",
 ]
 
-_LAZY = {"Diffusion": ("diffusion", "Diffusion"), "load_run": ("runs", "load_run")}
+_LAZY = {"Diffusion": ("diffusion", "Diffusion"), "load_run": ("runs", "load_run"), "load": ("loading", "load")}
 _MODULES = {
     "increments",
     "schedules",

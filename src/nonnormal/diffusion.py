@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from . import increments, schedules
+from .consistency import check_schedule
 from .data import check_levels, dequantize
 from .divergences import check_pair
 from .errors import NonnormalError
@@ -162,6 +163,7 @@ class Diffusion:
         (or rules) with the same seed see the same prior and the same uniforms. ``rule="euler"``
         with ``law="gaussian"`` is Euler-Maruyama for the reverse SDE.
         """
+        check_schedule(eps_model, self.schedule)
         walk = self.walk(law, T, spacing)
         x, generator = self._prior(shape, seed, device, dtype)
         noise = coupled_noise(walk.law, shape, generator, device, dtype)
@@ -179,6 +181,7 @@ class Diffusion:
         atol: float = 1e-5,
     ) -> ProbabilityFlowODE:
         """The probability-flow ODE of ``eps_model`` under this schedule (fixed steps on this spacing)."""
+        check_schedule(eps_model, self.schedule)
         return ProbabilityFlowODE(
             eps_model, self.schedule, method=method, steps=steps, rtol=rtol, atol=atol, spacing=self.spacing
         )
@@ -259,11 +262,12 @@ class Diffusion:
         levels: int,
         *,
         generator: torch.Generator | None = None,
-        dequantized: bool = False,
+        dequantized: bool = True,
         progress: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The paper's discrete bound (Eq. 5) at this T, rule and grid: ``{"prior", "diffusion", "decoder",
         "total"}`` in bits/dim per example (see :func:`nonnormal.likelihood.bound_bits_per_dim`)."""
+        check_schedule(eps_model, self.schedule)
         return bound_bits_per_dim(
             eps_model, x, levels, self.loss("step"), generator=generator, progress=progress, dequantized=dequantized
         )

@@ -27,7 +27,7 @@ def bound_bits_per_dim(
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    dequantized: bool = False,
+    dequantized: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The discrete bound of Eq. 5 in bits/dim per example, with its three parts.
 
@@ -36,11 +36,13 @@ def bound_bits_per_dim(
     levels, at the grid's first noisy time (``t_1`` for the ``ddpm`` spacing, whose ``t_0 = 0``:
     DDPM's ``L_0``). Mismatched pairs carry ``T D K(0)`` in ``diffusion``: not comparable across T.
 
-    ``dequantized=True`` bounds the same quantity as :meth:`Diffusion.bits_per_dim` instead, for models
-    trained on dequantized data: ``x`` is dequantized uniformly over its bins, the decoder is
-    the continuous Gaussian ``N(x; z_0 / alpha_0, (sigma_0 / alpha_0)^2)``, and ``log2(L / 2)``
-    is added to it. (On such a model the discrete decoder's bound is valid but loose: the
-    network cannot predict the noise below the bin width.)
+    ``dequantized=True`` (the default, as ``nonnormal eval`` of a run trained on dequantized data, the
+    default) bounds the same quantity as :meth:`Diffusion.bits_per_dim`: ``x`` is dequantized uniformly
+    over its bins, the decoder is the continuous Gaussian ``N(x; z_0 / alpha_0, (sigma_0 / alpha_0)^2)``,
+    and ``log2(L / 2)`` is added to it. ``dequantized=False``: the discrete decoder over the L levels on
+    ``x`` as given, for models trained on the levels themselves. (On a model trained on dequantized data
+    the discrete decoder's bound is valid but loose: the network cannot predict the noise below the bin
+    width.)
     """
     L = check_levels(levels)
     if dequantized:

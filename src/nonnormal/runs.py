@@ -372,7 +372,9 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", ema: bool = Tr
     """``(model, config, state)`` of a trained run, the model in eval mode with its EMA weights.
 
     The newest intact checkpoint is used (a damaged newer one is skipped with a warning); the
-    run's plugins are imported first, so a network or law they register is found.
+    run's plugins are imported first, so a network or law they register is found. ``model.schedule``
+    is the run's schedule (unless the network has that attribute itself), which
+    :class:`~nonnormal.diffusion.Diffusion` checks against its own.
     """
     run = Path(run)
     if not run.is_dir():
@@ -392,4 +394,8 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", ema: bool = Tr
         with torch.no_grad():
             for p, e in zip(model.parameters(), averages):
                 p.copy_(e)
+    if not hasattr(model, "schedule"):  # the noise levels it was trained for: Diffusion checks them
+        from .schedules import get as get_schedule
+
+        model.schedule = get_schedule(cfg["diffusion"]["schedule"])
     return model.to(device).eval(), cfg, state
