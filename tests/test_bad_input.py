@@ -62,6 +62,11 @@ def world(tmp_path_factory):
         shutil.copytree(root / "run", run)
         _damage(run, damage)
     (root / "cifar-not-tar").write_text("hello")
+    from PIL import Image
+
+    (root / "mixed").mkdir()
+    Image.new("L", (8, 8)).save(root / "mixed" / "gray.png")
+    Image.new("RGB", (8, 8)).save(root / "mixed" / "rgb.png")
     return root
 
 
@@ -149,6 +154,7 @@ CASES = [
     ("dataset-cifar-not-tar", "train --config {R}/tiny.toml --out {R}/n1 --dataset cifar10:path={R}/cifar-not-tar"),
     ("dataset-npz-garbage", "train --config {R}/tiny.toml --out {R}/n1 --dataset npz:path={R}/garbage.npz"),
     ("toy2d-with-unet", "train --config {R}/tiny.toml --out {R}/n1 --dataset toy2d:name=moons"),
+    ("dataset-folder-mixed", "train --config {R}/tiny.toml --out {R}/n1 --dataset folder:path={R}/mixed"),
     # folders
     ("out-is-file", "train --config {R}/tiny.toml --out {R}/afile"),
     ("out-under-file", "train --config {R}/tiny.toml --out {R}/afile/sub"),

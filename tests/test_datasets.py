@@ -362,7 +362,10 @@ def test_folder_errors(tmp_path):
         D.load(f"folder:path={tmp_path}")
     save(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes()[:30])
-    d = D.load(f"folder:path={tmp_path}")  # files are read when a batch needs them: a bad one fails then
+    with pytest.raises(NonnormalError, match=re.escape(str(tmp_path / "b.png"))) as info:
+        D.load(f"folder:path={tmp_path}")  # size and channels are read from every file's header
+    assert "\n" not in str(info.value)
+    d = D.load(f"folder:path={tmp_path}:size=4:channels=3")  # given: files are read when a batch needs them
     with pytest.raises(NonnormalError, match=re.escape(str(tmp_path / "b.png"))) as info:
         [d.tensor(split) for split in ("train", "test")]
     assert "\n" not in str(info.value)
@@ -522,3 +525,42 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_folder_size_and_channels_come_from_the_images(tmp_path, capsys):
+    """Issue 17 item 2: 16x16 grayscale PNGs were silently trained at 32x32 RGB; now they are read as
+    they are (and it is said), explicit options still win, and mixed folders are refused on one line."""
+    gray = RNG.integers(0, 256, (6, 16, 16), dtype=np.uint8)
+    for i, a in enumerate(gray):
+        save(tmp_path / "g" / f"{i}.png", a)
+    d = D.load(f"folder:path={tmp_path / 'g'}")
+    assert d.shape == (1, 16, 16) and d.name == f"folder:path={tmp_path / 'g'}:size=16:channels=1"
+    every = torch.cat([d.tensor("train"), d.tensor("test")])[:, 0]
+    assert sorted(x.numpy().tobytes() for x in every) == sorted(a.tobytes() for a in gray)  # not resampled
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "6 images read as 16x16 grayscale (size=16, channels=1" in err
+    assert D.load(d.name).shape == (1, 16, 16)
+    # explicit options win: resized and converted
+    assert D.load(f"folder:path={tmp_path / 'g'}:size=8:channels=3").shape == (3, 8, 8)
+    assert D.load(f"folder:path={tmp_path / 'g'}:channels=3").shape == (3, 16, 16)
+    # colour, including RGBA and palette images
+    from PIL import Image
+
+    save(tmp_path / "c" / "rgb.png", np.zeros((5, 5, 3), np.uint8))
+    Image.fromarray(np.zeros((5, 5, 4), np.uint8)).save(tmp_path / "c" / "rgba.png")
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).convert("P").save(tmp_path / "c" / "p.png")
+    assert D.load(f"folder:path={tmp_path / 'c'}").shape == (3, 5, 5)
+    # mixed folders: one line naming two files and the option that makes them agree
+    save(tmp_path / "m" / "a.png", np.zeros((8, 8), np.uint8))
+    save(tmp_path / "m" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(NonnormalError, match=r"differ in colour: .*a\.png is grayscale, .*b\.png is colour: pass :channels=N"):
+        D.load(f"folder:path={tmp_path / 'm'}")
+    assert D.load(f"folder:path={tmp_path / 'm'}:channels=3").shape == (3, 8, 8)
+    save(tmp_path / "m" / "c.png", np.zeros((6, 6), np.uint8))
+    with pytest.raises(NonnormalError, match=r"differ in size: .*a\.png is 8x8, .*c\.png is 6x6: pass :size=N") as info:
+        D.load(f"folder:path={tmp_path / 'm'}:channels=1")
+    assert "\n" not in str(info.value)
+    assert D.load(f"folder:path={tmp_path / 'm'}:size=8:channels=1").shape == (1, 8, 8)
+    save(tmp_path / "r" / "wide.png", np.zeros((4, 6), np.uint8))
+    with pytest.raises(NonnormalError, match=r"wide\.png is 6x4, not square: pass :size=N"):
+        D.load(f"folder:path={tmp_path / 'r'}")

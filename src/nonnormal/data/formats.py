@@ -166,6 +166,43 @@ def npz_images(x: np.ndarray, key: str, path: Path, levels: int) -> np.ndarray:
     )
 
 
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})  # one channel after convert("L")
+
+
+def detect_images(files: list[Path], size: bool, channels: bool) -> tuple[int | None, int | None]:
+    """``(size, channels)`` the image files share, read from their headers (each asked-for one only).
+
+    ``size``: the side of square images; ``channels``: 1 for grayscale modes, 3 for colour. Files
+    that differ (or a non-square image) are a one-line error naming two of them and the option that
+    makes them agree.
+    """
+    from PIL import Image
+
+    first: dict[str, tuple[object, Path]] = {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                (w, h), mode = im.size, im.mode
+        except (OSError, SyntaxError, ValueError) as err:
+            raise NonnormalError(f"cannot read image {f}: {_first_line(err)}; remove or replace the file") from None
+        if size and w != h:
+            raise NonnormalError(f"image {f} is {w}x{h}, not square: pass :size=N to resize every image to NxN")
+        seen = {"size": w if size else None, "channels": (1 if mode in GRAY_MODES else 3) if channels else None}
+        for key, value in seen.items():
+            if value is None:
+                continue
+            if key not in first:
+                first[key] = (value, f)
+            elif first[key][0] != value:
+                v0, f0 = first[key]
+                what = {"size": lambda v: f"{v}x{v}", "channels": lambda v: "grayscale" if v == 1 else "colour"}[key]
+                raise NonnormalError(
+                    f"the images differ in {'size' if key == 'size' else 'colour'}: {f0} is {what(v0)}, {f} is "
+                    f"{what(value)}: pass :{key}=N to {'resize' if key == 'size' else 'convert'} them all"
+                )
+    return (first["size"][0] if "size" in first else None, first["channels"][0] if "channels" in first else None)
+
+
 def read_image(path: Path, size: int, channels: int) -> np.ndarray:
     """One image file as uint8 ``(channels, size, size)``: converted to L or RGB, resized (Lanczos)."""
     from PIL import Image

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -114,8 +115,13 @@ def _cifar10(seed: int, path: str) -> Data:
     return _in_memory(x_tr, y_tr, batches[5][0], batches[5][1], 256, 10)
 
 
-def _folder(seed: int, path: str, size: int, channels: int) -> Data:
-    """Image files, listed now and read on access (a 90/10 split by seed); sub-folders are classes."""
+_SAID: set[tuple] = set()  # what a folder's images were read as, said once per process
+
+
+def _folder(seed: int, path: str, size: int | None, channels: int | None) -> Data:
+    """Image files, listed now and read on access (a 90/10 split by seed); sub-folders are classes.
+
+    ``size``/``channels`` not given: read from the images (all must agree), and said on stderr."""
     root = Path(path)
     if not root.is_dir():
         raise NonnormalError(f"image folder {root} does not exist: pass folder:path=DIR of PNG/JPEG files")
@@ -132,6 +138,18 @@ def _folder(seed: int, path: str, size: int, channels: int) -> Data:
             f"{root} has images both at its top and in sub-folders: put each image in a "
             "class sub-folder, or none in sub-folders"
         )
+    if size is None or channels is None:
+        found = formats.detect_images(files, size is None, channels is None)
+        size, channels = size or found[0], channels or found[1]
+        if (root, size, channels) not in _SAID:
+            _SAID.add((root, size, channels))
+            print(
+                f"nonnormal: {root}: {len(files)} images read as {size}x{size} "
+                f"{'grayscale' if channels == 1 else 'RGB'} (size={size}, channels={channels}; "
+                "found in the files unless given as :size=/:channels=)",
+                file=sys.stderr,
+                flush=True,
+            )
     y = torch.tensor([classes.index(t[0]) for t in tops], dtype=torch.int64) if classes else None
     tr, te = split_indices(len(files), 0.1, seed)
 
@@ -222,7 +240,7 @@ _LOADERS: dict[str, tuple[Callable[..., Data], dict]] = {
     "cifar10": (_cifar10, {"path": (_path, _REQUIRED)}),
     "folder": (
         _folder,
-        {"path": (_path, _REQUIRED), "size": (_int(1, 4096), 32), "channels": (_choice("1", "3", cast=int), 3)},
+        {"path": (_path, _REQUIRED), "size": (_int(1, 4096), None), "channels": (_choice("1", "3", cast=int), None)},
     ),
     "npz": (_npz, {"path": (_path, _REQUIRED), "levels": (_int(2, 256), 256)}),
     "toy2d": (
@@ -309,5 +327,7 @@ def load(spec: str, seed: int = 0) -> Data:
         raise NonnormalError(f"seed must be an integer >= 0, got {seed!r}")
     name, opts = _parse(spec)
     data = _LOADERS[name][0](int(seed), **opts)
+    if name == "folder":  # the size and channels found in the files: the name loads the same data back
+        opts.update(size=data.shape[-1], channels=data.shape[0])
     canonical = ":".join([name] + [f"{k}={_render(v)}" for k, v in opts.items() if v is not None])
     return replace(data, name=canonical)
