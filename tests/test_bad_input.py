@@ -64,6 +64,7 @@ def world(tmp_path_factory):
     (root / "cifar-not-tar").write_text("hello")
     from PIL import Image
 
+    (root / "run" / "eval.json").write_text('{"step": 2}\n')  # a result of the run's newest step
     (root / "mixed").mkdir()
     Image.new("L", (8, 8)).save(root / "mixed" / "gray.png")
     Image.new("RGB", (8, 8)).save(root / "mixed" / "rgb.png")
@@ -180,6 +181,7 @@ CASES = [
     ("eval-n-test-zero", "eval {R}/run --n-test 0 --out {R}/e1.json"),
     ("eval-out-folder", "eval {R}/run --out {R}/user-folder"),
     ("eval-out-no-parent", "eval {R}/run --out {R}/nowhere/e.json"),
+    ("eval-exists-newest-step", "eval {R}/run --n-test 2 --no-quality --device cpu"),
     # other commands
     ("kl-unknown", "kl nope laplace"),
     ("kl-bounded-p", "kl uniform uniform"),
@@ -234,6 +236,17 @@ def test_refused_with_one_line(world, case, argv, capsys):
     assert stat.S_ISFIFO(os.stat(world / "fifo").st_mode), f"{case} replaced the FIFO"
     for p in ("n1", "s1", "e1.json", "i1", "c1", "st1", "afile/sub"):  # nothing half-created
         assert not (world / p).exists() or p in before, f"{case} left {p}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    ["kl sech laplace", "train --config {R}/tiny.toml --out {R}/n1 --schedule sechy", "sample {R}/run --law sech"],
+)
+def test_an_unknown_name_points_to_plugins(world, argv, capsys):
+    """Issue 17 item 7: a law, schedule or network that may live in a plugin: the error says --plugin."""
+    assert main(argv.format(R=world).split()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown" in err and "--plugin FILE.py" in err
 
 
 def test_case_count():

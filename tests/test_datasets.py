@@ -553,7 +553,9 @@ def test_folder_size_and_channels_come_from_the_images(tmp_path, capsys):
     # mixed folders: one line naming two files and the option that makes them agree
     save(tmp_path / "m" / "a.png", np.zeros((8, 8), np.uint8))
     save(tmp_path / "m" / "b.png", np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(NonnormalError, match=r"differ in colour: .*a\.png is grayscale, .*b\.png is colour: pass :channels=N"):
+    with pytest.raises(
+        NonnormalError, match=r"differ in colour: .*a\.png is grayscale, .*b\.png is colour: pass :channels=N"
+    ):
         D.load(f"folder:path={tmp_path / 'm'}")
     assert D.load(f"folder:path={tmp_path / 'm'}:channels=3").shape == (3, 8, 8)
     save(tmp_path / "m" / "c.png", np.zeros((6, 6), np.uint8))

@@ -395,3 +395,21 @@ def test_a_run_of_the_old_layout_loads_and_resumes(tmp_path):
     train_lib.train(tiny("train.steps=4"), new, resume=True, progress=False)
     assert_same_run(new, old)
     assert [p.name for p in runs.checkpoints(old)] == ["checkpoint-000004.safetensors"]
+
+
+def test_eval_after_resume_replaces_the_older_steps_result(tmp_path, capsys):
+    """Issue 17 item 7: after `train --resume` the old step's eval.json is replaced without --force (one
+    line says so); a result of the run's newest step is still never overwritten without --force."""
+    run = tmp_path / "r"
+    train_lib.train(tiny("train.steps=2", "train.checkpoint_every=2"), run, progress=False)
+    fast = ("--n-test", 2, "--rtol", 1e-2, "--no-quality", "--quiet", "--device", "cpu")
+    assert cli("eval", run, *fast) == 0 and json.loads((run / "eval.json").read_text())["step"] == 2
+    assert cli("train", "--out", run, "--resume", "--steps", 4, "--quiet") == 0
+    capsys.readouterr()
+    assert cli("eval", run, *fast) == 0
+    out = capsys.readouterr().out
+    assert f"{run / 'eval.json'} holds the result of step 2; the run is at step 4: replacing it" in out
+    assert json.loads((run / "eval.json").read_text())["step"] == 4
+    before = (run / "eval.json").read_text()
+    assert cli("eval", run, *fast) == 2 and "--force" in capsys.readouterr().err
+    assert (run / "eval.json").read_text() == before

@@ -195,6 +195,14 @@ def checkpoints(run: str | Path) -> list[Path]:
     return out + ([run / _LEGACY] if (run / _LEGACY).is_file() else [])
 
 
+def newest_step(run: str | Path) -> int | None:
+    """The step of the run's newest checkpoint file (from its name; nothing is read), or None."""
+    for path in checkpoints(run):
+        if m := _NAME.fullmatch(path.name):
+            return int(m.group(1))
+    return None
+
+
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(tensors):

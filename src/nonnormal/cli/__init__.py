@@ -288,6 +288,16 @@ def _one_line(text) -> str:
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
+UNKNOWN_NAMES = ("unknown increment law ", "unknown schedule ", "unknown network ")
+
+
+def _plugin_hint(err: NonnormalError) -> str:
+    """Where a law, schedule or network name is unknown: how to bring in one that a plugin registers."""
+    if str(err).startswith(UNKNOWN_NAMES):
+        return "; for one of your own, load the module that registers it: nonnormal --plugin FILE.py COMMAND ..."
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except NonnormalError as err:  # exit_code: 75 for a training stopped by a signal (continue with --resume)
         code = getattr(err, "exit_code", 2)
-        print(f"nonnormal: {'error: ' if code == 2 else ''}{_one_line(err)}", file=sys.stderr)
+        print(f"nonnormal: {'error: ' if code == 2 else ''}{_one_line(err)}{_plugin_hint(err)}", file=sys.stderr)
         return code
     except OSError as err:  # the environment, not the input: a path, its permissions, free space
         where = f" ({_one_line(err.filename)})" if getattr(err, "filename", None) else ""

@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
         raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
     if not path.parent.is_dir():
         raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
-    if path.exists() and not args.force:
+    if path.exists() and not args.force and not _stale_eval(path, args):
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
     _check_tolerance(args.rtol)
@@ -186,6 +186,24 @@ def cmd_eval(args) -> int:
     write_atomic(path, (text + "\n").encode())
     print(f"wrote {path}")
     return 0
+
+
+def _stale_eval(path: Path, args) -> bool:
+    """Whether ``path`` is the run's own eval.json of an older step than its newest checkpoint (after a
+    ``train --resume``): it is then replaced without --force, and a line says so."""
+    from ..runs import newest_step
+
+    if args.out:
+        return False
+    try:
+        old = json.loads(path.read_text()).get("step")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+    step = newest_step(args.run)
+    if not isinstance(old, int) or isinstance(old, bool) or step is None or old >= step:
+        return False
+    print(f"nonnormal: {path} holds the result of step {old}; the run is at step {step}: replacing it")
+    return True
 
 
 def _diffusers():
@@ -225,7 +243,7 @@ def _eval_pretrained(args) -> int:
         raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
     if path.exists() and not path.is_file():
         raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
-    if path.exists() and not args.force:
+    if path.exists() and not args.force and not _stale_eval(path, args):
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
     _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
     _check_tolerance(args.rtol)
