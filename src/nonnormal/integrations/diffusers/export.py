@@ -160,6 +160,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 import nonnormal.integrations.diffusers  # noqa: F401  (pip install 'nonnormal[diffusers]'): diffusers finds our classes
+
 {LOAD_LINE}
 images = pipe(batch_size=16, generator=torch.manual_seed(0), num_inference_steps={min(N, d["T"])}).images
 ```
