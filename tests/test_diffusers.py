@@ -363,6 +363,8 @@ def test_diffusers_unet2d_run_resumes_exactly_and_exports_to_a_pipeline(tmp_path
 
 
 def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
+    from nonnormal.diffusion import Diffusion
+
     run = tmp_path / "run"
     _train(run, ["net.width=8", "net.attn_resolutions=[]", 'diffusion.q="laplace"', 'diffusion.p="laplace"'], steps=2)
     out = tmp_path / "export"
@@ -374,6 +376,8 @@ def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
     assert pipe.scheduler.config.beta_schedule is None and pipe.scheduler.config.beta_start is None
     assert NonNormalScheduler.from_config(pipe.scheduler.config).alphas_cumprod.equal(pipe.scheduler.alphas_cumprod)
     assert pipe.scheduler.law.spec == "laplace"
+    with pytest.raises(NonnormalError, match="made for the schedule 'vdm"):  # the wrapped network knows its schedule
+        Diffusion("cosine", T=3).sample(pipe.unet.eps, (1, 1, 8, 8))
     pipe.set_progress_bar_config(disable=True)
     assert pipe(batch_size=1, generator=torch.manual_seed(0), num_inference_steps=3, output_type="pt").images.shape == (
         1,
@@ -385,7 +389,6 @@ def test_our_own_network_exports_wrapped_and_samples_as_the_run(tmp_path):
 
     model, cfg, _ = load_run(run)
     eps, diffusion, shape = load_pretrained(out)
-    from nonnormal.diffusion import Diffusion
 
     assert diffusion == Diffusion.from_config(cfg["diffusion"]) and diffusion.p.spec == "laplace"
     a = diffusion.sample(eps, (3,) + shape, seed=5)

@@ -93,6 +93,7 @@ def export_run(run, out, force: bool = False) -> Path:
             sample_size=H if H == W else [H, W],
             in_channels=C,
             out_channels=C,
+            schedule=d["schedule"],
         )
         unet.network.load_state_dict(model.state_dict())
     pipe = DDPMPipeline(unet=unet.float().eval(), scheduler=scheduler)

@@ -117,7 +117,8 @@ class NonNormalNet(UNet2DModel):
     (the predicted noise) like ``UNet2DModel``; ``eps(x, t)`` is the network at nonnormal's times.
     It subclasses ``UNet2DModel`` for that interface only (what ``DDPMPipeline`` declares it holds;
     none of UNet2DModel's layers are built), so a pipeline loads it without a type warning.
-    ``plugins`` relative to the model's folder are loaded from there by :meth:`from_pretrained`.
+    ``plugins`` relative to the model's folder are loaded from there by :meth:`from_pretrained`;
+    ``schedule`` is the run's (exports record it), checked by a Diffusion that ``eps`` is used with.
     """
 
     @register_to_config
@@ -131,11 +132,14 @@ class NonNormalNet(UNet2DModel):
         in_channels: int = 1,
         out_channels: int = 1,
         plugins: list[str] | None = None,
+        schedule: str | None = None,
     ):
         ModelMixin.__init__(self)  # not UNet2DModel's: its layers are not ours
-        from ... import nets
+        from ... import nets, schedules
 
         load_plugins(plugins)
+        if schedule is not None:  # the run's: a Diffusion with another schedule refuses eps (nonnormal.consistency)
+            self.schedule = schedules.get(schedule)
         self.num_train_timesteps = int(num_train_timesteps)
         # (not self.net: ModelMixin looks config keys up before submodules)
         self.network = nets.build(net, tuple(shape or (in_channels, sample_size, sample_size)), **(net_options or {}))
