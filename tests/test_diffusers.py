@@ -470,12 +470,17 @@ def test_an_export_with_plugins_moves_and_loads_as_documented_in_a_fresh_process
         + shown("card")
         # the known limit, as documented: diffusers' own scheduler cannot take a non-ddpm-linear export's
         # null betas; nonnormal's loads the law from the folder
+        # the card's law swap rebuilds the scheduler from its config (no folder): the plugin law is known
+        + "pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, law='laplace')\n"
+        + "print('swapped', pipe.scheduler.law.spec, pipe.scheduler.config.schedule)\n"
         + "from diffusers import DDPMScheduler\n"
         + "try:\n"
         + f"    DDPMScheduler.from_pretrained({str(moved)!r}, subfolder='scheduler')\n"
         + "except NotImplementedError as err:\n"
         + "    print('DDPMScheduler:', err)\n"
-        + "from nonnormal.integrations.diffusers import NonNormalScheduler\n"
+        + "from nonnormal.integrations.diffusers import NonNormalScheduler, load_pretrained\n"
+        + f"eps, d, shape = load_pretrained({str(moved)!r})\n"
+        + "print('pretrained', d.p.spec, d.schedule.name, tuple(d.sample(eps, (2, *shape), T=3).shape))\n"
         + f"print('alone', NonNormalScheduler.from_pretrained({str(moved)!r}, subfolder='scheduler').law.spec)\n"
     )
     r = python(code, tmp_path)
@@ -483,6 +488,7 @@ def test_an_export_with_plugins_moves_and_loads_as_documented_in_a_fresh_process
     lines = r.stdout.splitlines()
     assert "README NonNormalNet mylaw myvdm 4" in lines and "card NonNormalNet mylaw myvdm 16" in lines, r.stdout
     assert any(line.startswith("DDPMScheduler: None is not implemented") for line in lines) and "alone mylaw" in lines
+    assert "swapped laplace myvdm" in lines and "pretrained mylaw myvdm (2, 1, 8, 8)" in lines
     assert "Expected types" not in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

@@ -18,6 +18,7 @@ EXPORT_FORMAT = "nonnormal-diffusers-export-1"
 PLUGIN_DIR = "plugins"  # where an export keeps copies of its run's plugin files
 
 _FOLDER: ContextVar[Path | None] = ContextVar("nonnormal_plugin_folder", default=None)
+_FOUND: dict[str, str] = {}  # a relative plugin path -> the file it was loaded from (a config rebuilt later names it)
 
 
 @contextmanager
@@ -42,8 +43,12 @@ def load_plugins(plugins, folder=None) -> None:
     from ... import plugins as plugins_lib
 
     base = Path(folder) if folder is not None else _FOLDER.get()
-    specs = [
-        str(base / spec) if base is not None and is_plugin_file(spec) and not Path(spec).is_absolute() else spec
-        for spec in plugins
-    ]
+    specs = []
+    for spec in plugins:
+        if is_plugin_file(spec) and not Path(spec).is_absolute():
+            if base is not None:
+                _FOUND[spec] = str(base / spec)
+            # from_config of a loaded scheduler's config has no folder: the file it was loaded from
+            spec = _FOUND.get(spec, spec)
+        specs.append(spec)
     plugins_lib.load(specs)
