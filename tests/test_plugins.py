@@ -132,3 +132,18 @@ def test_registry_refusals():
         nets.register("notanet", dict)
     with pytest.raises(NonnormalError, match="not found"):
         plugins.load(["surely_not_a_module_xyz"])
+
+
+def test_a_copy_of_a_loaded_plugin_file_is_not_imported_again(tmp_path):
+    """An exported pipeline carries a copy of its run's plugin file: loading both in one process must
+    not register the same names twice (the same bytes at another path are the same plugin)."""
+    code = "from nonnormal import increments\n\nclass CopyLaw(increments.Logistic):\n    pass\n\nincrements.register('copylaw_test', CopyLaw)\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "p.py").write_text(code)
+    (tmp_path / "b" / "p.py").write_text(code)
+    plugins.load([str(tmp_path / "a" / "p.py")])
+    plugins.load([str(tmp_path / "b" / "p.py")])  # no "already registered"
+    (tmp_path / "b" / "q.py").write_text(code + "# changed\n")
+    with pytest.raises(NonnormalError, match="already registered"):  # other code is imported, and says so
+        plugins.load([str(tmp_path / "b" / "q.py")])
