@@ -26,7 +26,7 @@ RNG = np.random.default_rng(1234)
 
 
 def test_names_and_unknown_name():
-    assert D.names() == ["cifar10", "digits", "fashion-mnist", "folder", "mnist5k", "npz", "toy2d"]
+    assert D.names(builtin=True) == ["cifar10", "digits", "fashion-mnist", "folder", "mnist5k", "npz", "toy2d"]
     with pytest.raises(NonnormalError, match=r"unknown dataset 'imagenet'.*cifar10, digits, fashion-mnist"):
         D.load("imagenet")
 

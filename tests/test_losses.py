@@ -6,6 +6,7 @@ from scipy import integrate
 
 from nonnormal import increments
 from nonnormal.divergences import divergence
+from nonnormal.errors import NonnormalError
 from nonnormal.losses import ContinuousTimeLoss, StepKLLoss
 from nonnormal.walk import StructuredRandomWalk
 
@@ -129,3 +130,42 @@ def test_asymmetric_law_sign_of_u():
     expected = float(divergence(skew, "laplace")(torch.tensor([u], dtype=torch.float64)))
     assert float(loss.term(model, torch.zeros(1, 1), k, eps)) == pytest.approx(expected, rel=1e-5)
     assert abs(expected - float(divergence(skew, "laplace")(torch.tensor([-u], dtype=torch.float64)))) > 0.05
+
+
+def _expected_step_loss(q, p, T, b):
+    """``sum_k E K(-v_k (eps - b)) - T K(0)`` for the constant model eps_theta = b (D = 1, vdm, uniform grid),
+    the expectation over eps ~ N(0, 1) by 40-point Gauss-Hermite quadrature, through StepKLLoss.term."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    loss = StepKLLoss("vdm", T, q, p)
+    k = torch.arange(T).repeat_interleave(len(nodes))
+    eps = torch.tensor(nodes, dtype=torch.float64).repeat(T)[:, None]
+    terms = loss.term(lambda x, t: torch.full_like(x, b), torch.zeros_like(eps), k, eps)
+    w = torch.tensor(weights / math.sqrt(2 * math.pi), dtype=torch.float64).repeat(T)
+    return float((w * terms).sum()) - T * loss.divergence.k0
+
+
+def test_skewed_pair_step_loss_has_a_linear_term_of_order_sqrt_T_and_no_continuous_limit():
+    """gumbel against laplace: K'(0) = sqrt(2) (1 - 2 F_gumbel(0)) != 0, and (README, Errata)
+    S_T - T K(0) = -K'(0) sqrt(T) int sqrt(gamma') E[r] dt + (K''(0)/2) int gamma' E r^2 dt + O(1/sqrt(T)).
+    For eps_theta = b on vdm (gamma' = 18.3): E r = -b, E r^2 = 1 + b^2. With b = 0 (E[r] = 0, as at the
+    conditional mean) the step loss tends to the quadratic (continuous) term; with b != 0 the linear term,
+    scaled by 1/sqrt(T), converges to K'(0) b sqrt(18.3): the step loss's optimum runs away as T grows, so
+    ContinuousTimeLoss refuses the pair in one line. Symmetric or Gaussian-p pairs (K'(0) = 0) pass."""
+    q, p, g = "gumbel", "laplace", 18.3
+    d = divergence(q, p)
+    f0 = math.exp(-math.exp(-0.5772156649015329))  # the standardized gumbel's P(Z <= 0)
+    assert d.k1 == pytest.approx(math.sqrt(2) * (1 - 2 * f0), rel=1e-7)
+    quadratic = lambda b: d.curvature / 2 * g * (1 + b * b)  # noqa: E731
+    gaps = [abs(_expected_step_loss(q, p, T, 0.0) - quadratic(0.0)) for T in (1_000, 10_000)]
+    assert gaps[1] < 0.2 * gaps[0] and gaps[1] < 2e-3 * quadratic(0.0)  # E[r] = 0: converges to the quadratic term
+    b, limit = 0.3, d.k1 * 0.3 * math.sqrt(g)
+    scaled = [(_expected_step_loss(q, p, T, b) - quadratic(b)) / math.sqrt(T) for T in (1_000, 10_000, 100_000)]
+    errors = [abs(s - limit) for s in scaled]
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-3 * abs(limit), (scaled, limit)
+    with pytest.raises(NonnormalError, match=r"K'\(0\) = -0\.199.*grows like sqrt\(T\).*loss = \"step\"") as err:
+        ContinuousTimeLoss("vdm", q, p)
+    assert "\n" not in str(err.value)
+    for ok in (("gumbel", "gaussian"), ("gumbel", "gumbel"), ("laplace", "laplace")):
+        assert abs(divergence(*ok).k1) < 1e-9 and ContinuousTimeLoss("vdm", *ok).curvature > 0

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from nonnormal import Diffusion, ode
+from nonnormal import Diffusion, ode, schedules
 from nonnormal.errors import NonnormalError
 from nonnormal.exact import GaussianData
 
-SCHEDULES = ["vdm", "cosine", "ddpm-linear", "brownian"]
+SCHEDULES = schedules.names(builtin=True)
 MU, COV = [0.3, -0.2], [[1.0, 0.3], [0.3, 0.5]]
 
 
@@ -182,3 +182,13 @@ def test_non_finite_model_and_bad_end_times():
         Diffusion("ddpm-linear").log_likelihood(data.eps, torch.zeros(2, 2), t_end=1.5)
     assert ode.check_options("heun") == ("heun", ode.DEFAULT_STEPS, 1e-5, 1e-5)
     assert {"dopri5", "heun", "euler", "rk4"} <= set(ode.methods())
+
+
+def test_tolerances_no_float_meets_are_a_step_size_underflow():
+    """rtol = atol = 1e-300 (as `--rtol 1e-300` passes): dopri5's step underflows to NaN times; the message
+    says so and how to fix it, instead of blaming the noise model for a non-finite velocity."""
+    data = GaussianData([0.5, -0.3], [[0.3, 0.1], [0.1, 0.2]], schedule="vdm")
+    d = Diffusion("vdm", T=10)
+    with pytest.raises(NonnormalError, match=r"step size underflow.*1e-300/1e-300: loosen them") as err:
+        d.ode_sample(data.eps, (4, 2), seed=0, rtol=1e-300, atol=1e-300, dtype=torch.float64)
+    assert "\n" not in str(err.value) and "noise model" not in str(err.value)

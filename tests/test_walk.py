@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from nonnormal import increments
 from nonnormal.invariance import invariance_study
 from nonnormal.metrics.distances import wasserstein1_to_gaussian
 from nonnormal.walk import StructuredRandomWalk
 
-LAWS = ["gaussian", "laplace", "uniform", "logistic", "student_t", "gennorm", "rademacher"]
+LAWS = increments.names(builtin=True)
 
 
 @pytest.mark.parametrize("discretization", ["exact", "euler"])

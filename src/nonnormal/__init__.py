@@ -8,9 +8,11 @@ The public API::
     x = d.sample(eps_model, (16, 1, 8, 8), seed=0)
     run = nonnormal.load("runs/digits-laplace")  # a trained run: .model, .diffusion, .x_test, .levels
 
-Registries (add your own law, schedule or network; a ``--plugin`` module does the same for the
-command line): :func:`nonnormal.increments.register`, :func:`nonnormal.schedules.register`,
-:func:`nonnormal.nets.register`. Heavy modules load on first use, so ``import nonnormal`` is light.
+Registries (add your own law, schedule, network or dataset; a ``--plugin`` module does the same for
+the command line): :func:`nonnormal.increments.register`, :func:`nonnormal.schedules.register`,
+:func:`nonnormal.nets.register`, :func:`nonnormal.data.register`, all usable as decorators and all
+kept by :class:`nonnormal.registry.Registry`. Heavy modules load on first use, so ``import
+nonnormal`` is light.
 """
 
 from __future__ import annotations

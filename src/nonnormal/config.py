@@ -59,7 +59,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-MAX_T = 1_000_000  # walk steps: the grid, the bound and the samplers loop over T
 MAX_BATCH = 1_000_000  # examples per step; memory is checked against the data's shape by check_memory
 
 
@@ -176,6 +175,7 @@ def _choice(where: str, value: str, options) -> None:
 def _check_values(cfg: dict) -> None:
     from . import increments, schedules, walk
     from .divergences import check_pair
+    from .losses import LOSSES
 
     d, t = cfg["diffusion"], cfg["train"]
     positive = {
@@ -188,9 +188,9 @@ def _check_values(cfg: dict) -> None:
     for where, v in positive.items():
         if v <= 0:
             raise NonnormalError(f"config {where} must be positive, got {v}")
-    if d["T"] > MAX_T:
+    if d["T"] > schedules.MAX_STEPS:
         raise NonnormalError(
-            f"config diffusion.T={d['T']} is more than {MAX_T:,} steps: every sample and bound "
+            f"config diffusion.T={d['T']} is more than {schedules.MAX_STEPS:,} steps: every sample and bound "
             'would loop over them; use diffusion.loss = "continuous" for the T -> infinity limit'
         )
     for where, v in (("train.seed", t["seed"]), ("data.split_seed", cfg["data"]["split_seed"])):
@@ -211,8 +211,7 @@ def _check_values(cfg: dict) -> None:
     _choice("train.dtype", t["dtype"], ("float32", "float64"))
     _choice("diffusion.loss", d["loss"], LOSSES)
     _choice("diffusion.rule", d["rule"], walk.RULES)
-    spacings = getattr(schedules, "SPACINGS", None) or getattr(walk, "SPACINGS", ("uniform",))
-    _choice("diffusion.spacing", d["spacing"], spacings)
+    _choice("diffusion.spacing", d["spacing"], schedules.SPACINGS)
     schedules.get(d["schedule"])
     check_pair(increments.get(d["q"]), increments.get(d["p"]))
 
@@ -237,9 +236,6 @@ def check_memory(cfg: dict, shape: tuple[int, ...], what: str = "train.batch", n
             f"{what}={n} needs at least {need / 2**30:,.0f} GiB for examples of shape {tuple(shape)} "
             f"(this machine has {have / 2**30:,.0f} GiB): lower it"
         )
-
-
-LOSSES = ("step", "continuous")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -306,3 +302,11 @@ def to_toml(cfg: dict) -> str:
         lines += [f"{key} = {value(v)}" for key, v in table.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
+
+
+def __getattr__(name: str):
+    if name == "MAX_T":  # the most steps T of a walk: schedules.MAX_STEPS, read without importing torch here
+        from .schedules import MAX_STEPS
+
+        return MAX_STEPS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

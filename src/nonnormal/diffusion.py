@@ -30,19 +30,13 @@ from .data import check_levels, dequantize
 from .divergences import check_pair
 from .errors import NonnormalError
 from .likelihood import bound_bits_per_dim
-from .losses import ContinuousTimeLoss, StepKLLoss
+from .losses import LOSSES, ContinuousTimeLoss, StepKLLoss
 from .ode import ProbabilityFlowODE
 from .samplers import coupled_noise, walk_sampler
+from .schedules import check_spacing
 from .walk import StructuredRandomWalk, check_rule
 
-LOSSES = ("step", "continuous")
 KEYS = ("q", "p", "schedule", "T", "rule", "loss", "spacing")  # the keys of config["diffusion"]
-
-
-def check_spacing(spacing: str) -> str:
-    if spacing not in schedules.SPACINGS:
-        raise NonnormalError(f"unknown spacing {spacing!r}: choose one of {', '.join(schedules.SPACINGS)}")
-    return spacing
 
 
 class Diffusion:

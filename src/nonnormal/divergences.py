@@ -213,6 +213,13 @@ class Divergence:
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return self._fn(u)
 
+    @cached_property
+    def k1(self) -> float:
+        """``K'(0)``: 0 for symmetric pairs and for any q against a Gaussian p (q has mean 0);
+        ``-E_q[(log p)'(z)]`` otherwise, the linear term that :class:`~nonnormal.losses.ContinuousTimeLoss`
+        cannot carry to its limit."""
+        return float(self.slope(torch.zeros(1, dtype=F64))[0])
+
     def slope(self, u: torch.Tensor) -> torch.Tensor:
         """``K'(u)``, without autograd (closed forms and tables have it explicitly)."""
         if self._slope is not None:
@@ -298,7 +305,7 @@ def _closed_form(q: IncrementLaw, p: IncrementLaw) -> Divergence | None:
             k0 = (1 + math.log(math.pi / 6)) / 2
         else:  # cross-entropy of q against N(0, 1) minus q's entropy, with q's own moments (user laws)
             k0 = 0.5 * math.log(2 * math.pi) + _mean(q, lambda x, lq: lq)
-            if type(q) not in increments.BUILTIN_CLASSES:  # built-in laws are standardized exactly
+            if not increments.is_builtin(q):  # built-in laws are standardized exactly
                 m1, m2 = _mean(q, lambda x, lq: x), _mean(q, lambda x, lq: x * x)
             k0 += m2 / 2
         return Divergence(
@@ -309,7 +316,7 @@ def _closed_form(q: IncrementLaw, p: IncrementLaw) -> Divergence | None:
 
 def _kinks(law: IncrementLaw) -> set[float]:
     """Declared kinks of log p (a user law is assumed to have one at 0 too)."""
-    return set(map(float, law.kinks)) | (set() if type(law) in increments.BUILTIN_CLASSES else {0.0})
+    return set(map(float, law.kinks)) | (set() if increments.is_builtin(law) else {0.0})
 
 
 def _u_nodes(q: IncrementLaw, p: IncrementLaw, symmetric: bool) -> torch.Tensor:

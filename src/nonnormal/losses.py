@@ -11,7 +11,10 @@ import torch
 
 from . import schedules
 from .divergences import divergence
+from .errors import NonnormalError
 from .walk import StructuredRandomWalk, check_rule
+
+LOSSES = ("step", "continuous")  # the loss kinds: StepKLLoss at T, ContinuousTimeLoss its T -> infinity limit
 
 
 def _sum_coords(x: torch.Tensor) -> torch.Tensor:
@@ -77,16 +80,28 @@ class StepKLLoss:
 class ContinuousTimeLoss:
     """The ``T -> infinity`` limit of a pair's step loss, without its ``T D K(0)`` constant.
 
-    Near 0, ``K(u) = K(0) + K''(0) u^2 / 2`` and ``T v_k^2 -> gamma'(t)``, so the step loss
-    tends to ``(K''(0) / 2) gamma'(t) |eps - eps_theta(x_t, t)|^2`` with t uniform on
+    Near 0, ``K(u) = K(0) + K'(0) u + K''(0) u^2 / 2`` and ``T v_k^2 -> gamma'(t)``, so the step
+    loss tends to ``(K''(0) / 2) gamma'(t) |eps - eps_theta(x_t, t)|^2`` with t uniform on
     ``[t_min, 1]``: VDM's continuous loss for a Gaussian p (``K''(0) = 1``), twice it for
     laplace/laplace. (paper.md section 4 writes ``1/2`` for every pair; that holds only
-    when ``K''(0) = 1``.)
+    when ``K''(0) = 1``.) The linear term adds ``-K'(0) sqrt(T / (1 - t_min)) int sqrt(gamma')
+    E[sum r] dt``, which grows without bound: pairs with ``K'(0) != 0`` (a skewed law against
+    a non-Gaussian p of another shape) have no continuous-time limit and are refused (README,
+    Errata, derives it).
     """
+
+    SLOPE_TOL = 1e-6  # |K'(0)| below this counts as 0 (quadrature round-off of a symmetric or Gaussian-p pair)
 
     def __init__(self, schedule="vdm", q="gaussian", p="gaussian"):
         self.schedule = schedules.get(schedule)  # VP noise schedule
-        self.curvature = divergence(q, p).curvature  # K''(0) of the pair
+        d = divergence(q, p)
+        if abs(d.k1) > self.SLOPE_TOL:
+            raise NonnormalError(
+                f"q = {d.q.spec!r} against p = {d.p.spec!r} has K'(0) = {d.k1:.4g}, not 0: its step loss gains a "
+                "linear term that grows like sqrt(T) and moves the optimum away from the conditional mean, so it "
+                'has no continuous-time limit: train this pair with loss = "step"'
+            )
+        self.curvature = d.curvature  # K''(0) of the pair
 
     def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32):
         """The loss's randomness for a batch of ``shape``: times ``t`` (batch,) and noise ``eps``."""

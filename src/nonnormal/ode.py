@@ -29,21 +29,18 @@ ALIASES = {"heun": "heun2"}  # our name -> torchdiffeq's
 DEFAULT_STEPS = 100  # fixed-step methods without a step count
 
 
-def _solvers() -> dict:
-    from torchdiffeq._impl.odeint import SOLVERS
-
-    return {k: v for k, v in SOLVERS.items() if k != "scipy_solver"}  # scipy's leaves torch: not offered
+# torchdiffeq's methods by name (its public odeint takes these; scipy_solver leaves torch: not offered)
+FIXED_STEP = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 def methods() -> list[str]:
     """The ODE methods accepted: torchdiffeq's (but ``scipy_solver``) and ``heun``."""
-    return sorted(set(_solvers()) | set(ALIASES))
+    return sorted(set(FIXED_STEP) | set(ADAPTIVE) | set(ALIASES))
 
 
 def is_fixed_step(method: str) -> bool:
-    from torchdiffeq._impl.solvers import FixedGridODESolver
-
-    return issubclass(_solvers()[ALIASES.get(method, method)], FixedGridODESolver)
+    return ALIASES.get(method, method) in FIXED_STEP
 
 
 def check_tolerance(name: str, value) -> float:
@@ -103,9 +100,7 @@ class ProbabilityFlowODE:
         self.schedule = schedules.get(schedule)  # VP noise schedule
         # torchdiffeq method; steps: fixed-step count (None for adaptive methods); rtol/atol: adaptive tolerances
         self.method, self.steps, self.rtol, self.atol = check_options(method, steps, rtol, atol)
-        self.spacing = spacing  # spacing of a fixed-step grid (see schedules.Schedule.grid)
-        if spacing not in schedules.SPACINGS:
-            raise NonnormalError(f"unknown spacing {spacing!r}: choose one of {', '.join(schedules.SPACINGS)}")
+        self.spacing = schedules.check_spacing(spacing)  # spacing of a fixed-step grid (see schedules.Schedule.grid)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``f(t) x + g(t)^2 eps_theta(x, t) / (2 sigma_t)`` at a scalar time ``t`` (float64)."""
@@ -136,6 +131,11 @@ class ProbabilityFlowODE:
         def clamped(t, y):
             nonlocal nfe
             nfe += 1
+            if not bool(torch.isfinite(t)):  # the step size underflowed: tolerances no float can meet
+                raise NonnormalError(
+                    f"the ODE solver {self.method} shrank its step to nothing (step size underflow) trying to meet "
+                    f"rtol/atol = {self.rtol:g}/{self.atol:g}: loosen them (e.g. 1e-5) or use a fixed-step method"
+                )
             t = t.to(torch.float64).clamp(lo, hi)  # adaptive steps probe past the interval's ends
             out = func(t, y)
             if not all(bool(torch.isfinite(o).all()) for o in (out if isinstance(out, tuple) else (out,))):

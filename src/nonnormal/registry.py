@@ -1,13 +1,13 @@
 """Named factories with parameters: ``get("student_t", nu=5)`` or ``get("student_t:nu=5")``.
 
-Increment laws and noise schedules are both looked up by name; this is the one place that
-parses a spec string and reports an unknown name with the list of known ones.
+Increment laws, noise schedules, networks and datasets are all looked up by name in a
+:class:`Registry`; this is the one place that keeps such a table, parses a spec string and
+reports an unknown name with the list of known ones.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from .errors import NonnormalError
@@ -48,27 +48,87 @@ def bounded_parameter(owner: str, key: str, value, lo: float, hi: float, hint: s
 
 
 class Registry(Generic[T]):
-    """A table of named factories of one kind (``what`` names the kind in error messages)."""
+    """A table of named factories of one kind (``what`` names the kind in error messages).
+
+    Every extension point (increment laws, schedules, networks, datasets) keeps one. An entry is
+    added where its class or function is defined, with :meth:`register` as a decorator::
+
+        LAWS = Registry("increment law")
+
+        @LAWS.register("laplace", builtin=True)
+        class Laplace(IncrementLaw): ...
+
+    ``builtin`` entries ship with nonnormal: they are never replaced or removed, and
+    :meth:`names` can list them apart from what plugins added.
+    """
 
     def __init__(self, what: str):
         self.what = what
-        self._factories: dict[str, Callable[..., T]] = {}
+        self._factories: dict[str, Any] = {}
+        self._builtin: set[str] = set()
 
-    def register(self, name: str, factory: Callable[..., T], *, overwrite: bool = False) -> None:
+    def register(self, name: str, factory: Any = None, *, overwrite: bool = False, builtin: bool = False):
+        """Add ``factory`` under ``name``; without ``factory``, a decorator that adds what it decorates."""
+        if factory is None:
+
+            def decorate(obj):
+                self.register(name, obj, overwrite=overwrite, builtin=builtin)
+                return obj
+
+            return decorate
+        if not builtin:
+            self.check_name(name, overwrite=overwrite)
+        self._factories[name] = factory
+        if builtin:
+            self._builtin.add(name)
+        return factory
+
+    def check_name(self, name: str, *, overwrite: bool = False) -> None:
+        """Refuse, in one line, a name that cannot be registered (malformed, built-in, or taken)."""
+        if not isinstance(name, str) or not name.strip() or ":" in name or "=" in name:
+            raise NonnormalError(f"bad {self.what} name {name!r}: use letters, digits, '-' and '_' (no ':' or '=')")
+        if name in self._builtin:
+            raise NonnormalError(
+                f"{self.what} {name!r} is already registered as a built-in one and cannot be replaced: "
+                "register yours under another name"
+            )
         if name in self._factories and not overwrite:
             raise NonnormalError(f"{self.what} {name!r} is already registered: pass overwrite=True to replace it")
-        self._factories[name] = factory
 
-    def names(self) -> list[str]:
-        return sorted(self._factories)
+    def unregister(self, name: str) -> None:
+        """Remove a registered entry (not a built-in one); unknown names are ignored."""
+        if name in self._builtin:
+            raise NonnormalError(f"{name!r} is a built-in {self.what} and cannot be removed")
+        self._factories.pop(name, None)
 
-    def get(self, spec: str, **params: Any) -> T:
-        name, parsed = parse_spec(spec)
-        parsed.update(params)
+    def names(self, *, builtin: bool | None = None) -> list[str]:
+        """The registered names, sorted: all (default), only the built-in ones, or only the added ones."""
+        return sorted(n for n in self._factories if builtin is None or (n in self._builtin) == builtin)
+
+    def is_builtin(self, name: str) -> bool:
+        return name in self._builtin
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._factories
+
+    def entry(self, name: str) -> Any:
+        """What is registered under ``name``, or a one-line refusal listing the known names."""
         if name not in self._factories:
             raise NonnormalError(f"unknown {self.what} {name!r}: choose one of {', '.join(self.names())}")
+        return self._factories[name]
+
+    def replace_entry(self, name: str, factory: Any) -> None:
+        """Swap an entry in place (a lazy ``"module:attr"`` entry for what it names, once imported)."""
+        self.entry(name)
+        self._factories[name] = factory
+
+    def get(self, spec: str, **params: Any) -> T:
+        """Build the entry named by ``spec`` (``"name:key=value"``) with its parameters (and ``params``)."""
+        name, parsed = parse_spec(spec)
+        parsed.update(params)
+        factory = self.entry(name)
         try:
-            return self._factories[name](**parsed)
+            return factory(**parsed)
         except NonnormalError:
             raise
         except (TypeError, ValueError, ArithmeticError) as err:  # a factory's own complaint, on one line

