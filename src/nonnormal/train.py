@@ -47,9 +47,15 @@ RESUMABLE = {
 
 
 class TrainingStopped(NonnormalError):
-    """Training stopped on a signal after writing a checkpoint (the command line exits 75)."""
+    """Training stopped on a signal after writing a checkpoint (the command line exits 75).
+
+    ``reason`` is the message without its hint (a job that trains models gives its own)."""
 
     exit_code = EXIT_STOPPED
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def pick_device(name: str) -> torch.device:
@@ -409,10 +415,8 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                 if stop and step < t["steps"]:
                     dist.barrier()  # the checkpoint is written before any process exits
                     name = signal.Signals(signals.received).name if signals.received else "a signal"
-                    raise TrainingStopped(
-                        f"stopped by {name} after step {step}: checkpoint written to {run}; "
-                        f"continue with --resume (exit code {EXIT_STOPPED})"
-                    )
+                    reason = f"stopped by {name} after step {step}: checkpoint written to {run}"
+                    raise TrainingStopped(f"{reason}; continue with --resume (exit code {EXIT_STOPPED})", reason)
                 if step == stop_at:
                     break
     finally:
