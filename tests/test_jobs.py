@@ -309,6 +309,10 @@ def test_quick_study_sigkilled_at_random_moments_finishes_with_the_same_command(
         command = [sys.executable, "-m", "nonnormal.cli", "study", "--quick", "--out", str(folder), "--quiet"]
         return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
+    def writing(since: float) -> bool:  # this run has written its first output
+        first = out / "metrics_vs_T.png"
+        return first.exists() and first.stat().st_mtime >= since
+
     t0 = time.time()
     straight = start(tmp_path / "straight")
     assert straight.wait(900) == 0, straight.stderr.read()[-2000:]
@@ -319,16 +323,14 @@ def test_quick_study_sigkilled_at_random_moments_finishes_with_the_same_command(
             end = t1 + rng.uniform(0.5, max(1.0, took * (1 - len(moments) / 5)))
             while time.time() < end and proc.poll() is None:
                 time.sleep(0.01)
-        else:  # the first output: the pages and plots are being written
-            while proc.poll() is None and not (out / "metrics_vs_T.png").exists():
+        else:  # its first output: the pages and plots are being written
+            while proc.poll() is None and not writing(t1):
                 time.sleep(0.001)
         if proc.poll() is not None:
             break  # it finished before the kill
         proc.kill()
         proc.wait()
-        moments.append(
-            f"{time.time() - t1:.1f}s" + (" (writing outputs)" if (out / "metrics_vs_T.png").exists() else "")
-        )
+        moments.append(f"{time.time() - t1:.1f}s" + (" (writing outputs)" if writing(t1) else ""))
     last = start(out)
     code, err = last.wait(900), last.stderr.read().decode()
     print(f"\nstudy --quick: SIGKILLs at {moments} into each run (a straight run takes {took:.0f} s)")
