@@ -22,7 +22,7 @@ import pytest
 
 from nonnormal import config, jobs, presets
 from nonnormal.cli import main
-from nonnormal.errors import NonnormalError
+from nonnormal.errors import NonnormalError, Stopped
 from nonnormal.train import TrainingStopped
 
 TINY = [
@@ -282,7 +282,7 @@ def test_interruption_hints_say_what_works(tmp_path, monkeypatch, capsys):
     import nonnormal.compare
 
     # a training stopped by a signal inside a job: rerun the same command (a job has no --resume)
-    with pytest.raises(TrainingStopped) as info:
+    with pytest.raises(Stopped) as info:
         with jobs.hold(tmp_path / "job", "out.json"):
             raise TrainingStopped("stopped by SIGTERM after step 3: ...; continue with --resume", "stopped by SIGTERM")
     assert "--resume" not in str(info.value) and "rerun the same command (same --out)" in str(info.value)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NonnormalError
+from .errors import NonnormalError, Stopped
 
 LOCK = "job.lock"
 AGAIN = "rerun the same command (same --out) to continue from its cache"
@@ -108,10 +108,8 @@ def hold(out: str | Path, primary: str, force: bool = False) -> Iterator[Path]:
     """Run a job in folder ``out`` (created): refused if another job holds it or (without ``force``)
     if it is finished; leftovers of a killed run are removed. The body writes the outputs, ``primary`` last.
 
-    A training stopped by a signal inside the job is reported with the job's way to continue.
+    A command stopped by a signal inside the job (a training) is reported with the job's way to continue.
     """
-    from .train import TrainingStopped
-
     out = check(out, primary, force)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -123,8 +121,8 @@ def hold(out: str | Path, primary: str, force: bool = False) -> Iterator[Path]:
         _leftovers(out)
         try:
             yield out
-        except TrainingStopped as err:
-            raise TrainingStopped(f"{err.reason}: {AGAIN} (exit code {err.exit_code})") from None
+        except Stopped as err:  # e.g. a training inside the job: its hint (--resume) is not the job's
+            raise Stopped(f"{err.reason}: {AGAIN} (exit code {err.exit_code})", err.reason) from None
 
 
 def _hash(obj) -> str:

@@ -35,10 +35,12 @@ from torch import nn
 from . import config as config_lib
 from . import runs
 from .data import Examples, GlobalBatchSampler, batches, dequantize, levels_to_unit
-from .errors import NonnormalError
+from .errors import NonnormalError, Stopped
 from .runs import build_model, load_data  # noqa: F401 -- part of this module's interface
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after writing a checkpoint; continue with --resume
+EXIT_STOPPED = (
+    Stopped.exit_code
+)  # 75, EX_TEMPFAIL: stopped by a signal after writing a checkpoint; continue with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
 RESUMABLE = {
@@ -46,16 +48,8 @@ RESUMABLE = {
 }
 
 
-class TrainingStopped(NonnormalError):
-    """Training stopped on a signal after writing a checkpoint (the command line exits 75).
-
-    ``reason`` is the message without its hint (a job that trains models gives its own)."""
-
-    exit_code = EXIT_STOPPED
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = reason or message
+class TrainingStopped(Stopped):
+    """Training stopped on a signal after writing a checkpoint (the command line exits 75)."""
 
 
 def pick_device(name: str) -> torch.device:
