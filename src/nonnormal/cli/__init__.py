@@ -102,12 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_invariance)
 
-    def run_options(p, steps_help):
+    def run_options(p, steps_help, default_config="the built-in defaults"):
         p.add_argument(
             "--config",
             type=_text,
             default=None,
-            help="TOML file or preset name (nonnormal presets lists them); flags below override it",
+            help=f"TOML file or preset name (nonnormal presets lists them; default {default_config}); "
+            "flags below override it",
         )
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
         p.add_argument(
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
-    run_options(p, "optimizer steps per pair")
+    run_options(p, "optimizer steps per pair", "the preset compare-digits")
     p.add_argument(
         "--pairs",
         type=_text,
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="grid (default): train and measure the grid of a study config; bias: the bias of non-L2 "
         "losses on exact-score mixtures",
     )
-    run_options(p, "optimizer steps per model")
+    run_options(p, "optimizer steps per model", "the preset study-digits, or study-quick with --quick")
     p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (preset study-quick)")
     p.add_argument(
         "--seeds", type=_count(1, 100), default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)"
