@@ -250,8 +250,11 @@ def test_a_second_job_on_the_same_folder_is_refused_in_one_line(tmp_path, capsys
     assert cli("study", "bias", "--pairs", "laplace/laplace", "--Ts", "2", "--n", 16, "--out", out, "--quiet") == 0
 
 
-def test_a_shared_cache_lock_waits_for_its_holder(tmp_path):
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_shared_cache_lock_waits_for_its_holder(tmp_path, kind):
     lock, said, order = tmp_path / "x.lock", [], []
+    if kind == "folder":  # a cache folder is locked as it is: no file added
+        lock.mkdir()
     holder_in, release = threading.Event(), threading.Event()
 
     def holder():
@@ -271,11 +274,12 @@ def test_a_shared_cache_lock_waits_for_its_holder(tmp_path):
     waiter = threading.Thread(target=waiter_job)
     waiter.start()
     time.sleep(0.3)
-    assert order == [] and said == [f"waiting (pid {os.getpid()})"]  # it waits
+    assert order == [] and said == [f"waiting{f' (pid {os.getpid()})' if kind == 'file' else ''}"]  # it waits
     release.set()
     t.join(10)
     waiter.join(10)
     assert order == ["holder done", "waiter in"]
+    assert kind == "file" or not any(lock.iterdir())
 
 
 def test_interruption_hints_say_what_works(tmp_path, monkeypatch, capsys):

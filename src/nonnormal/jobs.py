@@ -46,14 +46,16 @@ def _holder(fd: int) -> str:
 
 @contextmanager
 def locked(path: str | Path, busy: str, wait: bool = False, log=None) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if missing) for the block.
+    """Hold an exclusive flock on ``path`` for the block: a lock file (created if missing, it records
+    the holder's pid) or a folder (a cache that gains no file).
 
     If another process holds it: with ``wait``, say so through ``log`` and wait for it; without,
-    raise ``NonnormalError(busy)`` (``{holder}`` in ``busy`` becomes `` (pid N)``).
+    raise ``NonnormalError(busy)`` (``{holder}`` in ``busy`` becomes `` (pid N)`` for a lock file).
     """
     path = Path(path)
+    folder = path.is_dir()
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDONLY) if folder else os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         raise NonnormalError(f"cannot create the lock file {path}: {_why(err)}") from None
     try:
@@ -68,8 +70,9 @@ def locked(path: str | Path, busy: str, wait: bool = False, log=None) -> Iterato
                 log(busy.format(holder=_holder(fd)))
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if not folder:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the pid is only for the message of a process that finds the lock taken
         yield

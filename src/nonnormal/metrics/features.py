@@ -313,8 +313,8 @@ def features_for(
         raise NonnormalError(
             f"cannot create the cache folder {folder}: {err.strerror or err}: set NONNORMAL_CACHE"
         ) from None
-    busy = f"another process{{holder}} is training the feature classifier {stem}: waiting for it ({folder})"
-    with jobs.locked(folder / f"{stem}.lock", busy, wait=True, log=warn):
+    busy = f"another process is training a feature classifier in {folder}: waiting for it"
+    with jobs.locked(folder, busy, wait=True, log=warn):  # one trainer per cache folder at a time
         cached = _load_cached(weights, sidecar, expect)  # trained by that process while we waited
         return cached if cached is not None else _train_and_cache(dataset, seed, progress, weights, sidecar, expect)
 
