@@ -1,4 +1,4 @@
-"""Ablation of the `nonnormal compare` recipe (configs/compare-digits.toml) on digits.
+"""Ablation of the `nonnormal compare` recipe (preset compare-digits) on digits.
 
 Each variant trains gaussian/gaussian at T = 100 with the given overrides, for each seed, and is
 scored like compare scores it (test bits/dim by the probability-flow ODE, dopri5 at rtol 1e-3, the
@@ -29,7 +29,7 @@ from nonnormal.runs import load_run
 from nonnormal.train import train
 
 HERE = Path(__file__).parent
-CONFIG = HERE.parent / "configs" / "compare-digits.toml"
+CONFIG = "compare-digits"  # the packaged preset
 VARIANTS = {
     "base": [],
     "steps900": ["train.steps=900"],
@@ -92,7 +92,7 @@ def main() -> None:
         summary.append(
             {
                 "variant": name,
-                "overrides": " ".join(VARIANTS[name]) or "(configs/compare-digits.toml)",
+                "overrides": " ".join(VARIANTS[name]) or "(preset compare-digits)",
                 "bpd_ode": mean,
                 "per_seed": [round(r["bpd_ode"], 4) for r in vals],
                 "train_seconds": sum(r["train_seconds"] for r in vals) / len(vals),

@@ -270,7 +270,7 @@ def bench_likelihood(a, results):
 
     run = a.outdir / ".cache" / ("likelihood-quick" if a.quick else "likelihood")
     cfg = config.load(
-        HERE.parent / "configs" / "compare-digits.toml",
+        "compare-digits",  # the packaged preset
         ["train.steps=20" if a.quick else "train.steps=300", "train.checkpoint_every=1000"],
     )
     train(cfg, run, resume=True, progress=False)  # a finished run is reused as it is
@@ -382,7 +382,7 @@ def _bf16_short_runs(a) -> dict:
     for name, flag in (("fp32", "false"), ("bf16", "true")):
         run = a.outdir / ".cache" / f"short-{name}-{steps}"
         cfg = config.load(
-            HERE.parent / "configs" / "compare-digits.toml",
+            "compare-digits",  # the packaged preset
             [f"train.steps={steps}", "train.batch=64", f"train.bf16={flag}", "train.checkpoint_every=1000"],
         )
         train(cfg, run, resume=True, progress=False)  # a finished run is reused as it is

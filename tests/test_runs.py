@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,12 +319,15 @@ def test_compare_refuses_continuous_data_before_any_work(tmp_path, capsys):
 
 
 def test_shipped_configs_are_valid():
-    for path in sorted(Path(__file__).parent.parent.glob("configs/*.toml")):
-        if "study" in tomllib.loads(path.read_text()):
+    from nonnormal import presets
+
+    assert len(presets.names()) >= 9 and "compare-digits" in presets.names()
+    for name in presets.names():
+        if "study" in tomllib.loads(presets.text(name)):
             continue  # a study plan (nonnormal study), checked by the study's own tests
-        cfg = config.load(path)
+        cfg = config.load(name)
         assert cfg == config.validate(tomllib.loads(config.to_toml(cfg)))
-    cfg = config.load(Path(__file__).parent.parent / "configs" / "paper-cifar10.toml")
+    cfg = config.load("paper-cifar10")
     net = train_lib.build_model(cfg, (3, 32, 32))
     assert 20e6 < sum(p.numel() for p in net.parameters()) < 60e6  # VDM-sized
 

@@ -26,6 +26,7 @@ how far the samples land from the data.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -227,6 +228,7 @@ def bias_study(
     nodes: int = 8,
     reference: int = 4000,
     progress=None,
+    cache: str | Path | None = None,
 ) -> list[dict]:
     """Sample the mixture with each pair's loss-optimal predictor and with the conditional mean.
 
@@ -239,42 +241,53 @@ def bias_study(
     (``mean`` | ``loss-optimal`` | ``data``), the :func:`sample_metrics` (``sliced_w1``, ``energy``,
     ``occupancy_mse``, ``spread``), ``gap`` (RMS of ``m - E[eps|x_t]`` over all steps and samples;
     0 for the mean) and ``n``. ``progress(row)`` is called after each row.
+
+    With ``cache`` (a folder), the data row and each (pair, T)'s rows are kept there as they are
+    computed and read back by a later call with the same settings: a killed study continues.
     """
+    from . import jobs
     from .diffusion import Diffusion
 
     mixture = mixture or default_mixture()
     D = mixture.means.shape[1]
     g = torch.Generator().manual_seed(seed + 1)
     ref = mixture.sample(reference, g)
-    rows = [
-        {
-            "q": None,
-            "p": None,
-            "T": None,
-            "predictor": "data",
-            "gap": 0.0,
-            "n": n,
-            **sample_metrics(mixture.sample(n, g), mixture, ref),
-        }
-    ]
+    data = mixture.sample(n, g)
+    settings = {
+        "version": 1,
+        "mixture": [
+            mixture.means.tolist(),
+            float(mixture.std),
+            getattr(mixture.schedule, "spec", str(mixture.schedule)),
+        ],
+        **{"n": n, "seed": seed, "rule": rule, "spacing": spacing, "nodes": nodes, "reference": reference},
+    }
+
+    def kept(name: str, key: dict, compute) -> list[dict]:
+        return jobs.cached(Path(cache) / name, {**settings, **key}, compute) if cache is not None else compute()
+
+    def data_row() -> list[dict]:
+        row = {"q": None, "p": None, "T": None, "predictor": "data", "gap": 0.0, "n": n}
+        return [{**row, **sample_metrics(data, mixture, ref)}]
+
+    def pair_rows(q: str, p: str, T: int) -> list[dict]:
+        diff = Diffusion(mixture.schedule, T, q, p, rule=rule, spacing=spacing)
+        K = divergence(diff.q, diff.p)
+        out = []
+        for kind in ("mean", "loss-optimal"):
+            model = PosteriorPredictor(mixture, K, diff.walk(), rule, kind, nodes)
+            x = diff.sample(model, (n, D), seed=seed, dtype=F64)
+            gap = math.sqrt(model.gap2 / model.count) if model.count else 0.0
+            row = {"q": diff.q.spec, "p": diff.p.spec, "T": T, "predictor": kind, "gap": gap, "n": n}
+            out.append({**row, **sample_metrics(x, mixture, ref)})
+        return out
+
+    rows = kept("data.json", {}, data_row)
     for T in Ts:
         for pair in pairs:
             q, p = pair.split("/") if isinstance(pair, str) else pair
-            diff = Diffusion(mixture.schedule, int(T), q, p, rule=rule, spacing=spacing)
-            K = divergence(diff.q, diff.p)
-            for kind in ("mean", "loss-optimal"):
-                model = PosteriorPredictor(mixture, K, diff.walk(), rule, kind, nodes)
-                x = diff.sample(model, (n, D), seed=seed, dtype=F64)
-                gap = math.sqrt(model.gap2 / model.count) if model.count else 0.0
-                row = {
-                    "q": diff.q.spec,
-                    "p": diff.p.spec,
-                    "T": int(T),
-                    "predictor": kind,
-                    "gap": gap,
-                    "n": n,
-                    **sample_metrics(x, mixture, ref),
-                }
+            name = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{q}-{p}-T{int(T)}.json")
+            for row in kept(name, {"q": q, "p": p, "T": int(T)}, lambda q=q, p=p, T=int(T): pair_rows(q, p, T)):
                 rows.append(row)
                 if progress:
                     progress(row)

@@ -5,7 +5,8 @@ intervals against gaussian/gaussian and two reference rows.
 It is a :class:`nonnormal.study.Study` with one step count and each model sampled with its own law.
 Everything lands in one folder: ``models/`` (one run folder per trained model), ``cache/``,
 ``table.md``/``table.csv``/``table.json``/``table.tex``, ``figure1.png``, ``loss_curves.png`` and
-``report.html``. An interrupted comparison picks up where it stopped when called again on the folder.
+``report.html``, ``table.json`` last. An interrupted comparison (killed at any moment) picks up where
+it stopped when called again on the folder; a finished one is rebuilt only with ``force``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as config_lib
+from . import jobs
 from .errors import NonnormalError
 
 PAIRS = (
@@ -61,6 +63,7 @@ UNITS = {
     "train_seconds": "s per model",
 }
 OUTPUTS = ["table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"]
+PRIMARY = "table.json"  # written last: a folder holding it is finished
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -98,8 +101,12 @@ def compare(
     sample_seed: int = 0,
     progress: bool = True,
     log=print,
+    force: bool = False,
 ) -> list[dict]:
-    """Train and evaluate each pair with ``seeds`` seeds into ``out``; write the tables, figures and report."""
+    """Train and evaluate each pair with ``seeds`` seeds into ``out``; write the tables, figures and report.
+
+    A folder whose ``table.json`` exists is finished: refused unless ``force`` (then rebuilt from its
+    models and cache). Any other folder continues where it stopped (:mod:`nonnormal.jobs`)."""
     from .evaluate import reference_rows
     from .report import (
         html_image,
@@ -114,7 +121,7 @@ def compare(
     from .runs import write_atomic
     from .study import Plan, Study
 
-    out = Path(out)
+    out = jobs.check(out, PRIMARY, force)  # a finished folder is refused before any work
     run_config = config_lib.read_toml(config_path) if config_path else {}
     base = config_lib.load(None, list(overrides), base=run_config)
     T = base["diffusion"]["T"]
@@ -135,51 +142,54 @@ def compare(
         columns=columns,
     )
     study = Study(out, plan.check(), run_config, overrides, progress=progress, log=log)  # n_samples 0: test size
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    result = study.run()
-    table = _table(result, study)
-    references = reference_rows(study.data, sample_seed, n_test)
-    rows = table + references
-    _write_tables(out, rows)
-    write_atomic(
-        out / "table.tex", latex_table(rows, COLUMNS, f"{study.data.name}: (q, p) pairs at T={T}", UNITS).encode()
-    )
-    figure = out / ".figure1.tmp.png"
-    plot_sample_rows(
-        study.figure_rows(T, plan.seeds[0]),
-        figure,
-        f"{study.data.name}: ancestral samples (T={T}, law p), sample seed {sample_seed} shared by every row",
-    )
-    figure.replace(out / "figure1.png")
-    from .divergences import divergence
-    from .study import _trained_pair
+    with jobs.hold(out, PRIMARY, force):  # one job per folder; a killed one continues from its cache
+        t0 = time.perf_counter()
+        result = study.run()
+        table = _table(result, study)
+        references = reference_rows(study.data, sample_seed, n_test)
+        rows = table + references
+        slim = [{c: r.get(c) for c in COLUMNS} for r in rows]
+        write_atomic(out / "table.csv", _csv(slim).encode())
+        write_atomic(
+            out / "table.tex", latex_table(rows, COLUMNS, f"{study.data.name}: (q, p) pairs at T={T}", UNITS).encode()
+        )
+        figure = out / ".figure1.tmp.png"
+        plot_sample_rows(
+            study.figure_rows(T, plan.seeds[0]),
+            figure,
+            f"{study.data.name}: ancestral samples (T={T}, law p), sample seed {sample_seed} shared by every row",
+        )
+        figure.replace(out / "figure1.png")
+        from .divergences import divergence
+        from .study import _trained_pair
 
-    curves = {}
-    step_loss = base["diffusion"]["loss"] == "step"
-    for q, p in pairs:
-        tq, tp = _trained_pair(q, p)  # the logged loss is the trained pair's: drop its constant T K(0)
-        const = T * divergence(tq, tp).k0 / math.log(2) if step_loss else 0.0
-        metrics = study.model_dir(tq, tp, T, plan.seeds[0]) / "metrics.jsonl"
-        curves[f"{q}/{p}"] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(metrics)]
-    curve_png = out / ".loss_curves.tmp.png"
-    plot_loss_curves(curves, curve_png, f"{study.data.name}: training loss per pair (seed {plan.seeds[0]})")
-    curve_png.replace(out / "loss_curves.png")
-    notes = _notes(result, study, references, rtol, seeds, log)
-    notes.append(f"Total time {time.perf_counter() - t0:.0f} s.")
-    sections = [
-        ("Table", html_table(rows, COLUMNS, UNITS)),
-        ("Notes", "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"),
-        ("Figure 1: samples", html_image(out / "figure1.png", "figure 1")),
-        ("Loss curves", html_image(out / "loss_curves.png", "loss curves")),
-        ("Config", f"<pre>{_esc(json.dumps(base, indent=1))}</pre>"),
-    ]
-    meta = {**provenance(), "dataset": study.data.name, "pairs": plan.pairs, "seeds": plan.seeds, "T": T}
-    write_atomic(out / "report.html", html_page(f"nonnormal compare: {study.data.name}", sections, meta).encode())
-    write_atomic(
-        out / "table.md", (markdown_table(rows, COLUMNS) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode()
-    )
-    return rows
+        curves = {}
+        step_loss = base["diffusion"]["loss"] == "step"
+        for q, p in pairs:
+            tq, tp = _trained_pair(q, p)  # the logged loss is the trained pair's: drop its constant T K(0)
+            const = T * divergence(tq, tp).k0 / math.log(2) if step_loss else 0.0
+            metrics = study.model_dir(tq, tp, T, plan.seeds[0]) / "metrics.jsonl"
+            curves[f"{q}/{p}"] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(metrics)]
+        curve_png = out / ".loss_curves.tmp.png"
+        plot_loss_curves(curves, curve_png, f"{study.data.name}: training loss per pair (seed {plan.seeds[0]})")
+        curve_png.replace(out / "loss_curves.png")
+        notes = _notes(result, study, references, rtol, seeds, log)
+        notes.append(f"Total time {time.perf_counter() - t0:.0f} s.")
+        sections = [
+            ("Table", html_table(rows, COLUMNS, UNITS)),
+            ("Notes", "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"),
+            ("Figure 1: samples", html_image(out / "figure1.png", "figure 1")),
+            ("Loss curves", html_image(out / "loss_curves.png", "loss curves")),
+            ("Config", f"<pre>{_esc(json.dumps(base, indent=1))}</pre>"),
+        ]
+        meta = {**provenance(), "dataset": study.data.name, "pairs": plan.pairs, "seeds": plan.seeds, "T": T}
+        write_atomic(out / "report.html", html_page(f"nonnormal compare: {study.data.name}", sections, meta).encode())
+        write_atomic(
+            out / "table.md",
+            (markdown_table(rows, COLUMNS) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode(),
+        )
+        write_atomic(out / PRIMARY, (json.dumps(slim, indent=1) + "\n").encode())  # last: the job is finished
+        return rows
 
 
 def _esc(text: str) -> str:
@@ -279,13 +289,9 @@ def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _write_tables(out: Path, table: list[dict]) -> None:
-    from .runs import write_atomic
-
-    slim = [{c: r.get(c) for c in COLUMNS} for r in table]
-    write_atomic(out / "table.json", (json.dumps(slim, indent=1) + "\n").encode())
+def _csv(table: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS)
     writer.writeheader()
-    writer.writerows(slim)
-    write_atomic(out / "table.csv", buf.getvalue().encode())
+    writer.writerows(table)
+    return buf.getvalue()

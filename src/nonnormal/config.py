@@ -252,14 +252,32 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def read_toml(path: str | Path) -> dict:
+    """The TOML file at ``path``, or the packaged preset of that name (``digits``, ``compare-digits``,
+    see :mod:`nonnormal.presets`) when no such file exists."""
+    from . import presets
+
     path = Path(path)
-    if not path.is_file():
+    preset = None if path.exists() else presets.find(str(path))
+    if preset is not None:
+        where, text = f"preset {preset}", presets.text(preset)
+    elif not path.is_file():
         what = "is a folder" if path.is_dir() else ("is not a regular file" if path.exists() else "not found")
-        raise NonnormalError(f"config file {path} {what}: give a TOML file, e.g. configs/digits.toml")
+        moved = presets.find(path.name) if path.parent.name == "configs" else None
+        hint = f"the repository's configs/ is now the packaged presets: --config {moved}" if moved else None
+        raise NonnormalError(
+            f"config file {path} {what}: "
+            + (hint or f"give a TOML file or a preset name ({', '.join(presets.names())})")
+        )
+    else:
+        where = f"config file {path}"
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as err:
+            raise NonnormalError(f"{where} is not valid TOML: {err}") from None
     try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise NonnormalError(f"config file {path} is not valid TOML: {err}") from None
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise NonnormalError(f"{where} is not valid TOML: {err}") from None
 
 
 def load(

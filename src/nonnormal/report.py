@@ -359,7 +359,9 @@ def comparison_rows(comparisons: list[dict]) -> list[dict]:
 
 
 def write_study(out: str | Path, result: dict, figures: dict[int, dict], config: dict) -> list[str]:
-    """study.json, study.md, study.html, table.tex and the plots of a study; returns the file names."""
+    """study.json, study.md, study.html, table.tex and the plots of a study; returns the file names.
+
+    study.json is written last: its presence means the study is finished (see :mod:`nonnormal.jobs`)."""
     from .runs import write_atomic
 
     out = Path(out)
@@ -373,7 +375,6 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         "rows": slim,
         "comparisons": result["comparisons"],
     }
-    write_atomic(out / "study.json", (json.dumps(payload, indent=1, default=str) + "\n").encode())
     metrics = ["bpd_ode", "bpd_bound", "fd", "kid", "saturation", "smoothness", "hf_power", "hist_distance"]
     keys = ["pair", "T_train", "sampler", "T_sample", "law_sample"]
     table = summarize(slim, keys, metrics)
@@ -438,4 +439,5 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         ("Config", "<pre>" + html_lib.escape(json.dumps(config, indent=1)) + "</pre>"),
     ]
     write_atomic(out / "study.html", html_page(f"nonnormal study: {result['dataset']}", sections, meta).encode())
+    write_atomic(out / "study.json", (json.dumps(payload, indent=1, default=str) + "\n").encode())  # last
     return files

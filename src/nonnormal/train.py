@@ -35,10 +35,12 @@ from torch import nn
 from . import config as config_lib
 from . import runs
 from .data import Examples, GlobalBatchSampler, batches, dequantize, levels_to_unit
-from .errors import NonnormalError
+from .errors import NonnormalError, Stopped
 from .runs import build_model, load_data  # noqa: F401 -- part of this module's interface
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after writing a checkpoint; continue with --resume
+EXIT_STOPPED = (
+    Stopped.exit_code
+)  # 75, EX_TEMPFAIL: stopped by a signal after writing a checkpoint; continue with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
 RESUMABLE = {
@@ -46,10 +48,8 @@ RESUMABLE = {
 }
 
 
-class TrainingStopped(NonnormalError):
+class TrainingStopped(Stopped):
     """Training stopped on a signal after writing a checkpoint (the command line exits 75)."""
-
-    exit_code = EXIT_STOPPED
 
 
 def pick_device(name: str) -> torch.device:
@@ -409,10 +409,8 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                 if stop and step < t["steps"]:
                     dist.barrier()  # the checkpoint is written before any process exits
                     name = signal.Signals(signals.received).name if signals.received else "a signal"
-                    raise TrainingStopped(
-                        f"stopped by {name} after step {step}: checkpoint written to {run}; "
-                        f"continue with --resume (exit code {EXIT_STOPPED})"
-                    )
+                    reason = f"stopped by {name} after step {step}: checkpoint written to {run}"
+                    raise TrainingStopped(f"{reason}; continue with --resume (exit code {EXIT_STOPPED})", reason)
                 if step == stop_at:
                     break
     finally:

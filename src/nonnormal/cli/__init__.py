@@ -1,7 +1,7 @@
 """The ``nonnormal`` command: parses, validates, calls the library. No math lives here.
 
 One module per group of commands: :mod:`.runs` (train, sample, eval, export) and :mod:`.studies`
-(laws, kl, invariance, compare, study); :mod:`.common` holds their shared checks.
+(laws, kl, presets, invariance, compare, study); :mod:`.common` holds their shared checks.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import argparse
 import sys
 
 from ..errors import NonnormalError
+from ..jobs import AGAIN
 from .runs import cmd_eval, cmd_export, cmd_sample, cmd_train
-from .studies import cmd_compare, cmd_invariance, cmd_kl, cmd_laws, cmd_study
+from .studies import cmd_compare, cmd_invariance, cmd_kl, cmd_laws, cmd_presets, cmd_study
 
 
 def _seed(text: str) -> int:
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_laws)
 
+    p = sub.add_parser("presets", help="list the packaged configs (--config NAME), or print one")
+    p.add_argument("name", nargs="?", help="print this preset's TOML (copy it to change it)")
+    p.set_defaults(handler=cmd_presets)
+
     p = sub.add_parser("kl", help="the per-step divergence K(u) of a (q, p) pair of laws")
     p.add_argument("q", help="law of the data walk's steps, e.g. uniform")
     p.add_argument("p", help="law of the model walk's steps, e.g. laplace")
@@ -97,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_invariance)
 
-    def run_options(p, steps_help):
-        p.add_argument("--config", type=_text, default=None, help="TOML config (see configs/); flags below override it")
+    def run_options(p, steps_help, default_config="the built-in defaults"):
+        p.add_argument(
+            "--config",
+            type=_text,
+            default=None,
+            help=f"TOML file or preset name (nonnormal presets lists them; default {default_config}); "
+            "flags below override it",
+        )
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
         p.add_argument(
             "--dataset", type=_text, default=None, help="dataset spec, e.g. digits, mnist5k, cifar10:path=FILE"
@@ -126,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its newest checkpoint (from step 0 if it has none yet)",
     )
     p.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=cmd_train, again="continue with --resume (same --out)")
 
     def sampler_options(p, what):
         p.add_argument(
@@ -208,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
-    run_options(p, "optimizer steps per pair")
+    run_options(p, "optimizer steps per pair", "the preset compare-digits")
     p.add_argument(
         "--pairs",
         type=_text,
@@ -239,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default runs/compare-<timestamp>); an unfinished one resumes",
     )
     p.add_argument("--force", action="store_true", help="rebuild the table in a finished --out")
-    p.set_defaults(handler=cmd_compare)
+    p.set_defaults(handler=cmd_compare, again=AGAIN)
 
     p = sub.add_parser(
         "study", help="what the law changes: pairs x training T x seeds, sampled with several laws and T"
@@ -252,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="grid (default): train and measure the grid of a study config; bias: the bias of non-L2 "
         "losses on exact-score mixtures",
     )
-    run_options(p, "optimizer steps per model")
-    p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (configs/study-quick.toml)")
+    run_options(p, "optimizer steps per model", "the preset study-digits, or study-quick with --quick")
+    p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (preset study-quick)")
     p.add_argument(
         "--seeds", type=_count(1, 100), default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)"
     )
@@ -279,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default runs/study-<timestamp>); an unfinished one resumes",
     )
     p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out")
-    p.set_defaults(handler=cmd_study)
+    p.set_defaults(handler=cmd_study, again=AGAIN)
     return parser
 
 
@@ -306,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         plugins.load_entry_points()
         plugins.REQUESTED[:] = plugins.load(args.plugin)
         return args.handler(args)
-    except NonnormalError as err:  # exit_code: 75 for a training stopped by a signal (continue with --resume)
+    except NonnormalError as err:  # exit_code 75: stopped by a signal, continue (the message says how)
         code = getattr(err, "exit_code", 2)
         print(f"nonnormal: {'error: ' if code == 2 else ''}{_one_line(err)}{_plugin_hint(err)}", file=sys.stderr)
         return code
@@ -319,5 +330,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print("nonnormal: interrupted", file=sys.stderr)
+        again = getattr(args, "again", None)  # how a long job continues
+        print(f"nonnormal: interrupted{': ' + again if again else ''}", file=sys.stderr)
         return 130

@@ -78,9 +78,3 @@ def _train_overrides(args) -> list[str]:
     if getattr(args, "tensorboard", False):
         out.append("train.tensorboard=true")
     return out
-
-
-def _repo_config(name: str) -> str | None:
-    """configs/NAME when run from the repository, else None (the built-in defaults)."""
-    path = Path("configs") / name
-    return str(path) if path.is_file() else None

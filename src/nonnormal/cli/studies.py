@@ -8,9 +8,12 @@ import os
 import time
 from pathlib import Path
 
+from .. import jobs
 from ..errors import NonnormalError
 from ..runs import write_atomic
-from .common import _check_tolerance, _int_list, _make, _out_dir, _repo_config, _train_overrides
+from .common import _check_tolerance, _int_list, _make, _out_dir, _train_overrides
+
+DEFAULT_COMPARE, DEFAULT_STUDY, QUICK_STUDY = "compare-digits", "study-digits", "study-quick"  # packaged presets
 
 
 def cmd_laws(args) -> int:
@@ -42,6 +45,20 @@ def cmd_laws(args) -> int:
             f"{r['name']:<12}{params:<14}{r['variance']:>9.3g}{r['fourth_moment']:>9.4g}  {'yes' if r['has_density'] else 'no ':<7}  {support}"
         )
     print("parameters: name:key=value, e.g. student_t:nu=8 (nu > 4 needed for a finite fourth moment)")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .. import presets
+
+    if args.name:
+        print(presets.text(args.name), end="")
+        return 0
+    names = presets.names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {presets.summary(name)}")
+    print("use one with --config NAME; print it with nonnormal presets NAME (copy it to change it)")
     return 0
 
 
@@ -98,20 +115,12 @@ def cmd_compare(args) -> int:
 
     pairs = parse_pairs(args.pairs) if args.pairs else list(PAIRS)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and not out.is_dir():
-        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
-    clash = [f for f in OUTPUTS if (out / f).exists()]
-    if clash and not args.force:
-        raise NonnormalError(
-            f"{out / clash[0]} already exists: pass --force to rebuild the table or choose another --out"
-        )
-    config = args.config or _repo_config("compare-digits.toml")
     t0 = time.time()
     _check_tolerance(args.rtol)
     compare(
         out,
         pairs,
-        config,
+        args.config or DEFAULT_COMPARE,
         _train_overrides(args),
         seeds=args.seeds,
         n_samples=args.n_samples,
@@ -119,6 +128,7 @@ def cmd_compare(args) -> int:
         rtol=args.rtol,
         sample_seed=args.sample_seed,
         progress=not args.quiet,
+        force=args.force,
     )
     print()
     print((out / "table.md").read_text())
@@ -133,13 +143,7 @@ def cmd_study(args) -> int:
     from ..report import write_study
     from ..study import Study, load_plan
 
-    config = args.config or (
-        str(_repo_config("study-quick.toml") or "") if args.quick else _repo_config("study-digits.toml")
-    )
-    if args.quick and not config:
-        raise NonnormalError("--quick needs configs/study-quick.toml: run from the repository or give --config")
-    if not config:
-        raise NonnormalError("give --config (e.g. configs/study-digits.toml) or --quick")
+    config = args.config or (QUICK_STUDY if args.quick else DEFAULT_STUDY)
     seeds = list(range(args.seeds)) if args.seeds else None
     plan, run_config = load_plan(
         config,
@@ -150,16 +154,13 @@ def cmd_study(args) -> int:
         },
     )
     out = Path(args.out) if args.out else Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and not out.is_dir():
-        raise NonnormalError(f"--out {str(out)!r} is a file: give a folder")
-    if (out / "study.json").exists() and not args.force:
-        raise NonnormalError(f"{out / 'study.json'} already exists: pass --force to rebuild it or choose another --out")
+    jobs.check(out, "study.json", args.force)  # a finished folder is refused before any work
     t0 = time.time()
     study = Study(out, plan, run_config, _train_overrides(args), progress=not args.quiet)
-    out.mkdir(parents=True, exist_ok=True)
-    result = study.run()
-    figures = {T: study.figure_rows(T, plan.seeds[0]) for T in plan.T_train}
-    files = write_study(out, result, figures, run_config)
+    with jobs.hold(out, "study.json", args.force):  # one job per folder; a killed one continues from its cache
+        result = study.run()
+        figures = {T: study.figure_rows(T, plan.seeds[0]) for T in plan.T_train}
+        files = write_study(out, result, figures, run_config)  # study.json last
     print()
     for line in result["findings"]:
         print(f"- {line}")
@@ -172,43 +173,40 @@ def _study_bias(args) -> int:
     from ..bias import bias_study, plot_bias
     from ..compare import parse_pairs
     from ..report import latex_table, markdown_table, provenance
-    from ..runs import write_atomic
 
     pairs = parse_pairs(args.pairs or "gaussian/gaussian,laplace/laplace,uniform/gaussian,uniform/laplace")
     Ts = _int_list(args.Ts or "10,30,100,1000", "--Ts")
     n = args.n or 1000
     if n < 16:
         raise NonnormalError(f"--n must be at least 16 samples, got {n}")
-    out = _out_dir(args.out, "bias", args.force, ["bias.json", "bias.md", "bias.tex", "bias.png"])
+    out = Path(args.out) if args.out else Path("runs") / f"bias-{time.strftime('%Y%m%d-%H%M%S')}"
+    jobs.check(out, "bias.json", args.force)
     t0 = time.time()
-    rows = bias_study(
-        pairs,
-        Ts,
-        n=n,
-        seed=args.seed or 0,
-        progress=None
-        if args.quiet
-        else lambda r: print(
-            f"  {r['q']}/{r['p']} T={r['T']} {r['predictor']}: sliced W1 {r['sliced_w1']:.4f}, gap {r['gap']:.4f}",
-            flush=True,
-        ),
-    )
     columns = ["q", "p", "T", "predictor", "sliced_w1", "energy", "occupancy_mse", "spread", "gap", "n"]
-    write_atomic(
-        _make(out) / "bias.json", (json.dumps({"provenance": provenance(), "rows": rows}, indent=1) + "\n").encode()
-    )
-    write_atomic(out / "bias.md", markdown_table(rows, columns).encode())
-    write_atomic(
-        out / "bias.tex",
-        latex_table(
-            rows, columns, "Loss-optimal predictor vs conditional mean on a Gaussian mixture with exact scores"
-        ).encode(),
-    )
-    tmp = out / ".bias.tmp.png"
-    plot_bias(
-        rows, tmp, metric="spread"
-    )  # sliced W1 at n = 1000 is mostly noise; the spread shows the pull to the modes
-    os.replace(tmp, out / "bias.png")
+    with jobs.hold(out, "bias.json", args.force):  # one job per folder; a killed one continues from its cache
+        rows = bias_study(
+            pairs,
+            Ts,
+            n=n,
+            seed=args.seed or 0,
+            cache=out / "cache",
+            progress=None
+            if args.quiet
+            else lambda r: print(
+                f"  {r['q']}/{r['p']} T={r['T']} {r['predictor']}: sliced W1 {r['sliced_w1']:.4f}, gap {r['gap']:.4f}",
+                flush=True,
+            ),
+        )
+        write_atomic(out / "bias.md", markdown_table(rows, columns).encode())
+        caption = "Loss-optimal predictor vs conditional mean on a Gaussian mixture with exact scores"
+        write_atomic(out / "bias.tex", latex_table(rows, columns, caption).encode())
+        tmp = out / ".bias.tmp.png"
+        plot_bias(
+            rows, tmp, metric="spread"
+        )  # sliced W1 at n = 1000 is mostly noise; the spread shows the pull to the modes
+        os.replace(tmp, out / "bias.png")
+        payload = {"provenance": provenance(), "rows": rows}
+        write_atomic(out / "bias.json", (json.dumps(payload, indent=1) + "\n").encode())  # last: the job is finished
     print(markdown_table(rows, columns))
     print(f"wrote {out}/: bias.json, bias.md, bias.tex, bias.png ({time.time() - t0:.0f} s)")
     return 0

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import jobs
 from ..errors import NonnormalError
-from ..runs import write_atomic
+from ..runs import warn, write_atomic
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
 MIN_TRAIN = 100  # fewer training images than this cannot give a meaningful feature space
@@ -306,7 +307,19 @@ def features_for(
     cached = _load_cached(weights, sidecar, expect)
     if cached is not None:
         return cached
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NonnormalError(
+            f"cannot create the cache folder {folder}: {err.strerror or err}: set NONNORMAL_CACHE"
+        ) from None
+    busy = f"another process is training a feature classifier in {folder}: waiting for it"
+    with jobs.locked(folder, busy, wait=True, log=warn):  # one trainer per cache folder at a time
+        cached = _load_cached(weights, sidecar, expect)  # trained by that process while we waited
+        return cached if cached is not None else _train_and_cache(dataset, seed, progress, weights, sidecar, expect)
 
+
+def _train_and_cache(dataset, seed: int, progress: bool, weights: Path, sidecar: Path, expect: dict) -> Features:
     features = train_classifier(
         dataset.unit("train"),
         dataset.labels("train"),
@@ -318,7 +331,6 @@ def features_for(
     )
     from safetensors.torch import save
 
-    folder.mkdir(parents=True, exist_ok=True)
     raw = save({k: v.detach().contiguous().cpu() for k, v in features.model.state_dict().items()})
     meta = {
         **expect,
