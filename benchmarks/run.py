@@ -183,6 +183,36 @@ def bench_sampling(a, results):
         )
 
 
+def bench_seeds(a, results):
+    """Per-image generators (image i's prior and uniforms from (seed, i)) against one shared generator."""
+    from nonnormal import Diffusion, increments
+    from nonnormal.samplers import coupled_noise, walk_sampler
+
+    model = Setup(8, quick=a.quick, batch=a.batch).model.eval()
+    shape, steps = (a.batch, 1, 8, 8), 10
+    d = Diffusion("vdm", steps)
+    walk = d.walk()
+
+    def ours():
+        d.sample(model, shape, seed=0)
+
+    def one_generator():  # the sampler before per-image seeds: prior and every step from one generator
+        g = torch.Generator().manual_seed(0)
+        x = increments.get("gaussian").icdf(increments.uniforms(shape, g)).float()
+        walk_sampler(model, x, walk, noise=coupled_noise("gaussian", shape, g))
+
+    r = interleaved(ours, one_generator, 2 * a.reps, 1)
+    results.append(
+        entry(
+            f"per_image_seeds_batch{a.batch}",
+            r,
+            1.05,
+            what=f"{steps} ancestral steps at batch {a.batch} on 8x8 digits with a generator per image "
+            "(prior and uniforms from (seed, i)) vs one generator for the batch",
+        )
+    )
+
+
 def bench_diffusers(a, results):
     try:
         from diffusers import DDPMScheduler
@@ -445,6 +475,7 @@ BENCHES = {
     "train": bench_train_overhead,
     "laws": bench_laws,
     "sampling": bench_sampling,
+    "seeds": bench_seeds,
     "diffusers": bench_diffusers,
     "likelihood": bench_likelihood,
     "bf16": bench_bf16,

@@ -26,6 +26,7 @@ def test_benchmarks_quick(tmp_path):
         "train_step_overhead",
         "law_cost_laplace_laplace",
         "sampling_step_rademacher",
+        "per_image_seeds",
         "peer_diffusers",
         "likelihood_pf_ode",
         "bf16_vs_fp32",

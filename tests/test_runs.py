@@ -252,6 +252,66 @@ def test_sample_writes_grid_and_levels_and_couples_laws(run, tmp_path):
     assert (run / "samples-gaussian-T3-seed0" / "samples.npz").exists()
 
 
+@pytest.mark.parametrize(
+    "sampler,extra,nfe",
+    [
+        ("ddim", ["--eta", "0.5", "--law", "laplace"], 4),
+        ("heun", [], 7),
+        ("dpmsolver++", [], 4),
+        ("sde-dpmsolver++", [], 4),
+    ],
+)
+def test_sample_with_every_sampler_prints_nfe_and_keeps_image_i(run, tmp_path, capsys, sampler, extra, nfe):
+    """--sampler NAME --steps N prints the exact NFE; --n 3 gives the first 3 images of --n 6 (same seed)."""
+    outs = {}
+    for n in (3, 6):
+        out = tmp_path / f"{sampler}-{n}"
+        args = ["sample", run, "--n", n, "--sampler", sampler, "--steps", 4, *extra, "--seed", 2, "--out", out]
+        assert cli(*args, "--quiet") == 0
+        assert f"in {nfe} model calls" in capsys.readouterr().out
+        z = np.load(out / "samples.npz")
+        assert str(z["sampler"]) == sampler and int(z["nfe"]) == nfe
+        outs[n] = z["samples"]
+    assert np.array_equal(outs[3], outs[6][:3])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sampler", "dpm"], "unknown --sampler 'dpm': choose one of"),
+        (["--sampler", "ddim", "--eta", "1.5"], "--eta must be a number in [0, 1]"),
+        (["--eta", "0.5"], "--eta goes with --sampler ddim, not walk"),
+        (["--sampler", "heun", "--law", "laplace"], "--law goes with a stochastic sampler"),
+        (["--sampler", "ddim", "--rule", "euler"], "--rule goes with --sampler walk"),
+        (["--sampler", "heun", "--ode-steps", "3"], "--ode-steps goes with --sampler ode"),
+        (["--sampler", "ode", "--steps", "3"], "--steps goes with --sampler walk (or another grid sampler), not ode"),
+        (["--steps", "3", "--T", "4"], "give the number of steps once"),
+    ],
+)
+def test_sampler_flags_are_checked_in_one_line(run, tmp_path, capsys, args, message):
+    capsys.readouterr()
+    assert cli("sample", run, "--n", 2, "--out", tmp_path / "x", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_plugin_sampler_runs_from_the_command_line(run, tmp_path, capsys):
+    plugin = tmp_path / "my_sampler.py"
+    plugin.write_text(
+        "from nonnormal import samplers\n"
+        "@samplers.register('half-ddim', overwrite=True)\n"
+        "def sample_half(model, x, grid, *, noise=None, extra_args=None, callback=None, progress=False):\n"
+        "    out = samplers.get('ddim')(model, x, grid, noise=noise, extra_args=extra_args)\n"
+        "    return samplers.SampleResult(0.5 * out.x, out.nfe)\n"
+    )
+    base = ["sample", run, "--n", 2, "--steps", 3, "--seed", 1, "--quiet"]
+    assert cli("--plugin", plugin, *base, "--sampler", "half-ddim", "--out", tmp_path / "h") == 0
+    assert "in 3 model calls" in capsys.readouterr().out
+    assert cli(*base, "--sampler", "ddim", "--out", tmp_path / "d") == 0
+    half, ddim = (np.load(tmp_path / f / "samples.npz")["samples"] for f in ("h", "d"))
+    assert np.allclose(half, 0.5 * ddim, atol=1e-6)
+
+
 def test_eval_writes_json_and_never_overwrites(run, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert cli("eval", run, "--n-test", 16, "--rtol", 1e-2, "--no-quality", "--out", out, "--quiet") == 0

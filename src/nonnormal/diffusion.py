@@ -14,6 +14,7 @@ model from :mod:`nonnormal.exact`)::
     x = d.sample(net, (16, 1, 8, 8), seed=0)          # ancestral, law p
     x_u = d.sample(net, (16, 1, 8, 8), seed=0, law="uniform")  # same seed: coupled image by image
     x_ode = d.ode_sample(net, (16, 1, 8, 8), seed=0)           # probability-flow ODE (dopri5)
+    x, nfe = d.sample_result(net, (16, 1, 8, 8), sampler="dpmsolver++", steps=10)  # any registered sampler
     bpd, nfe = d.bits_per_dim(net, x_test, levels=256)
 """
 
@@ -21,22 +22,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-from . import increments, schedules
+from . import increments, samplers, schedules
 from .consistency import check_schedule
 from .data import check_levels, dequantize
 from .divergences import check_pair
 from .errors import NonnormalError
 from .likelihood import bound_bits_per_dim
 from .losses import LOSSES, ContinuousTimeLoss, StepKLLoss
-from .ode import ProbabilityFlowODE
-from .samplers import coupled_noise, walk_sampler
+from .ode import LogLikelihood, ProbabilityFlowODE
+from .samplers import PerImageUniforms, SampleResult
 from .schedules import check_spacing
 from .walk import StructuredRandomWalk, check_rule
 
 KEYS = ("q", "p", "schedule", "T", "rule", "loss", "spacing")  # the keys of config["diffusion"]
+
+
+class BitsPerDim(NamedTuple):
+    """Bits/dim per example (batch,) and the number of model calls it took."""
+
+    bpd: torch.Tensor
+    nfe: int
 
 
 class Diffusion:
@@ -128,42 +137,85 @@ class Diffusion:
 
     # ----- sampling -----
     @staticmethod
-    def _prior(shape, seed: int, device, dtype) -> tuple[torch.Tensor, torch.Generator]:
-        """``x_T ~ N(0, I)`` from a generator seeded by ``seed`` (drawn through the shared uniforms)."""
+    def _prior(shape, seed: int, device, dtype, first_index: int = 0) -> tuple[torch.Tensor, PerImageUniforms]:
+        """``x_T ~ N(0, I)``: image i's from its own generator seeded by ``(seed, first_index + i)``
+        (:class:`~nonnormal.samplers.PerImageUniforms`), which then gives the image's step uniforms."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise NonnormalError(f"the seed must be an integer, got {seed!r}")
-        generator = torch.Generator(device or "cpu").manual_seed(seed)
-        x = increments.get("gaussian").icdf(increments.uniforms(shape, generator, device)).to(dtype)
-        return x, generator
+        if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+            raise NonnormalError(f"first_index must be a non-negative integer, got {first_index!r}")
+        shape = tuple(shape)
+        uniforms = PerImageUniforms(seed, shape[0], shape[1:], first_index, device)
+        x = increments.get("gaussian").icdf(uniforms()).to(dtype)
+        return x, uniforms
 
-    def sample(
+    def sample(self, eps_model: Callable, shape, **kwargs) -> torch.Tensor:
+        """``shape`` samples (a tensor ``shape``, on ``device``, in ``dtype``): :meth:`sample_result`'s ``x``."""
+        return self.sample_result(eps_model, shape, **kwargs).x
+
+    def sample_result(
         self,
         eps_model: Callable,
         shape,
         *,
+        sampler="walk",
+        steps: int | None = None,
         seed: int = 0,
         law=None,
+        kernel=None,
         T: int | None = None,
         rule: str | None = None,
         spacing: str | None = None,
         device=None,
         dtype=torch.float32,
+        extra_args: dict | None = None,
+        first_index: int = 0,
         callback=None,
         progress: bool = False,
-    ) -> torch.Tensor:
-        """``shape`` samples by ancestral sampling: the reverse walk of ``law`` (default p).
+        **options,
+    ) -> SampleResult:
+        """``shape`` samples with a registered sampler (:mod:`nonnormal.samplers`): ``(x, nfe)``.
 
-        The prior and every step's uniforms come from one generator seeded by ``seed``: two laws
-        (or rules) with the same seed see the same prior and the same uniforms. ``rule="euler"``
-        with ``law="gaussian"`` is Euler-Maruyama for the reverse SDE.
+        Args:
+            eps_model: ``eps_model(x, t, **extra_args)``, x of ``shape``, t of shape (batch,) in [0, 1].
+            sampler: a name of :func:`nonnormal.samplers.names` (``walk``, ``ddim``, ``heun``, ``ode``,
+                ``dpmsolver++``, ``sde-dpmsolver++``, plugins') or a sampler function.
+            steps (or ``T``): grid steps (default this Diffusion's T) in ``spacing`` (default its own).
+            seed, first_index: image i's prior and increments come from a generator seeded by
+                ``(seed, first_index + i)``: the same seed gives the same image whatever the batch, and
+                two laws (or rules, or samplers) with the same seed see the same uniforms.
+            law, kernel: the increments of a stochastic sampler (walk, ddim, sde-dpmsolver++): a law
+                (default p), or a kernel ``kernel.increments(k, u)`` of step k from uniforms ``u``.
+            rule: the walk's reverse rule (default this Diffusion's).
+            extra_args: passed untouched to every model call (e.g. ``{"class_labels": y}``).
+            options: the sampler's own (``eta`` for ddim, ``method``/``rtol``/``atol`` for ode, ...).
+
+        Returns:
+            :class:`~nonnormal.samplers.SampleResult`: ``x`` (``shape``, ``dtype``) at the grid's first
+            time, ``nfe`` the exact number of model calls.
         """
         check_schedule(eps_model, self.schedule)
-        walk = self.walk(law, T, spacing)
-        x, generator = self._prior(shape, seed, device, dtype)
-        noise = coupled_noise(walk.law, shape, generator, device, dtype)
-        return walk_sampler(
-            eps_model, x, walk, rule=rule or self.rule, noise=noise, callback=callback, progress=progress
-        )
+        name = sampler if isinstance(sampler, str) else getattr(sampler, "sampler_name", "sampler")
+        if isinstance(sampler, str):
+            samplers.get(sampler)  # an unknown name: one line, before any work
+        if steps is not None and T is not None and steps != T:
+            raise NonnormalError(f"give the number of steps once (steps={steps!r}, T={T!r})")
+        N = self.T if steps is None and T is None else (T if steps is None else steps)
+        stochastic = samplers.is_stochastic(sampler)
+        if name == "walk":
+            options["rule"] = check_rule(rule or self.rule)
+        elif rule is not None:
+            raise NonnormalError(f"a reverse rule goes with the walk sampler, not {name}")
+        if not stochastic and (law is not None or kernel is not None):
+            raise NonnormalError(f"the {name} sampler is deterministic: it takes no increment law or kernel")
+        if law is not None and kernel is not None:
+            raise NonnormalError("give either a law or a kernel, not both")
+        fn = samplers.get(sampler, **options)
+        grid = samplers.Grid(self.schedule, self.schedule.grid(N, check_spacing(spacing or self.spacing)))
+        law = None if kernel is not None else increments.get(self.p if law is None else law)
+        x, uniforms = self._prior(shape, seed, device, dtype, first_index)
+        noise = samplers.kernel_noise(kernel if kernel is not None else samplers.LawKernel(law), uniforms, dtype)
+        return fn(eps_model, x, grid, noise=noise, extra_args=extra_args, callback=callback, progress=progress)
 
     def ode(
         self,
@@ -199,7 +251,8 @@ class Diffusion:
         ``shape_or_x``: a shape (the prior is drawn as :meth:`sample` draws it for the same seed) or
         the states ``x_1`` themselves. ``method``: any of :func:`nonnormal.ode.methods` (adaptive with
         ``rtol``/``atol``, or fixed-step with ``steps`` on this spacing's grid). For the number of
-        model evaluations use ``self.ode(...).sample(x)``, which returns ``(x, nfe)``.
+        model evaluations use ``self.ode(...).sample(x)``, which returns ``(x, nfe)``, or
+        :meth:`sample_result` with ``sampler="ode"``.
         """
         ode = self.ode(eps_model, method=method, steps=steps, rtol=rtol, atol=atol)
         if isinstance(shape_or_x, torch.Tensor):
@@ -222,7 +275,7 @@ class Diffusion:
         generator: torch.Generator | None = None,
         prior: Callable | None = None,
         t_end: float | None = None,
-    ) -> tuple[torch.Tensor, int]:
+    ) -> LogLikelihood:
         """``log p(x)`` in nats per example under the probability-flow model, and the NFE.
 
         ``prior``: log-density of the state at ``t_end`` (default 1), default ``log N(0, I)``.
@@ -239,7 +292,7 @@ class Diffusion:
         *,
         generator: torch.Generator | None = None,
         **ode_options,
-    ) -> tuple[torch.Tensor, int]:
+    ) -> BitsPerDim:
         """Bits/dim of discrete data ``x`` (level centres in [-1, 1]) per example, and the NFE.
 
         ``x`` is dequantized uniformly over its bins: ``-log2 p(x_deq) / D + log2(L / 2)``;
@@ -247,7 +300,7 @@ class Diffusion:
         """
         L = check_levels(levels)
         logp, nfe = self.log_likelihood(eps_model, dequantize(x, L, generator), generator=generator, **ode_options)
-        return -logp / (x[0].numel() * math.log(2)) + math.log2(L / 2), nfe
+        return BitsPerDim(-logp / (x[0].numel() * math.log(2)) + math.log2(L / 2), nfe)
 
     def bound_bits_per_dim(
         self,

@@ -17,8 +17,6 @@ from tqdm.auto import tqdm
 from .errors import NonnormalError
 from .metrics.distances import energy_distance, sliced_wasserstein
 
-SAMPLERS = ("walk", "ode")  # ancestral walk of law p, or the probability-flow ODE
-
 
 def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[dict]:
     """Bits/dim of two simple models on the test split, to show where diffusion stands.
@@ -92,6 +90,7 @@ def evaluate_run(
     ode_method: str = "dopri5",
     ode_steps: int | None = None,
     spacing: str | None = None,
+    sampler_options: dict | None = None,
 ) -> dict:
     """Test-set bits/dim (probability-flow ODE and the discrete bound at T) and sample quality.
 
@@ -102,17 +101,18 @@ def evaluate_run(
     the paper's bound for the run's (q, p) pair at ``T`` (default: the run's), on dequantized
     data with a continuous decoder when the run trained on dequantized data. It bounds ``-log2`` of
     the T-step walk model's density, a different model from the ODE's, so it is not a bound on
-    ``bpd_ode``. ``fd``/``kid``: Fréchet distance and KID of ``n_samples`` samples (``sampler="walk"``:
-    ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE) against the test split,
-    in the feature space of the dataset's classifier (:mod:`nonnormal.metrics.features`).
+    ``bpd_ode``. ``fd``/``kid``: Fréchet distance and KID of ``n_samples`` samples (``sampler``: any of
+    :func:`nonnormal.samplers.names`, with ``sampler_options`` such as ``steps`` or ``eta``; ``"walk"``:
+    ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE with the ODE options) against
+    the test split, in the feature space of the dataset's classifier (:mod:`nonnormal.metrics.features`);
+    ``sample_nfe``: the sampler's model calls per image.
     """
-    from . import ode
+    from . import ode, samplers
     from .diffusion import Diffusion
     from .metrics import features as quality_lib
     from .runs import load_data, load_run
 
-    if sampler not in SAMPLERS:
-        raise NonnormalError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    samplers.get(sampler, **(sampler_options or {}))  # an unknown sampler or option: one line, before any work
     ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
     model, cfg, state = load_run(run, device)
     if n_samples:
@@ -146,9 +146,12 @@ def evaluate_run(
 
     def draw(n: int) -> torch.Tensor:
         shape = (n,) + tuple(x.shape[1:])
-        if sampler == "ode":
-            return diffusion.ode_sample(model, shape, seed=seed, device=device, dtype=dtype, **ode_options)
-        return diffusion.sample(model, shape, seed=seed, device=device, dtype=dtype, progress=progress)
+        options = ode_options if sampler == "ode" else (sampler_options or {})
+        result = diffusion.sample_result(
+            model, shape, sampler=sampler, seed=seed, device=device, dtype=dtype, progress=progress, **options
+        )
+        out["sample_nfe"] = result.nfe
+        return result.x
 
     if data.levels is None:  # continuous data (toy2d): the ODE's NLL in nats/dim and two sample distances
         logp, nfe = diffusion.log_likelihood(model, x, generator=g, **ode_options)

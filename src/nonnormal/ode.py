@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from . import schedules
 from .errors import NonnormalError
+from .samplers import SampleResult
 
 TRACES = ("auto", "exact", "hutchinson")
 ALIASES = {"heun": "heun2"}  # our name -> torchdiffeq's
@@ -41,6 +43,13 @@ def methods() -> list[str]:
 
 def is_fixed_step(method: str) -> bool:
     return ALIASES.get(method, method) in FIXED_STEP
+
+
+class LogLikelihood(NamedTuple):
+    """``log p(x)`` in nats per example (batch,) and the number of model calls it took."""
+
+    logp: torch.Tensor
+    nfe: int
 
 
 def check_tolerance(name: str, value) -> float:
@@ -168,7 +177,7 @@ class ProbabilityFlowODE:
     @torch.no_grad()
     def sample(
         self, x: torch.Tensor, *, t_end: float | None = None, time_grid: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, int]:
+    ) -> SampleResult:
         """Integrate from ``x = x_1`` at t = 1 down to ``t_end`` (default ``t_min``): ``(x_{t_end}, nfe)``.
 
         ``time_grid``: the solver's times (from 1 down), instead of :meth:`time_grid`'s.
@@ -180,7 +189,7 @@ class ProbabilityFlowODE:
                 f"t_end must lie in [t_min, 1) = [{s.t_min:g}, 1), got {t_end!r}: sigma vanishes below t_min"
             )
         grid = self.time_grid(1.0, t_end, x.device) if time_grid is None else time_grid
-        return self._solve(lambda t, y: self.velocity(y, t), x, grid)
+        return SampleResult(*self._solve(lambda t, y: self.velocity(y, t), x, grid))
 
     def log_likelihood(
         self,
@@ -191,7 +200,7 @@ class ProbabilityFlowODE:
         prior: Callable | None = None,
         t_end: float | None = None,
         time_grid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, int]:
+    ) -> LogLikelihood:
         """``log p(x)`` in nats per example, and the number of model calls.
 
         Integrates ``(x_t, delta_t)`` from ``t_min`` to ``t_end`` (default 1) with ``d delta/dt = div v``;
@@ -232,4 +241,4 @@ class ProbabilityFlowODE:
         state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
         with torch.no_grad():
             (x_end, delta), nfe = self._solve(dynamics, state, grid)
-        return (prior or gaussian_log_prob)(x_end) + delta, nfe
+        return LogLikelihood((prior or gaussian_log_prob)(x_end) + delta, nfe)

@@ -1,9 +1,10 @@
-"""Plugins: a user's own module that registers laws, schedules, networks or datasets before anything runs.
+"""Plugins: a user's own module that registers laws, schedules, networks, datasets or samplers before anything runs.
 
 A plugin is a module name importable from the current folder or ``PYTHONPATH`` (``my_laws``) or
 the path of a ``.py`` file (``./my_laws.py``). Importing it is all that happens: the module calls
-``nonnormal.increments.register``, ``nonnormal.schedules.register``, ``nonnormal.nets.register``
-or ``nonnormal.data.register`` at import time (README, "Extending", shows one of each). The command line takes ``--plugin`` (repeatable) and configs a top-level
+``nonnormal.increments.register``, ``nonnormal.schedules.register``, ``nonnormal.nets.register``,
+``nonnormal.data.register`` or ``nonnormal.samplers.register`` at import time (README, "Extending",
+shows one of each). The command line takes ``--plugin`` (repeatable) and configs a top-level
 ``plugins = [...]``; every run records its plugins in ``config.toml``, so ``sample``, ``eval`` and
 ``compare`` of that run import them again without repeating ``--plugin``.
 

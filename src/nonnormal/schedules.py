@@ -145,6 +145,10 @@ class Schedule:
         elif spacing == "quadratic":
             t = lo + (1 - lo) * u**2
         elif spacing == "log-snr":
+            if not bool(torch.isfinite(self.gamma(self._t(1.0)))):
+                raise NonnormalError(
+                    f"{self.spec} reaches zero SNR at t = 1 (infinite log-SNR): use the uniform, quadratic or ddpm spacing"
+                )
             t = self._invert_gamma(torch.lerp(self.gamma(self._t(lo)), self.gamma(self._t(1.0)), u))
         else:  # ddpm
             N = self.discrete_steps
@@ -230,19 +234,33 @@ class DDPMLinear(Schedule):
     (nearly the exact quadratic for linear betas): ``g`` is continuous, so an ODE solver sees a
     smooth drift (a piecewise-linear ``c`` makes ``g`` jump at every level, and adaptive solvers
     then stall without converging). ``t_min = 1/N`` is DDPM's first step.
+
+    ``zero_snr=1``: the betas rescaled to a zero terminal SNR (Lin et al., 2024; diffusers'
+    ``rescale_betas_zero_snr=True``): ``alpha_1 = 0``, so the prior N(0, I) is exact. On the last
+    level ``alpha_t^2`` is linear in t down to 0 (``c`` reaches infinity at t = 1); the samplers take
+    DDPM's own step from there (see :func:`nonnormal.walk.reverse_coefficients`).
     """
 
     name = "ddpm-linear"
 
-    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, steps: float = 1000):
+    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, steps: float = 1000, zero_snr: float = 0):
         if steps != int(steps) or steps < 2:
             raise NonnormalError(f"ddpm-linear needs an integer number of steps >= 2, got {steps!r}")
         if not 0 < beta_start <= beta_end < 1:
             raise NonnormalError(f"ddpm-linear needs 0 < beta_start <= beta_end < 1, got {beta_start:g}, {beta_end:g}")
+        if zero_snr not in (0, 1):
+            raise NonnormalError(f"ddpm-linear's zero_snr is 0 or 1, got {zero_snr!r}")
         self.beta_start, self.beta_end, self.steps = float(beta_start), float(beta_end), int(steps)
+        self.zero_snr = bool(zero_snr)
         betas = torch.linspace(beta_start, beta_end, self.steps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        c = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-betas), 0)])
+        if (
+            self.zero_snr
+        ):  # diffusers' rescale_zero_terminal_snr: sqrt(alphas_cumprod) shifted to 0, scaled to keep the first
+            r = self.alphas_cumprod.sqrt()
+            r = (r - r[-1]) * r[0] / (r[0] - r[-1])
+            self.alphas_cumprod = r**2
+        c = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.log(self.alphas_cumprod)])
         N = self.steps  # node slopes dc/dt: central differences, second-order one-sided at the ends,
         m = (
             torch.cat([(-3 * c[:1] + 4 * c[1:2] - c[2:3]), c[2:] - c[:-2], (3 * c[-1:] - 4 * c[-2:-1] + c[-3:-2])])
@@ -257,10 +275,22 @@ class DDPMLinear(Schedule):
 
     @property
     def params(self):
-        return {"beta_start": self.beta_start, "beta_end": self.beta_end, "steps": self.steps}
+        zero = {"zero_snr": 1} if self.zero_snr else {}
+        return {"beta_start": self.beta_start, "beta_end": self.beta_end, "steps": self.steps, **zero}
 
     def _c_and_slope(self, t):
-        """``c(t)`` and ``c'(t)`` by cubic Hermite interpolation between the levels ``i/N``."""
+        """``c(t)`` and ``c'(t)`` by cubic Hermite interpolation between the levels ``i/N`` (zero SNR: the last
+        level's ``alpha^2`` linear in t, ``c = c_{N-1} - log(1 - s)``)."""
+        value, slope = self._hermite(t)
+        if not self.zero_snr:
+            return value, slope
+        N = self.steps
+        s = (t * N - (N - 1)).clamp(0, 1)
+        last = t * N >= N - 1
+        c_last = self._c[N - 1].to(t.device) - torch.log1p(-s)
+        return torch.where(last, c_last, value), torch.where(last, N / (1 - s), slope)
+
+    def _hermite(self, t):
         N = self.steps
         c, m = self._c.to(t.device), self._m.to(t.device) / N  # m: slopes per unit of s
         i = (t * N).floor().clamp(0, N - 1).long()

@@ -278,10 +278,11 @@ class Study:
         shape = (n,) + tuple(self.data.shape)
         if setting["sampler"] == "ode":
             x = diffusion.ode_sample(model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol)
-        else:
+        else:  # any registered sampler; image i depends on (sample_seed, i) only, so Figure 1's rows are metric samples
             x = diffusion.sample(
                 model,
                 shape,
+                sampler=setting["sampler"],
                 seed=self.plan.sample_seed,
                 law=setting["law_sample"],
                 T=setting["T_sample"],

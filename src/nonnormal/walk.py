@@ -109,14 +109,36 @@ class StructuredRandomWalk:
 
     def reverse_coefficients(self, rule: str = "posterior") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(c_x, c_eps, c_z)`` per step k, with ``x_k = c_x x_{k+1} + c_eps eps_theta + c_z zeta_k``."""
-        s, t0, t1 = self.schedule, self.t[:-1], self.t[1:]
-        s.check_grid(self.t)
-        if check_rule(rule) == "euler":
-            dt = t1 - t0
-            return 1 - s.f(t1) * dt, -(s.g(t1) ** 2) * dt / s.sigma(t1), s.g(t1) * dt.sqrt()
-        a_s, a_t, sg_s, sg_t = s.alpha(t0), s.alpha(t1), s.sigma(t0), s.sigma(t1)
+        return reverse_coefficients(self.schedule, self.t, rule)
+
+
+ALPHA_FLOOR = 2.0**-12  # alpha at a zero-SNR end, as diffusers' alphas_cumprod[-1] = 2**-24
+
+
+def reverse_coefficients(schedule, t: torch.Tensor, rule: str = "posterior"):
+    """``(c_x, c_eps, c_z)`` (float64, one per step) of ``rule`` on any ascending grid ``t`` of ``schedule``:
+    step k goes from ``t[k+1]`` to ``t[k]``, ``x_k = c_x x_{k+1} + c_eps eps_theta(x_{k+1}, t_{k+1}) + c_z zeta_k``.
+
+    Zero terminal SNR: a step from a time where ``alpha = 0`` (``sigma = 1``) has infinite drift and an
+    undefined ``x0_hat``; every rule takes DDPM's own step there, ``x_k = alpha_k x0_hat + sigma_k zeta_k``
+    (the posterior at ``alpha_{k+1} = 0``), with ``x0_hat = (x - sigma eps) / alpha`` and alpha floored at
+    :data:`ALPHA_FLOOR` as diffusers does, so nothing becomes NaN or infinite.
+    """
+    s, t0, t1 = schedule, t[:-1], t[1:]
+    s.check_grid(t)
+    a_s, a_t, sg_s, sg_t = s.alpha(t0), s.alpha(t1), s.sigma(t0), s.sigma(t1)
+    zero = a_t == 0
+    if check_rule(rule) == "euler":
+        dt = t1 - t0
+        c_x, c_eps, c_z = 1 - s.f(t1) * dt, -(s.g(t1) ** 2) * dt / sg_t, s.g(t1) * dt.sqrt()
+    else:
         r = -torch.expm1(s.gamma(t0) - s.gamma(t1))  # sigma_{t|s}^2 / sigma_t^2
         c_x = (a_t / a_s) * sg_s**2 / sg_t**2 + (a_s / a_t) * r
         c_eps = -(a_s / a_t) * r * sg_t
         c_z = r.sqrt() * sg_s
-        return c_x, c_eps, c_z
+    if bool(zero.any()):
+        a_floor = a_t.clamp(min=ALPHA_FLOOR)
+        c_x = torch.where(zero, a_s / a_floor, c_x)
+        c_eps = torch.where(zero, -a_s * sg_t / a_floor, c_eps)
+        c_z = torch.where(zero, sg_s, c_z)
+    return c_x, c_eps, c_z

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODULE_OR_FILE",
-        help="import a module (or .py file) that registers laws, schedules or networks; repeatable; "
+        help="import a module (or .py file) that registers laws, schedules, networks or samplers; repeatable; "
         "runs record it, so later commands on the run load it again",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -140,12 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_train, again="continue with --resume (same --out)")
 
     def sampler_options(p, what):
+        from .. import samplers
+
         p.add_argument(
             "--sampler",
             type=_text,
             default="walk",
-            help=f"walk (ancestral, law p) or ode (probability flow) for {what}",
+            help=f"sampler for {what}: {', '.join(samplers.names())} or a plugin's (default walk: ancestral, law p)",
         )
+        p.add_argument(
+            "--steps",
+            type=_count(1, 1_000_000),
+            default=None,
+            help="grid steps of walk, ddim, heun, dpmsolver++, ... (default: the run's T); NFE is printed",
+        )
+        p.add_argument("--eta", type=float, default=None, help="ddim's eta in [0, 1] (0: deterministic, 1: the walk)")
         p.add_argument(
             "--spacing",
             type=_text,

@@ -68,13 +68,25 @@ def cmd_sample(args) -> int:
     overrides = {k: v for k, v in (("T", args.T), ("spacing", args.spacing), ("rule", args.rule)) if v is not None}
     diffusion = Diffusion.from_config({**cfg["diffusion"], **overrides})  # the run's schedule, laws, rule, grid
     info = {"sampler": args.sampler, "schedule": diffusion.schedule.spec, "spacing": diffusion.spacing}
-    if args.sampler == "walk":
-        law = diffusion.walk(args.law, T=1).law  # checks the law before any work
-        info.update(law=law.spec, rule=diffusion.rule, T=diffusion.T)
-        stem = f"samples-{law.spec}-T{diffusion.T}-seed{args.seed}"
-    else:
+    if args.sampler == "ode":
         info.update({k: v for k, v in (("ode_method", options["method"]), ("ode_steps", options["steps"])) if v})
         stem = f"samples-ode-{options['method']}{options['steps'] or ''}-seed{args.seed}"
+    else:
+        from .. import samplers
+
+        steps = options.get("steps") or diffusion.T
+        info.update(T=steps)
+        law = diffusion.walk(args.law, T=1).law if samplers.is_stochastic(args.sampler) else None  # checked early
+        if law is not None:
+            info.update(law=law.spec)
+            options["law"] = law
+        if args.sampler == "walk":
+            info.update(rule=diffusion.rule)
+            stem = f"samples-{law.spec}-T{steps}-seed{args.seed}"
+        else:
+            eta = f"-eta{options['eta']:g}" if "eta" in options else ""
+            stem = f"samples-{args.sampler}{eta}{'-' + law.spec if law else ''}-N{steps}-seed{args.seed}"
+            info.update({k: v for k, v in options.items() if k == "eta"})
     out = _out_dir(
         args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force, ["samples.png", "samples.npz"]
     )
@@ -82,10 +94,11 @@ def cmd_sample(args) -> int:
     from ..config import check_memory
 
     check_memory(cfg, shape[1:], "--n", args.n)
-    if args.sampler == "walk":
-        x = diffusion.sample(model, shape, seed=args.seed, law=law, device=device, progress=not args.quiet)
-    else:
-        x = diffusion.ode_sample(model, shape, seed=args.seed, device=device, **options)
+    result = diffusion.sample_result(
+        model, shape, sampler=args.sampler, seed=args.seed, device=device, progress=not args.quiet, **options
+    )
+    x, info["nfe"] = result
+    print(f"sampled {args.n} images with {args.sampler} in {result.nfe} model calls per image (NFE)")
     x = x.cpu()
     arrays = {"samples": x.numpy()}
     if state["levels"]:
@@ -119,31 +132,57 @@ def cmd_sample(args) -> int:
 
 
 def _sampler_options(args) -> dict:
-    """``--sampler`` checked with its flags; for the ODE, its solver options ``{method, steps, rtol, atol}``.
-    Walk flags (--law, --rule, --T) do not go with the ODE, nor ODE flags (--ode-method, --ode-steps) with the walk."""
-    from .. import ode
-    from ..evaluate import SAMPLERS
+    """``--sampler`` checked with its flags: the keyword options of :meth:`Diffusion.sample_result`
+    (``steps``, the sampler's own such as ``eta``; for the ODE ``{method, steps, rtol, atol}``). Each
+    flag goes with the samplers that use it: --ode-method/--ode-steps with ode, --rule with walk,
+    --eta with ddim, --law with a stochastic sampler (walk, ddim, sde-dpmsolver++), --steps with all but ode."""
+    from .. import ode, samplers
 
-    if args.sampler not in SAMPLERS:
-        raise NonnormalError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if args.sampler not in samplers.names():
+        raise NonnormalError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(samplers.names())}")
     _check_tolerance(args.rtol)
+    law, rule, T, eta, steps = (getattr(args, k, None) for k in ("law", "rule", "T", "eta", "steps"))
     ode_flags = [f for f, v in (("--ode-method", args.ode_method), ("--ode-steps", args.ode_steps)) if v is not None]
-    walk_flags = [f for f, v in (("--law", args.law), ("--rule", args.rule), ("--T", args.T)) if v is not None]
-    if args.sampler == "walk" and ode_flags:
-        raise NonnormalError(f"{ode_flags[0]} goes with --sampler ode (the walk takes --T, --law, --rule, --spacing)")
-    if args.sampler == "ode" and walk_flags:
-        raise NonnormalError(
-            f"{walk_flags[0]} goes with --sampler walk: the probability-flow ODE has no increment "
-            "law, reverse rule or T (give --ode-method and --ode-steps)"
+    if args.sampler == "ode":
+        flags = (("--law", law), ("--rule", rule), ("--eta", eta), ("--steps", steps))
+        flags += (("--T", T),) if "law" in vars(args) else ()  # sample's --T is the walk's; eval's sets the bound's
+        grid_flags = [f for f, v in flags if v is not None]
+        if grid_flags:
+            raise NonnormalError(
+                f"{grid_flags[0]} goes with --sampler walk (or another grid sampler), not ode: the probability-flow "
+                "ODE has no increment law, reverse rule, eta or grid steps (give --ode-method and --ode-steps)"
+            )
+        method, ode_steps, rtol, atol = ode.check_options(
+            args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol
         )
-    if args.sampler == "walk":
+        return {"method": method, "steps": ode_steps, "rtol": rtol, "atol": atol}
+    if ode_flags and "law" in vars(args):  # (eval's ODE flags also set bpd_ode's solver: allowed with any sampler)
+        raise NonnormalError(f"{ode_flags[0]} goes with --sampler ode (the {args.sampler} sampler takes --steps)")
+    fn = samplers.get(args.sampler)
+    if rule is not None and args.sampler != "walk":
+        raise NonnormalError(f"--rule goes with --sampler walk, not {args.sampler}")
+    if law is not None and not samplers.is_stochastic(fn):
+        raise NonnormalError(f"--law goes with a stochastic sampler: {args.sampler} is deterministic (no increments)")
+    if eta is not None and "eta" not in samplers.options(fn):
+        raise NonnormalError(f"--eta goes with --sampler ddim, not {args.sampler}")
+    if steps is not None and T is not None and "law" in vars(args) and steps != T:
+        raise NonnormalError(f"give the number of steps once: --steps {steps} or --T {T}")
+    options: dict = {}
+    if eta is not None:
+        options["eta"] = samplers.check_unit("--eta", eta)
+    if steps is not None:
+        options["steps"] = steps
+    return options
+
+
+def _eval_sampler_options(args) -> dict:
+    """eval's sampler flags checked (an unknown sampler is left to evaluate_run's own one-line refusal)."""
+    from .. import samplers
+
+    if args.sampler not in samplers.names():
         return {}
-    return dict(
-        zip(
-            ("method", "steps", "rtol", "atol"),
-            ode.check_options(args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol),
-        )
-    )
+    options = _sampler_options(args)
+    return {} if args.sampler == "ode" else options
 
 
 def cmd_eval(args) -> int:
@@ -180,6 +219,7 @@ def cmd_eval(args) -> int:
         ode_method=args.ode_method or "dopri5",
         ode_steps=args.ode_steps,
         spacing=args.spacing,
+        sampler_options=_eval_sampler_options(args),
     )
     text = json.dumps(result, indent=1)
     print(text)

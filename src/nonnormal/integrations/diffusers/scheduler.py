@@ -15,6 +15,8 @@ from ... import increments, schedules
 from .common import load_plugins, plugin_folder
 from .timesteps import timestep_to_t
 
+ZERO_SNR_FLOOR = 2.0**-24  # alphas_cumprod at a zero terminal SNR, as diffusers' Euler/DPM-Solver floor it
+
 
 def coupled_increments(law, z: torch.Tensor) -> torch.Tensor:
     """The standardized increments of ``law`` as a function of standard normal draws ``z``.
@@ -40,13 +42,14 @@ class _DiscreteLevels(schedules.Schedule):
     """A diffusers model's discrete noise levels as a continuous VP schedule (for the euler rule).
 
     As ``ddpm-linear``: ``c(t) = -log alpha_t^2`` is piecewise linear between the nodes
-    ``c((k + 1) / N) = -log alphas_cumprod[k]`` and ``c(0) = 0``.
+    ``c((k + 1) / N) = -log alphas_cumprod[k]`` and ``c(0) = 0``. A zero terminal SNR
+    (``alphas_cumprod[-1] = 0``) is floored at ``2**-24``, as diffusers' Euler and DPM-Solver schedulers do.
     """
 
     name = "diffusers-levels"
 
     def __init__(self, alphas_cumprod: torch.Tensor):
-        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu().clamp(min=ZERO_SNR_FLOOR)
         self.steps = ac.numel()
         self._c = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.log(ac)])
         self.t_min = 1.0 / self.steps
@@ -194,9 +197,10 @@ class NonNormalScheduler(DDPMScheduler):
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
 
-        # 2. predicted x_0
+        # 2. predicted x_0 (at a zero terminal SNR, alpha_prod_t = 0, eps says nothing of x_0: floored as diffusers')
         if self.config.prediction_type == "epsilon":
-            pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+            floored = alpha_prod_t.clamp(min=ZERO_SNR_FLOOR) if alpha_prod_t == 0 else alpha_prod_t
+            pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / floored ** (0.5)
         elif self.config.prediction_type == "sample":
             pred_original_sample = model_output
         elif self.config.prediction_type == "v_prediction":
@@ -220,6 +224,9 @@ class NonNormalScheduler(DDPMScheduler):
             pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
             current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
             pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
+        elif alpha_prod_t == 0:  # euler from a zero terminal SNR: infinite drift; DDPM's own step, N(a' x_0, 1 - a'^2)
+            pred_prev_sample = alpha_prod_t_prev ** (0.5) * pred_original_sample
+            c_z = float((1 - alpha_prod_t_prev) ** 0.5)
         else:  # euler: x - [f x - g^2 s] dt, with s = -eps / sigma (eps from the clipped x_0)
             eps = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (0.5)
             c_x, c_eps, c_z = self._euler_coefficients(t, prev_t)
