@@ -34,6 +34,8 @@ def test_registry_lists_the_builtin_samplers_and_their_options():
         Diffusion("vdm", T=4).sample(eps_model, (2, 3), sampler="ddim", eta=1.5)
     with pytest.raises(NonnormalError, match="lacks the arguments"):
         samplers.register("broken")(lambda model, x: None)
+    with pytest.raises(NonnormalError, match="built-in one and cannot be replaced"):
+        samplers.register("ddim", overwrite=True)(samplers.get("heun"))
 
 
 @pytest.mark.parametrize("schedule", ["vdm", "cosine", "ddpm-linear", "brownian"])

@@ -178,11 +178,14 @@ def options(fn: Callable) -> dict:
     }
 
 
-def register(name: str, *, stochastic: bool = False, overwrite: bool = False):
+def register(name: str, *, stochastic: bool = False, overwrite: bool = False, builtin: bool = False):
     """Decorator: register a sampler function under ``name``. ``stochastic``: it calls ``noise(k)``
-    (it has an increment law); a deterministic one refuses a law or kernel where one is given."""
+    (it has an increment law); a deterministic one refuses a law or kernel where one is given.
+    ``builtin`` is for nonnormal's own (never replaced); a plugin's may ``overwrite`` its own earlier one."""
 
     def deco(fn: Callable) -> Callable:
+        if not builtin:
+            _SAMPLERS.check_name(name, overwrite=overwrite)
         missing = [k for k in COMMON if k not in inspect.signature(fn).parameters]
         if missing:
             raise NonnormalError(
@@ -199,7 +202,7 @@ def register(name: str, *, stochastic: bool = False, overwrite: bool = False):
                 raise NonnormalError(f"sampler {name!r} has no option {unknown[0]!r}: its options are {known}")
             return functools.update_wrapper(functools.partial(fn, **opts), fn) if opts else fn
 
-        _SAMPLERS.register(name, factory, overwrite=overwrite)
+        _SAMPLERS.register(name, factory, overwrite=overwrite, builtin=builtin)
         return fn
 
     return deco

@@ -32,7 +32,7 @@ def linear_steps(model, x, grid: Grid, coefficients, noise, extra_args, callback
     return SampleResult(x, grid.steps)
 
 
-@register("walk", stochastic=True)
+@register("walk", stochastic=True, builtin=True)
 @torch.no_grad()
 def sample_walk(
     model,
@@ -63,7 +63,7 @@ def ddim_coefficients(grid: Grid, eta: float) -> tuple[torch.Tensor, torch.Tenso
     return c_x, c_eps, c_z
 
 
-@register("ddim", stochastic=True)
+@register("ddim", stochastic=True, builtin=True)
 @torch.no_grad()
 def sample_ddim(
     model,

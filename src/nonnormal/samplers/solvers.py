@@ -16,7 +16,7 @@ from ..walk import ALPHA_FLOOR
 from . import Grid, SampleResult, call_model, default_noise, register
 
 
-@register("ode")
+@register("ode", builtin=True)
 @torch.no_grad()
 def sample_ode(
     model,
@@ -72,7 +72,7 @@ def _alpha_sigma(grid: Grid) -> tuple[list[float], list[float]]:
     return grid.alpha().clamp(min=ALPHA_FLOOR).tolist(), grid.sigma().tolist()
 
 
-@register("heun")
+@register("heun", builtin=True)
 @torch.no_grad()
 def sample_heun(
     model, x: torch.Tensor, grid: Grid, *, noise=None, extra_args=None, callback=None, progress: bool = False
@@ -124,7 +124,7 @@ def _dpmsolver(model, x, grid, noise, extra_args, callback, progress, lower_orde
     return SampleResult(x, N)
 
 
-@register("dpmsolver++")
+@register("dpmsolver++", builtin=True)
 @torch.no_grad()
 def sample_dpmsolver_pp(
     model,
@@ -142,7 +142,7 @@ def sample_dpmsolver_pp(
     return _dpmsolver(model, x, grid, None, extra_args, callback, progress, bool(lower_order_final), sde=False)
 
 
-@register("sde-dpmsolver++", stochastic=True)
+@register("sde-dpmsolver++", stochastic=True, builtin=True)
 @torch.no_grad()
 def sample_sde_dpmsolver_pp(
     model,
