@@ -12,7 +12,7 @@ import tomllib
 import torch
 
 from nonnormal import compare as compare_lib
-from nonnormal import config, runs
+from nonnormal import config, files, runs
 from nonnormal import train as train_lib
 from nonnormal.cli import main
 from nonnormal.errors import NonnormalError
@@ -69,12 +69,12 @@ def _umask():
 def test_atomic_writes_respect_the_umask_and_survive_os_errors(tmp_path, monkeypatch):
     old = os.umask(0o027)
     try:
-        runs.write_atomic(tmp_path / "a.json", b"{}")
+        files.write_atomic(tmp_path / "a.json", b"{}")
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
     with pytest.raises(NonnormalError, match="cannot write .*No such file"):
-        runs.write_atomic(tmp_path / "nowhere" / "b.json", b"{}")
+        files.write_atomic(tmp_path / "nowhere" / "b.json", b"{}")
     (tmp_path / "c.json").write_bytes(b"old")
 
     def full(fd):
@@ -82,7 +82,7 @@ def test_atomic_writes_respect_the_umask_and_survive_os_errors(tmp_path, monkeyp
 
     monkeypatch.setattr(runs.os, "fsync", full)
     with pytest.raises(NonnormalError, match="No space left on device") as info:
-        runs.write_atomic(tmp_path / "c.json", b"new")
+        files.write_atomic(tmp_path / "c.json", b"new")
     assert "\n" not in str(info.value) and (tmp_path / "c.json").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json"]  # no temporary file left
 

@@ -108,6 +108,7 @@ def compare(
     A folder whose ``table.json`` exists is finished: refused unless ``force`` (then rebuilt from its
     models and cache). Any other folder continues where it stopped (:mod:`nonnormal.jobs`)."""
     from .evaluate import reference_rows
+    from .files import write_atomic
     from .report import (
         html_image,
         html_page,
@@ -118,7 +119,6 @@ def compare(
         plot_sample_rows,
         provenance,
     )
-    from .runs import write_atomic
     from .study import Plan, Study
 
     out = jobs.check(out, PRIMARY, force)  # a finished folder is refused before any work

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-MAX_BATCH = 1_000_000  # examples per step; memory is checked against the data's shape by check_memory
+MAX_BATCH = 1_000_000  # examples per step; memory is checked against the data's shape by device.check_memory
 
 
 def _kind(v: Any) -> str:
@@ -216,26 +216,6 @@ def _check_values(cfg: dict) -> None:
     check_pair(increments.get(d["q"]), increments.get(d["p"]))
 
 
-def check_memory(cfg: dict, shape: tuple[int, ...], what: str = "train.batch", n: int | None = None) -> None:
-    """Refuse a batch whose inputs alone would not fit in this machine's memory, before any work.
-
-    A network's activations take many times its input; 64 copies of the batch is the floor we ask
-    for, so the check only stops settings that cannot run (``--batch 1000000000``), with the number.
-    """
-    import os
-
-    n = cfg["train"]["batch"] if n is None else n
-    bytes_per = 8 if cfg.get("train", {}).get("dtype") == "float64" else 4
-    need = 64 * n * math.prod(shape) * bytes_per
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return
-    if need > have:
-        raise NonnormalError(
-            f"{what}={n} needs at least {need / 2**30:,.0f} GiB for examples of shape {tuple(shape)} "
-            f"(this machine has {have / 2**30:,.0f} GiB): lower it"
-        )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -116,7 +116,7 @@ def evaluate_run(
     ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
     model, cfg, state = load_run(run, device)
     if n_samples:
-        from .config import check_memory
+        from .device import check_memory
 
         check_memory(cfg, tuple(state["shape"]), "--n-samples", n_samples)
     data = load_data(cfg)

@@ -362,7 +362,7 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     """study.json, study.md, study.html, table.tex and the plots of a study; returns the file names.
 
     study.json is written last: its presence means the study is finished (see :mod:`nonnormal.jobs`)."""
-    from .runs import write_atomic
+    from .files import write_atomic
 
     out = Path(out)
     meta = {**provenance(), "dataset": result["dataset"], "plan": result["plan"], "seconds": result["seconds"]}

@@ -11,7 +11,7 @@ A run folder holds::
     checkpoint.json                 a readable copy of the newest checkpoint's state, naming its file
     metrics.jsonl                   one line per ``train.log_every`` steps
 
-Every file goes through :func:`write_atomic` (a temporary file, fsync, rename, fsync of the
+Every file goes through :func:`nonnormal.files.write_atomic` (a temporary file, fsync, rename, fsync of the
 folder, the umask's permissions), so a crash leaves the old file or the new one, never half of
 one; leftover temporary files are removed when training next starts. A checkpoint is verified
 when read (format, tensors against their sha256); a damaged newest one falls back to the one
@@ -27,7 +27,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import NonnormalError
+from .files import append_line, os_reason, write_atomic  # noqa: F401 -- append_line, write_atomic: for plugins
 
 FORMAT = "nonnormal-checkpoint-2"
 _OLD_FORMAT = "nonnormal-checkpoint-1"  # one checkpoint.safetensors, no digest: still read
@@ -43,71 +43,12 @@ _NAME = re.compile(r"checkpoint-(\d+)\.safetensors")
 _LEGACY = "checkpoint.safetensors"
 
 
-def _why(err: OSError) -> str:
-    return err.strerror or str(err).splitlines()[0]
-
-
 def warn(message: str) -> None:
     """One line on stderr: the run goes on."""
     print(f"nonnormal: warning: {str(message).replace(chr(10), chr(92) + 'n')}", file=sys.stderr, flush=True)
 
 
-# ---- files -------------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as err:  # some file systems cannot fsync a folder; the rename is done either way
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The file gets the permissions a plain ``open`` would give (0666 less the umask); the file and
-    its folder are fsynced. Any OS error (no such folder, read-only, disk full, permission
-    denied) is a one-line :class:`NonnormalError`, and the file already at ``path`` is unchanged.
-    """
-    path, tmp = Path(path), None
-    if path.exists() and not path.is_file():
-        raise NonnormalError(f"{path} exists and is not a regular file: give another output path")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_folder(path.parent)
-    except OSError as err:
-        raise NonnormalError(f"cannot write {path}: {_why(err)}; the file there before (if any) is unchanged") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def append_line(path: Path, line: str) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(line + "\n")
-    except OSError as err:
-        raise NonnormalError(f"cannot write {path}: {_why(err)}") from None
+# ---- files ----------------------------------------------------------------------------------
 
 
 def truncate_metrics(run: Path, step: int) -> None:
@@ -153,7 +94,7 @@ def open_run(run: str | Path) -> int:
         run.mkdir(parents=True, exist_ok=True)
         fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
-        raise NonnormalError(f"cannot create the run folder {run}: {_why(err)}") from None
+        raise NonnormalError(f"cannot create the run folder {run}: {os_reason(err)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -163,7 +104,7 @@ def open_run(run: str | Path) -> int:
                 f"{run} is being trained by another process (it holds {run / LOCK}): wait for it "
                 "to end, or give another --out"
             ) from None
-        raise NonnormalError(f"cannot lock {run / LOCK}: {_why(err)}") from None
+        raise NonnormalError(f"cannot lock {run / LOCK}: {os_reason(err)}") from None
     try:
         if os.fstat(fd).st_size == 0:
             os.write(fd, b"nonnormal run folder: locked by the process that trains it\n")
@@ -172,7 +113,7 @@ def open_run(run: str | Path) -> int:
                 tmp.unlink(missing_ok=True)
     except OSError as err:
         release(fd)
-        raise NonnormalError(f"cannot prepare the run folder {run}: {_why(err)}") from None
+        raise NonnormalError(f"cannot prepare the run folder {run}: {os_reason(err)}") from None
     return fd
 
 

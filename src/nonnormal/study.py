@@ -194,7 +194,7 @@ class Study:
         return self._features, self._real
 
     def _cached(self, path: Path, key: dict, compute):
-        from .runs import write_atomic
+        from .files import write_atomic
 
         if path.exists():
             try:
@@ -334,7 +334,9 @@ class Study:
     def run(self) -> dict:
         """Train, evaluate, aggregate; returns ``{"rows", "comparisons", "findings", ...}`` (not yet written)."""
         first = next(iter(self.configs.values()))
-        config_lib.check_memory(first, tuple(self.data.shape), "study.n_samples", self.plan.n_samples)
+        from .device import check_memory
+
+        check_memory(first, tuple(self.data.shape), "study.n_samples", self.plan.n_samples)
         t0 = time.perf_counter()
         self.train_all()
         rows = []

@@ -19,7 +19,6 @@ and SIGUSR1 finish the current step, write a checkpoint and stop with :class:`Tr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -33,8 +32,9 @@ import torch
 from torch import nn
 
 from . import config as config_lib
-from . import runs
+from . import files, runs
 from .data import Examples, GlobalBatchSampler, batches, dequantize, levels_to_unit
+from .device import check_memory, pick_device
 from .errors import NonnormalError, Stopped
 from .runs import build_model, load_data  # noqa: F401 -- part of this module's interface
 
@@ -50,22 +50,6 @@ RESUMABLE = {
 
 class TrainingStopped(Stopped):
     """Training stopped on a signal after writing a checkpoint (the command line exits 75)."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NonnormalError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise NonnormalError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NonnormalError(f"device {name!r} asked for, but this torch has no CUDA device: use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise NonnormalError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def build_loss(cfg: dict):
@@ -225,7 +209,7 @@ def train(
     run = Path(run)
     data = load_data(cfg)
     cfg = {**cfg, "data": {**cfg["data"], "dataset": data.name}}  # canonical spec: absolute paths
-    config_lib.check_memory(cfg, data.shape)  # a batch that cannot fit is refused before any work
+    check_memory(cfg, data.shape)  # a batch that cannot fit is refused before any work
     t = cfg["train"]
     device = pick_device(t["device"])
     dist = _Distributed(device)
@@ -296,7 +280,7 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
     if dist.active:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if main:
-        runs.write_atomic(run / runs.CONFIG, config_lib.to_toml(cfg).encode())
+        files.write_atomic(run / runs.CONFIG, config_lib.to_toml(cfg).encode())
         runs.truncate_metrics(run, step)
         if t["tensorboard"]:
             callbacks.append(_tensorboard(run, step))
@@ -400,7 +384,7 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                     }
                     bar.set_postfix(loss=f"{row['loss_bpd']:.3f} bpd")
                     if main:
-                        runs.append_line(run / runs.METRICS, json.dumps(row))
+                        files.append_line(run / runs.METRICS, files.json_text(row, indent=None))
                         for callback in callbacks:
                             callback(step, row)
                     window, t_window = [], now

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import NonnormalError
-from ..runs import write_atomic
+from ..files import write_atomic
 from .common import _check_positive, _check_tolerance, _make, _out_dir, _train_overrides
 
 
@@ -52,10 +52,10 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from ..data import levels_to_unit, unit_to_levels
+    from ..device import pick_device
     from ..diffusion import Diffusion
     from ..report import save_grid
     from ..runs import load_run
-    from ..train import pick_device
 
     device = pick_device(args.device)
     if _source(args) == "pretrained":  # a diffusers folder, seen as a run (see integrations.diffusers)
@@ -91,7 +91,7 @@ def cmd_sample(args) -> int:
         args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force, ["samples.png", "samples.npz"]
     )
     shape = (args.n,) + tuple(state["shape"])
-    from ..config import check_memory
+    from ..device import check_memory
 
     check_memory(cfg, shape[1:], "--n", args.n)
     result = diffusion.sample_result(
@@ -186,8 +186,8 @@ def _eval_sampler_options(args) -> dict:
 
 
 def cmd_eval(args) -> int:
+    from ..device import pick_device
     from ..evaluate import evaluate_run
-    from ..train import pick_device
 
     if _source(args) == "pretrained":
         return _eval_pretrained(args)
@@ -268,7 +268,7 @@ def _source(args) -> str:
 
 
 def _eval_pretrained(args) -> int:
-    from ..train import pick_device
+    from ..device import pick_device
 
     if not args.dataset:
         raise NonnormalError(

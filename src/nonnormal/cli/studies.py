@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import jobs
 from ..errors import NonnormalError
-from ..runs import write_atomic
+from ..files import write_atomic
 from .common import _check_tolerance, _int_list, _make, _out_dir, _train_overrides
 
 DEFAULT_COMPARE, DEFAULT_STUDY, QUICK_STUDY = "compare-digits", "study-digits", "study-quick"  # packaged presets
@@ -172,6 +172,7 @@ def _study_bias(args) -> int:
     """The bias of non-L2 losses on exact-score mixtures: loss-optimal predictor vs conditional mean."""
     from ..bias import bias_study, plot_bias
     from ..compare import parse_pairs
+    from ..files import write_atomic
     from ..report import latex_table, markdown_table, provenance
 
     pairs = parse_pairs(args.pairs or "gaussian/gaussian,laplace/laplace,uniform/gaussian,uniform/laplace")

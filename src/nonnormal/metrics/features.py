@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from .. import jobs
 from ..errors import NonnormalError
-from ..runs import warn, write_atomic
+from ..files import write_atomic
+from ..runs import warn
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
 MIN_TRAIN = 100  # fewer training images than this cannot give a meaningful feature space
