@@ -353,7 +353,7 @@ def test_compare_tiny(tmp_path, monkeypatch, capsys):
         assert (out / name).stat().st_size > 0, name
     table = json.loads((out / "table.json").read_text())
     assert [r["q"] for r in table] == ["gaussian", "uniform", "gaussian-full-cov", "per-pixel-categorical"]
-    assert set(table[0]) == set(compare_lib.COLUMNS)
+    assert set(table[0]) == set(compare_lib.table_columns())
     assert table[0]["seeds"] == 2 and table[0]["verdict"] == "reference"
     assert table[1]["verdict"] in ("distinguishable", "not distinguishable")  # 1 dof from 2 seeds of one pair
     assert table[1]["diff_lo"] <= table[1]["diff"] <= table[1]["diff_hi"]

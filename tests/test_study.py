@@ -42,7 +42,7 @@ def _rows(effect_sat: float, effect_tv: float, noise: float = 1e-4) -> list[dict
                     "fd": 1.0 + base,
                     "kid": 0.1,
                     "saturation": base + d_sat + (wobble if pair == "laplace/laplace" else 0),
-                    "smoothness": base + d_tv - (wobble if pair == "laplace/laplace" else 0),
+                    "total_variation": base + d_tv - (wobble if pair == "laplace/laplace" else 0),
                     "hf_power": 0.1,
                     "hist_distance": 0.1,
                     "weights_from": "gaussian/gaussian" if p == "gaussian" else pair,
@@ -127,7 +127,7 @@ def test_quick_study_end_to_end(tmp_path):
         "fd",
         "kid",
         "saturation",
-        "smoothness",
+        "total_variation",
     }
     assert out["rows"] and all(keys <= set(r) for r in out["rows"])
     # 3 pairs x 2 T x 2 seeds models, each sampled with 2 laws and the ODE

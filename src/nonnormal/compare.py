@@ -11,8 +11,6 @@ it stopped when called again on the folder; a finished one is rebuilt only with 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -23,68 +21,36 @@ import numpy as np
 from . import config as config_lib
 from . import jobs
 from .errors import NonnormalError
+from .study import PAIRS, parse_pairs  # noqa: F401 -- the pairs live with the study engine; named here too
 
-PAIRS = (
-    ("gaussian", "gaussian"),
-    ("laplace", "laplace"),
-    ("uniform", "gaussian"),
-    ("uniform", "laplace"),
-)  # the paper's
-COLUMNS = [
-    "q",
-    "p",
-    "seeds",
-    "bpd_ode",
-    "bpd_ode_sd",
-    "bpd_ode_se",
-    "diff",
-    "diff_lo",
-    "diff_hi",
-    "verdict",
-    "bpd_bound",
-    "fd",
-    "kid",
-    "saturation",
-    "smoothness",
-    "train_seconds",
-]
-UNITS = {
-    "bpd_ode": "bits/dim, mean over seeds",
+DERIVED_UNITS = {
     "bpd_ode_sd": "sd over seeds",
-    "bpd_ode_se": "test-image SE",
+    "bpd_ode_se": "SE over test images",
     "diff": "bpd_ode - gaussian/gaussian, seed-paired",
     "diff_lo": "95% CI",
     "diff_hi": "95% CI",
-    "bpd_bound": "bits/dim",
-    "fd": "classifier-feature FD",
-    "kid": "MMD^2",
-    "saturation": "share",
-    "smoothness": "total variation / pixel",
     "train_seconds": "s per model",
-}
+}  # the columns of compare's table that are not metrics; the metrics' units come from the metrics table
 OUTPUTS = ["table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"]
 PRIMARY = "table.json"  # written last: a folder holding it is finished
 
 
-def parse_pairs(text: str) -> list[tuple[str, str]]:
-    """``"gaussian/gaussian,uniform/laplace"``: each pair checked (laws exist, finite KL)."""
-    from . import increments
-    from .divergences import check_pair
+def table_columns() -> list[str]:
+    """The table's columns: bpd_ode with its two spreads and the paired difference, then every other
+    headline metric of the metrics table."""
+    from .metrics import table
 
-    pairs = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        q, sep, p = item.partition("/")
-        if not sep or not q or not p:
-            raise NonnormalError(f"bad pair {item!r}: write q/p, e.g. uniform/laplace")
-        check_pair(increments.get(q), increments.get(p))
-        pairs.append((q, p))
-    if not pairs:
-        raise NonnormalError("no pairs given: write e.g. --pairs gaussian/gaussian,laplace/laplace")
-    if len(set(pairs)) != len(pairs):
-        raise NonnormalError(f"a pair is listed twice in {text!r}: list each once")
-    return pairs
+    others = [m for m in table.names("images", headline=True) if m != "bpd_ode"]
+    return ["q", "p", "seeds", "bpd_ode", "bpd_ode_sd", "bpd_ode_se", "diff", "diff_lo", "diff_hi", "verdict"] + [
+        *others,
+        "train_seconds",
+    ]
+
+
+def table_units() -> dict[str, str]:
+    from .metrics import table
+
+    return {**table.units(), **DERIVED_UNITS}
 
 
 def compare(
@@ -108,18 +74,22 @@ def compare(
     A folder whose ``table.json`` exists is finished: refused unless ``force`` (then rebuilt from its
     models and cache). Any other folder continues where it stopped (:mod:`nonnormal.jobs`)."""
     from .evaluate import reference_rows
-    from .files import write_atomic
+    from .files import json_text, write_atomic
     from .report import (
+        csv_text,
         html_image,
+        html_list,
         html_page,
+        html_pre,
         html_table,
+        json_table,
         latex_table,
         markdown_table,
         plot_loss_curves,
         plot_sample_rows,
         provenance,
     )
-    from .study import Plan, Study
+    from .study import Plan, Study, trained_pair
 
     out = jobs.check(out, PRIMARY, force)  # a finished folder is refused before any work
     run_config = config_lib.read_toml(config_path) if config_path else {}
@@ -148,10 +118,19 @@ def compare(
         table = _table(result, study)
         references = reference_rows(study.data, sample_seed, n_test)
         rows = table + references
-        slim = [{c: r.get(c) for c in COLUMNS} for r in rows]
-        write_atomic(out / "table.csv", _csv(slim).encode())
+        cols, unit_of = table_columns(), table_units()
+        write_atomic(out / "table.csv", csv_text(rows, cols).encode())
+        tex_cols = [c for c in cols if c not in ("diff", "diff_lo", "diff_hi")]
+        tex_cols.insert(tex_cols.index("verdict"), "diff_ci")
         write_atomic(
-            out / "table.tex", latex_table(rows, COLUMNS, f"{study.data.name}: (q, p) pairs at T={T}", UNITS).encode()
+            out / "table.tex",
+            latex_table(
+                [{**r, "diff_ci": diff_ci(r)} for r in rows],
+                tex_cols,
+                f"{study.data.name}: (q, p) pairs at T={T}",
+                {**unit_of, "diff_ci": "diff [diff_lo, diff_hi] vs gaussian/gaussian"},
+                keys=["q", "p"],
+            ).encode(),
         )
         figure = out / ".figure1.tmp.png"
         plot_sample_rows(
@@ -161,12 +140,11 @@ def compare(
         )
         figure.replace(out / "figure1.png")
         from .divergences import divergence
-        from .study import _trained_pair
 
         curves = {}
         step_loss = base["diffusion"]["loss"] == "step"
         for q, p in pairs:
-            tq, tp = _trained_pair(q, p)  # the logged loss is the trained pair's: drop its constant T K(0)
+            tq, tp = trained_pair(q, p)  # the logged loss is the trained pair's: drop its constant T K(0)
             const = T * divergence(tq, tp).k0 / math.log(2) if step_loss else 0.0
             metrics = study.model_dir(tq, tp, T, plan.seeds[0]) / "metrics.jsonl"
             curves[f"{q}/{p}"] = [(m["step"], m["loss_bpd"] - const) for m in _metrics(metrics)]
@@ -176,31 +154,37 @@ def compare(
         notes = _notes(result, study, references, rtol, seeds, log)
         notes.append(f"Total time {time.perf_counter() - t0:.0f} s.")
         sections = [
-            ("Table", html_table(rows, COLUMNS, UNITS)),
-            ("Notes", "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"),
+            ("Table", html_table(rows, cols, unit_of)),
+            ("Notes", html_list(notes)),
             ("Figure 1: samples", html_image(out / "figure1.png", "figure 1")),
             ("Loss curves", html_image(out / "loss_curves.png", "loss curves")),
-            ("Config", f"<pre>{_esc(json.dumps(base, indent=1))}</pre>"),
+            ("Config", html_pre(json_text(base))),
         ]
         meta = {**provenance(), "dataset": study.data.name, "pairs": plan.pairs, "seeds": plan.seeds, "T": T}
         write_atomic(out / "report.html", html_page(f"nonnormal compare: {study.data.name}", sections, meta).encode())
         write_atomic(
             out / "table.md",
-            (markdown_table(rows, COLUMNS) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode(),
+            (markdown_table(rows, cols) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n").encode(),
         )
-        write_atomic(out / PRIMARY, (json.dumps(slim, indent=1) + "\n").encode())  # last: the job is finished
+        write_atomic(out / PRIMARY, json_table(rows, cols).encode())  # last: the job is finished
         return rows
 
 
-def _esc(text: str) -> str:
-    import html
+def diff_ci(row: dict) -> str:
+    """``diff [diff_lo, diff_hi]`` as text (the difference alone when exact, empty without one)."""
+    from .report import cell
 
-    return html.escape(text)
+    if row.get("diff") is None:
+        return ""
+    if row.get("diff_lo") is None or row.get("diff_lo") == row.get("diff_hi"):
+        return f"{row['diff']:+.4g}"
+    return f"{row['diff']:+.4g} [{cell(row['diff_lo'])}, {cell(row['diff_hi'])}]"
 
 
 def _table(result: dict, study) -> list[dict]:
     """One row per pair: mean and sd over seeds, the test-image SE, the seed-paired difference from gaussian/gaussian."""
     from . import stats
+    from .metrics import table as metric_table
     from .study import REFERENCE
 
     rows = result["rows"]
@@ -223,7 +207,7 @@ def _table(result: dict, study) -> list[dict]:
             "bpd_ode_sd": sd if n > 1 else None,
             "bpd_ode_se": stats.image_se(np.array([r["bpd_ode_images"] for r in members])),
         }
-        for m in ("bpd_bound", "fd", "kid", "saturation", "smoothness", "train_seconds"):
+        for m in [*(n for n in metric_table.names("images", headline=True) if n != "bpd_ode"), "train_seconds"]:
             vals = [r[m] for r in members if r.get(m) is not None]
             row[m] = float(np.mean(vals)) if vals else None
         d = diffs.get(pair)
@@ -278,20 +262,12 @@ def _notes(result: dict, study, references: list[dict], rtol: float, seeds: int,
             f"KID {real['kid']:.3g}."
         )
         log(f"real training images vs test: FD {real['fd']:.3g}, KID {real['kid']:.3g}")
-    notes.append(
-        "saturation: share of sample pixels at the lowest or highest level; smoothness: mean absolute "
-        "difference between neighbouring pixels (total variation), lower is smoother."
-    )
+    from .metrics import table as metric_table
+
+    look = [m for m in metric_table.metrics("images", headline=True, sampled=True) if "features" not in m.needs]
+    notes.append("; ".join(f"{m.name}: {m.description}" for m in look) + ".")
     return notes
 
 
 def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _csv(table: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS)
-    writer.writeheader()
-    writer.writerows(table)
-    return buf.getvalue()

@@ -2,6 +2,9 @@
 
 - :func:`evaluate_run`: test-set bits/dim (probability-flow ODE and the paper's bound) and sample
   quality of a run, on its own :class:`~nonnormal.diffusion.Diffusion`;
+- :func:`score_model`: the engine under it (and under ``evaluate_pretrained``): the likelihood
+  passes over the test images, then every sample metric of :mod:`nonnormal.metrics.table`, with
+  what was skipped and why;
 - :func:`reference_rows`: two simple models' bits/dim on the same test split;
 - :func:`real_data_quality`: FD/KID of real training images, the floor a model can reach.
 """
@@ -15,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import NonnormalError
-from .metrics.distances import energy_distance, sliced_wasserstein
+from .stats import image_se
 
 
 def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[dict]:
@@ -41,13 +44,13 @@ def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[di
     cov = (train - mean).T @ (train - mean) / n
     logp = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(test)
     bpd = -logp / (D * math.log(2)) + math.log2(L / 2)
-    rows = [{"q": "gaussian-full-cov", "p": "", "bpd_ode": float(bpd.mean()), "bpd_ode_se": _se(bpd)}]
+    rows = [{"q": "gaussian-full-cov", "p": "", "bpd_ode": float(bpd.mean()), "bpd_ode_se": image_se(bpd)}]
     counts = torch.zeros(D, L, dtype=torch.float64)
     counts.scatter_add_(1, dataset.tensor("train").flatten(1).long().T, torch.ones(D, n, dtype=torch.float64))
     logq = torch.log2((counts + 1) / (n + L))  # (D, L)
     x = dataset.tensor("test", n_test).flatten(1).long()
     bits = -logq.gather(1, x.T).T.mean(1)  # per example, bits/dim
-    rows.append({"q": "per-pixel-categorical", "p": "", "bpd_ode": float(bits.mean()), "bpd_ode_se": _se(bits)})
+    rows.append({"q": "per-pixel-categorical", "p": "", "bpd_ode": float(bits.mean()), "bpd_ode_se": image_se(bits)})
     return rows
 
 
@@ -62,10 +65,6 @@ def real_data_quality(dataset, n: int | None = None, seed: int = 0) -> dict:
     train = features(dataset.unit("train")[pick])
     kid, _ = quality.kernel_distance(real, train, seed=seed)
     return {"fd": quality.frechet_distance(real, train), "kid": kid, "n": n}
-
-
-def _se(values: torch.Tensor) -> float:
-    return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
 
 
 def _batches(x: torch.Tensor, size: int):
@@ -101,23 +100,22 @@ def evaluate_run(
     the paper's bound for the run's (q, p) pair at ``T`` (default: the run's), on dequantized
     data with a continuous decoder when the run trained on dequantized data. It bounds ``-log2`` of
     the T-step walk model's density, a different model from the ODE's, so it is not a bound on
-    ``bpd_ode``. ``fd``/``kid``: Fréchet distance and KID of ``n_samples`` samples (``sampler``: any of
-    :func:`nonnormal.samplers.names`, with ``sampler_options`` such as ``steps`` or ``eta``; ``"walk"``:
-    ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE with the ODE options) against
-    the test split, in the feature space of the dataset's classifier (:mod:`nonnormal.metrics.features`);
+    ``bpd_ode``. Then every sample metric of the metrics table on ``n_samples`` samples (``sampler``: any
+    of :func:`nonnormal.samplers.names`, with ``sampler_options`` such as ``steps`` or ``eta``; ``"walk"``:
+    ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE with the ODE options): FD and
+    KID against the test split in the feature space of the dataset's classifier
+    (:mod:`nonnormal.metrics.features`), the style metrics; ``skipped`` says which were left out and why;
     ``sample_nfe``: the sampler's model calls per image.
     """
     from . import ode, samplers
+    from .device import check_memory
     from .diffusion import Diffusion
-    from .metrics import features as quality_lib
     from .runs import load_data, load_run
 
     samplers.get(sampler, **(sampler_options or {}))  # an unknown sampler or option: one line, before any work
     ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
     model, cfg, state = load_run(run, device)
     if n_samples:
-        from .device import check_memory
-
         check_memory(cfg, tuple(state["shape"]), "--n-samples", n_samples)
     data = load_data(cfg)
     d = cfg["diffusion"]
@@ -127,7 +125,6 @@ def evaluate_run(
         x = x[:n_test]
     dtype = next(model.parameters()).dtype
     x = x.to(device, dtype)
-    g = torch.Generator(device).manual_seed(seed)
     out: dict = {
         "q": d["q"],
         "p": d["p"],
@@ -153,17 +150,62 @@ def evaluate_run(
         out["sample_nfe"] = result.nfe
         return result.x
 
-    if data.levels is None:  # continuous data (toy2d): the ODE's NLL in nats/dim and two sample distances
+    out.update(
+        score_model(
+            model,
+            diffusion,
+            data,
+            x,
+            draw,
+            dequantized=cfg["data"]["dequantize"],
+            ode_options=ode_options,
+            n_samples=n_samples,
+            batch=batch,
+            seed=seed,
+            quality=quality,
+            progress=progress,
+            device=device,
+        )
+    )
+    return out
+
+
+def score_model(
+    model,
+    diffusion,
+    data,
+    x: torch.Tensor,
+    draw,
+    *,
+    dequantized: bool,
+    ode_options: dict,
+    n_samples: int | None = None,
+    batch: int = 500,
+    seed: int = 0,
+    quality: bool = True,
+    progress: bool = False,
+    device="cpu",
+    bound_diffusion=None,
+) -> dict:
+    """The likelihoods of test images ``x`` (on the model's device and dtype) and every sample metric of the
+    metrics table on ``draw(n)`` samples: ``{bpd_ode, bpd_ode_se, ..., <metrics>, "skipped": {name: why}}``.
+
+    Continuous data (no levels): ``nll_ode`` (nats/dim) and the point-cloud metrics. Discrete data:
+    ``bpd_ode`` (``diffusion``'s probability-flow ODE with ``ode_options``), ``bpd_bound`` (the bound of
+    ``bound_diffusion``, default ``diffusion``, on dequantized data when ``dequantized``), then, with
+    ``quality``, the image metrics on samples snapped to the data's levels. One generator seeded with
+    ``seed`` draws the dequantization noise and the Hutchinson probes, in that order.
+    """
+    from .metrics import table
+
+    g = torch.Generator(device).manual_seed(seed)
+    out: dict = {}
+    if data.levels is None:  # continuous data (toy2d): the ODE's NLL in nats/dim and the point-cloud metrics
         logp, nfe = diffusion.log_likelihood(model, x, generator=g, **ode_options)
         nll = -logp.cpu() / x[0].numel()
-        xs = draw(n_samples or x.shape[0]).cpu()
-        out.update(
-            nll_ode=float(nll.mean()),
-            nll_ode_se=_se(nll),
-            ode_nfe=nfe,
-            energy_distance=energy_distance(xs, x.cpu()),
-            sliced_wasserstein=sliced_wasserstein(xs, x.cpu(), seed=seed),
-        )
+        inputs = table.MetricInputs(draw(n_samples or x.shape[0]).cpu(), None, x.cpu(), seed=seed)
+        values, skipped = table.compute(inputs, "points")
+        out.update(nll_ode=float(nll.mean()), nll_ode_se=image_se(nll), ode_nfe=nfe, **values, skipped=skipped)
         return out
     t0 = time.perf_counter()
     bpd, nfe = [], 0
@@ -172,36 +214,46 @@ def evaluate_run(
         bpd.append(b)
         nfe += n
     bpd = torch.cat(bpd).cpu()
-    out.update(bpd_ode=float(bpd.mean()), bpd_ode_se=_se(bpd), ode_nfe=nfe, ode_seconds=time.perf_counter() - t0)
+    out.update(bpd_ode=float(bpd.mean()), bpd_ode_se=image_se(bpd), ode_nfe=nfe, ode_seconds=time.perf_counter() - t0)
     t0 = time.perf_counter()
     parts: dict[str, list] = {}
+    bound = bound_diffusion or diffusion
     for xb in tqdm(list(_batches(x, batch)), desc="bound", disable=not progress, leave=False):
-        for k, v in diffusion.bound_bits_per_dim(
-            model, xb, data.levels, generator=g, dequantized=cfg["data"]["dequantize"]
-        ).items():
+        for k, v in bound.bound_bits_per_dim(model, xb, data.levels, generator=g, dequantized=dequantized).items():
             parts.setdefault(k, []).append(v.cpu())
     total = torch.cat(parts["total"])
     out.update(
         bpd_bound=float(total.mean()),
-        bpd_bound_se=_se(total),
+        bpd_bound_se=image_se(total),
         bound_parts={k: float(torch.cat(v).mean()) for k, v in parts.items() if k != "total"},
         bound_seconds=time.perf_counter() - t0,
     )
-    if quality and data.labels("train") is not None:
-        from .data import levels_to_unit, unit_to_levels
+    if not quality:
+        why = "sample quality was not asked for (--no-quality)"
+        out["skipped"] = {m.name: why for m in table.metrics("images", sampled=True)}
+        return out
+    t0 = time.perf_counter()
+    n = n_samples or x.shape[0]
+    features = None
+    if data.labels("train") is not None:
+        from .metrics import features as features_lib
 
-        t0 = time.perf_counter()
-        features = quality_lib.features_for(data, progress=progress)
-        n = n_samples or x.shape[0]
-        xs = levels_to_unit(unit_to_levels(draw(n).cpu(), data.levels), data.levels).float()  # onto the levels
-        real, fake = features(data.unit("test")), features(xs)
-        kid, kid_std = quality_lib.kernel_distance(real, fake, seed=seed)
-        out.update(
-            fd=quality_lib.frechet_distance(real, fake),
-            kid=kid,
-            kid_std=kid_std,
-            n_samples=n,
-            classifier_accuracy=features.test_accuracy,
-            quality_seconds=time.perf_counter() - t0,
-        )
+        def features():
+            f = features_lib.features_for(data, progress=progress)
+            return f, f(data.unit("test"))
+
+    inputs = table.MetricInputs(
+        table.snap(draw(n).cpu(), data.levels),
+        data.levels,
+        data.unit("test"),
+        train_levels=lambda: data.tensor("train"),
+        features=features,
+        seed=seed,
+        features_missing=f"{data.name} has no class labels, so there is no feature classifier to compute them in",
+    )
+    values, skipped = table.compute(inputs, "images")
+    out.update(values, n_samples=n)
+    if features is not None:  # loaded (once) by FD and KID
+        out["classifier_accuracy"] = inputs.features()[0].test_accuracy
+    out.update(quality_seconds=time.perf_counter() - t0, skipped=skipped)
     return out

@@ -31,8 +31,36 @@ from . import config as config_lib
 from .errors import NonnormalError
 
 REFERENCE = "gaussian/gaussian"
-METRICS_VERSION = 1  # part of every cached result's key: bump it when a metric's definition changes
-METRICS = ("bpd_ode", "bpd_bound", "fd", "kid", "saturation", "smoothness", "hf_power", "hist_distance")
+METRICS_VERSION = 1  # part of every cached result's key: bump it when the likelihood's definition changes
+# (each sample metric carries its own version in nonnormal.metrics.table; a cache without it is recomputed)
+OLD_NAMES = {"smoothness": "total_variation"}  # keys of results cached by older versions, mapped on read
+PAIRS = (
+    ("gaussian", "gaussian"),
+    ("laplace", "laplace"),
+    ("uniform", "gaussian"),
+    ("uniform", "laplace"),
+)  # the paper's
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``"gaussian/gaussian,uniform/laplace"``: each pair checked (laws exist, finite KL)."""
+    from . import increments
+    from .divergences import check_pair
+
+    pairs = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        q, sep, p = item.partition("/")
+        if not sep or not q or not p:
+            raise NonnormalError(f"bad pair {item!r}: write q/p, e.g. uniform/laplace")
+        check_pair(increments.get(q), increments.get(p))
+        pairs.append((q, p))
+    if not pairs:
+        raise NonnormalError("no pairs given: write e.g. --pairs gaussian/gaussian,laplace/laplace")
+    if len(set(pairs)) != len(pairs):
+        raise NonnormalError(f"a pair is listed twice in {text!r}: list each once")
+    return pairs
 
 
 @dataclass
@@ -52,8 +80,6 @@ class Plan:
     columns: int = 12  # samples per row of the Figure-1 grids
 
     def check(self) -> Plan:
-        from .compare import parse_pairs
-
         parse_pairs(",".join(self.pairs))
         for name in ("T_train", "seeds", "T_sample"):
             v = getattr(self, name)
@@ -115,7 +141,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
 
 
-def _trained_pair(q: str, p: str) -> tuple[str, str]:
+def trained_pair(q: str, p: str) -> tuple[str, str]:
     """The pair whose weights a pair uses: every Gaussian-p pair trains exactly like gaussian/gaussian."""
     from . import increments
 
@@ -148,7 +174,7 @@ class Study:
             for seed in plan.seeds:
                 for pair in plan.pairs:
                     q, p = pair.split("/")
-                    tq, tp = _trained_pair(q, p)
+                    tq, tp = trained_pair(q, p)
                     extra = [
                         f"diffusion.q={json.dumps(tq)}",
                         f"diffusion.p={json.dumps(tp)}",
@@ -193,19 +219,23 @@ class Study:
             self._real = self._features(self.x_test if self.plan.n_test else self.data.unit("test"))
         return self._features, self._real
 
-    def _cached(self, path: Path, key: dict, compute):
-        from .files import write_atomic
+    def _cached(self, path: Path, key: dict, compute, read=lambda value: value):
+        """``compute()``, or the value cached at ``path`` under ``key``; ``read`` maps a cached value
+        (None: stale, recompute)."""
+        from .files import write_json
 
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
                 if saved.get("key") == _hash(key):
-                    return saved["value"]
-            except (OSError, ValueError):
+                    value = read(saved["value"])
+                    if value is not None:
+                        return value
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 pass  # a damaged cache entry is recomputed
         value = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (json.dumps({"key": _hash(key), "value": value}) + "\n").encode())
+        write_json(path, {"key": _hash(key), "value": value}, indent=None)
         return value
 
     def evaluate_model(self, q: str, p: str, T: int, seed: int) -> list[dict]:
@@ -213,7 +243,7 @@ class Study:
         from .diffusion import Diffusion
         from .runs import load_run
 
-        tq, tp = _trained_pair(q, p)
+        tq, tp = trained_pair(q, p)
         run = self.model_dir(tq, tp, T, seed)
         device = torch.device("cpu")
         model, cfg, state = load_run(run, device)
@@ -250,7 +280,10 @@ class Study:
         for setting in settings_of(self.plan, T, p):
             name = _slug(f"samples-{setting['sampler']}-{setting['law_sample']}-T{setting['T_sample']}.json")
             metrics = self._cached(
-                cache / name, {**base, **setting}, lambda s=setting: self._sample_metrics(diffusion, model, s)
+                cache / name,
+                {**base, **setting},
+                lambda s=setting: self._sample_metrics(diffusion, model, s),
+                read=_current_sample_metrics,
             )
             rows.append(
                 {
@@ -266,14 +299,15 @@ class Study:
                     "bpd_bound_images": bound,
                     "train_seconds": state["train_seconds"],
                     "weights_from": _label(tq, tp),
-                    **metrics,
+                    **metrics["values"],
+                    "skipped": metrics["skipped"],
                 }
             )
         return rows
 
     def samples(self, diffusion, model, setting: dict, n: int) -> torch.Tensor:
         """``n`` samples of one sampler setting, snapped onto the data's levels, on [-1, 1]."""
-        from .data import levels_to_unit, unit_to_levels
+        from .metrics.table import snap
 
         shape = (n,) + tuple(self.data.shape)
         if setting["sampler"] == "ode":
@@ -288,30 +322,25 @@ class Study:
                 T=setting["T_sample"],
                 progress=self.progress,
             )
-        L = self.data.levels
-        return levels_to_unit(unit_to_levels(x.float(), L), L).float()
+        return snap(x, self.data.levels)
 
     def _sample_metrics(self, diffusion, model, setting: dict) -> dict:
-        from .metrics import features as features_lib
-        from .metrics import style
+        """Every sample metric of the table on one sampler setting's samples:
+        ``{"values", "skipped", "versions"}``."""
+        from .metrics import table
 
         x = self.samples(diffusion, model, setting, self.plan.n_samples)
-        features, real = self.features()
-        fake = features(x)
-        kid, _ = features_lib.kernel_distance(real, fake, seed=self.plan.sample_seed)
-        out = {"fd": features_lib.frechet_distance(real, fake), "kid": kid}
-        from .data import unit_to_levels
-
-        L = self.data.levels
-        look = style.style_metrics(unit_to_levels(x, L), L, self._train_levels())
-        out.update(
-            saturation=look["saturation"],
-            smoothness=look["tv"],
-            hf_power=look["hf_share"],
-            hist_distance=look["hist_tv"],
-            hist_w1=look["hist_w1"],
+        inputs = table.MetricInputs(
+            x,
+            self.data.levels,
+            self.x_test,
+            train_levels=self._train_levels,
+            features=self.features,
+            seed=self.plan.sample_seed,
         )
-        return out
+        values, skipped = table.compute(inputs, "images")
+        versions = {m.name: m.version for m in table.metrics("images", sampled=True)}
+        return {"values": values, "skipped": skipped, "versions": versions}
 
     def _train_levels(self) -> torch.Tensor:
         if getattr(self, "_levels_cache", None) is None:
@@ -326,7 +355,7 @@ class Study:
         rows = {}
         for pair in self.plan.pairs:
             q, p = pair.split("/")
-            model, cfg, _ = load_run(self.model_dir(*_trained_pair(q, p), T, seed), "cpu")
+            model, cfg, _ = load_run(self.model_dir(*trained_pair(q, p), T, seed), "cpu")
             d = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
             rows[pair] = self.samples(d, model, {"sampler": "walk", "T_sample": T, "law_sample": p}, self.plan.columns)
         return rows
@@ -369,11 +398,12 @@ def compare_rows(rows: list[dict], plan: Plan) -> list[dict]:
     """Seed-paired comparisons: every pair against gaussian/gaussian (same sampler setting), and every
     swapped sample-time law against the model's own p (same model, same T_sample)."""
     from . import stats
+    from .metrics import table
 
     out = []
     reference = REFERENCE if REFERENCE in plan.pairs else plan.pairs[0]
     for T in plan.T_train:
-        for metric in METRICS:
+        for metric in table.names("images"):
             # across pairs: each model sampled with its own law at its own T (or the ODE for bpd)
             own = [
                 r
@@ -391,11 +421,12 @@ def compare_rows(rows: list[dict], plan: Plan) -> list[dict]:
                 out.append({"kind": "pairs", "T_train": T, "metric": metric, **_means(values), **res})
         for pair in plan.pairs:
             for T_s in plan.T_sample or [T]:
-                for metric in ("fd", "kid", "saturation", "smoothness"):
+                for metric in table.names("images", headline=True, sampled=True):
                     group = _group(rows, T_train=T, pair=pair, T_sample=T_s, sampler="walk")
                     values = {}
                     for r in group:
-                        values.setdefault(r["law_sample"], {})[r["seed"]] = r[metric]
+                        if r.get(metric) is not None:
+                            values.setdefault(r["law_sample"], {})[r["seed"]] = r[metric]
                     own = pair.split("/")[1]
                     if own in values and len(values) > 1:
                         res = stats.paired_differences(values, own)
@@ -422,10 +453,12 @@ def _means(values: dict[str, dict[int, float]]) -> dict:
 def findings(comparisons: list[dict], plan: Plan) -> list[str]:
     """Plain sentences from the comparisons: where laws become distinguishable, and in which direction."""
     from . import stats
+    from .metrics import table
 
+    worded = {m.name for m in table.metrics("images", headline=True) if m.findings}
     out = []
     for c in comparisons:
-        if c["kind"] != "pairs" or c["metric"] not in ("bpd_ode", "fd", "saturation", "smoothness"):
+        if c["kind"] != "pairs" or c["metric"] not in worded:
             continue
         for row in c["rows"]:
             if row.get("exact"):
@@ -467,13 +500,13 @@ def laplace_claim(comparisons: list[dict], plan: Plan) -> list[str]:
     for T in plan.T_train:
         parts = {}
         for c in comparisons:
-            if c["kind"] == "pairs" and c["T_train"] == T and c["metric"] in ("saturation", "smoothness"):
+            if c["kind"] == "pairs" and c["T_train"] == T and c["metric"] in ("saturation", "total_variation"):
                 row = next((r for r in c["rows"] if r["pair"] == "laplace/laplace"), None)
                 if row is not None:
                     parts[c["metric"]] = row
         if len(parts) < 2:
             continue
-        sat, tv = parts["saturation"], parts["smoothness"]  # smoothness = total variation: lower is smoother
+        sat, tv = parts["saturation"], parts["total_variation"]  # lower total variation is smoother
         more_saturated = sat.get("distinguishable") and sat["diff"] > 0
         smoother = tv.get("distinguishable") and tv["diff"] < 0
         verdict = (
@@ -487,3 +520,18 @@ def laplace_claim(comparisons: list[dict], plan: Plan) -> list[str]:
             f"[{tv['lo']:+.4f}, {tv['hi']:+.4f}] against {REFERENCE}."
         )
     return out
+
+
+def _current_sample_metrics(value: dict) -> dict | None:
+    """A cached sample-metrics value in the current form, or None when a metric is missing or of an older
+    version (then the setting is sampled and scored again). Results of older versions (flat, with
+    ``smoothness``) are mapped on read."""
+    from .metrics import table
+
+    if "values" not in value:  # written before the metrics table: flat values, version 1
+        values = {OLD_NAMES.get(k, k): v for k, v in value.items()}
+        value = {"values": values, "skipped": {}, "versions": {k: 1 for k in values}}
+    for m in table.metrics("images", sampled=True):
+        if value["versions"].get(m.name) != m.version:
+            return None
+    return value

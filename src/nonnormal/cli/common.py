@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import NonnormalError
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -23,7 +23,7 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _check_positive(args, *names: str) -> None:
+def check_positive(args, *names: str) -> None:
     """Optional integer flags (None = not given) must be positive when given."""
     for name in names:
         v = getattr(args, name)
@@ -31,14 +31,14 @@ def _check_positive(args, *names: str) -> None:
             raise NonnormalError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
 
-def _check_tolerance(rtol: float, what: str = "--rtol") -> float:
+def check_tolerance(rtol: float, what: str = "--rtol") -> float:
     if not (math.isfinite(rtol) and rtol > 0):
         raise NonnormalError(f"{what} must be a finite positive number, got {rtol}: e.g. 1e-5")
     return rtol
 
 
-def _out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
-    """The output folder, checked before any work; :func:`_make` creates it when there is something to write."""
+def out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
+    """The output folder, checked before any work; :func:`make_folder` creates it when there is something to write."""
     path = Path(out) if out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
         raise NonnormalError(f"--out {str(path)!r} is a file: give a folder")
@@ -48,7 +48,7 @@ def _out_dir(out: str | None, stem: str, force: bool, files: list[str]) -> Path:
     return path
 
 
-def _make(path: Path) -> Path:
+def make_folder(path: Path) -> Path:
     """Create the output folder (and its parents), an OS error as one line."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def _make(path: Path) -> Path:
     return path
 
 
-def _train_overrides(args) -> list[str]:
+def train_overrides(args) -> list[str]:
     """The shortcut flags of train/compare as ``section.key=value`` overrides (after --set)."""
     out = list(args.set or [])
     pairs = [

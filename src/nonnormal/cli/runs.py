@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from ..errors import NonnormalError
-from ..files import write_atomic
-from .common import _check_positive, _check_tolerance, _make, _out_dir, _train_overrides
+from ..files import json_text, write_atomic
+from .common import check_positive, check_tolerance, make_folder, out_dir, train_overrides
 
 
 def cmd_train(args) -> int:
@@ -19,7 +19,7 @@ def cmd_train(args) -> int:
     from ..divergences import check_pair
     from ..train import train
 
-    overrides = _train_overrides(args)
+    overrides = train_overrides(args)
     q, p = args.q or args.law, args.p or args.law
     if args.law and (args.q or args.p):
         raise NonnormalError("give either --law (for both walks) or --q/--p, not both")
@@ -87,7 +87,7 @@ def cmd_sample(args) -> int:
             eta = f"-eta{options['eta']:g}" if "eta" in options else ""
             stem = f"samples-{args.sampler}{eta}{'-' + law.spec if law else ''}-N{steps}-seed{args.seed}"
             info.update({k: v for k, v in options.items() if k == "eta"})
-    out = _out_dir(
+    out = out_dir(
         args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force, ["samples.png", "samples.npz"]
     )
     shape = (args.n,) + tuple(state["shape"])
@@ -107,7 +107,7 @@ def cmd_sample(args) -> int:
         x = levels_to_unit(levels, state["levels"])
     buf = __import__("io").BytesIO()
     np.savez(buf, seed=args.seed, **info, **arrays)
-    write_atomic(_make(out) / "samples.npz", buf.getvalue())
+    write_atomic(make_folder(out) / "samples.npz", buf.getvalue())
     if len(shape) == 4:
         tmp = out / ".samples.tmp.png"
         save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
@@ -140,7 +140,7 @@ def _sampler_options(args) -> dict:
 
     if args.sampler not in samplers.names():
         raise NonnormalError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(samplers.names())}")
-    _check_tolerance(args.rtol)
+    check_tolerance(args.rtol)
     law, rule, T, eta, steps = (getattr(args, k, None) for k in ("law", "rule", "T", "eta", "steps"))
     ode_flags = [f for f, v in (("--ode-method", args.ode_method), ("--ode-steps", args.ode_steps)) if v is not None]
     if args.sampler == "ode":
@@ -202,8 +202,8 @@ def cmd_eval(args) -> int:
         raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
     if path.exists() and not args.force and not _stale_eval(path, args):
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
-    _check_tolerance(args.rtol)
+    check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
+    check_tolerance(args.rtol)
     result = evaluate_run(
         args.run,
         pick_device(args.device),
@@ -221,10 +221,7 @@ def cmd_eval(args) -> int:
         spacing=args.spacing,
         sampler_options=_eval_sampler_options(args),
     )
-    text = json.dumps(result, indent=1)
-    print(text)
-    write_atomic(path, (text + "\n").encode())
-    print(f"wrote {path}")
+    _write_eval(path, result)
     return 0
 
 
@@ -244,6 +241,19 @@ def _stale_eval(path: Path, args) -> bool:
         return False
     print(f"nonnormal: {path} holds the result of step {old}; the run is at step {step}: replacing it")
     return True
+
+
+def _write_eval(path: Path, result: dict) -> None:
+    """eval.json (strict JSON), printed; then one line per reason for the metrics that were skipped."""
+    text = json_text(result)
+    print(text, end="")
+    write_atomic(path, text.encode())
+    by_reason: dict[str, list[str]] = {}
+    for name, why in result.get("skipped", {}).items():
+        by_reason.setdefault(why, []).append(name)
+    for why, names in by_reason.items():
+        print(f"skipped {', '.join(names)}: {why}")
+    print(f"wrote {path}")
 
 
 def _diffusers():
@@ -285,8 +295,8 @@ def _eval_pretrained(args) -> int:
         raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
     if path.exists() and not args.force and not _stale_eval(path, args):
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    _check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
-    _check_tolerance(args.rtol)
+    check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
+    check_tolerance(args.rtol)
     result = _diffusers().evaluate_pretrained(
         args.pretrained,
         args.dataset,
@@ -300,11 +310,8 @@ def _eval_pretrained(args) -> int:
         quality=not args.no_quality,
         progress=not args.quiet,
     )
-    text = json.dumps(result, indent=1)
-    print(text)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (text + "\n").encode())
-    print(f"wrote {path}")
+    _write_eval(path, result)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -10,8 +9,8 @@ from pathlib import Path
 
 from .. import jobs
 from ..errors import NonnormalError
-from ..files import write_atomic
-from .common import _check_tolerance, _int_list, _make, _out_dir, _train_overrides
+from ..files import json_text, write_atomic
+from .common import check_tolerance, int_list, make_folder, out_dir, train_overrides
 
 DEFAULT_COMPARE, DEFAULT_STUDY, QUICK_STUDY = "compare-digits", "study-digits", "study-quick"  # packaged presets
 
@@ -34,7 +33,7 @@ def cmd_laws(args) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=2, default=lambda v: str(v)))
+        print(json_text(rows, indent=2), end="")  # strict JSON: an unbounded support end is null
         return 0
     print(f"{'law':<12}{'parameters':<14}{'variance':>9}{'E z^4':>9}  density  support")
     for r in rows:
@@ -76,7 +75,7 @@ def cmd_kl(args) -> int:
     d = divergence(args.q, args.p)
     values = d(torch.tensor(us, dtype=torch.float64)).tolist()
     if args.json:
-        print(json.dumps({"q": d.q.spec, "p": d.p.spec, "kind": d.kind, "k0": d.k0, "u": us, "K": values}, indent=2))
+        print(json_text({"q": d.q.spec, "p": d.p.spec, "kind": d.kind, "k0": d.k0, "u": us, "K": values}, indent=2), end="")
         return 0
     print(f"K(u) = KL(q(. - u) || p) per coordinate, q = {d.q.spec}, p = {d.p.spec} ({d.kind}); K(0) = {d.k0:.6f}")
     for u, k in zip(us, values):
@@ -90,14 +89,14 @@ def cmd_invariance(args) -> int:
     from ..report import plot_invariance
 
     laws = [increments.get(s) for s in args.laws.split(",") if s.strip()]
-    steps = _int_list(args.steps, "--steps")
+    steps = int_list(args.steps, "--steps")
     schedule = schedules.get(args.schedule)
     if args.paths < 16:
         raise NonnormalError(f"--paths must be at least 16, got {args.paths}")
-    out = _out_dir(args.out, "invariance", args.force, ["invariance.json", "invariance.png"])
+    out = out_dir(args.out, "invariance", args.force, ["invariance.json", "invariance.png"])
     result = invariance_study(laws, steps, schedule, args.paths, args.seed, progress=not args.quiet)
     payload = {law: {str(T): w for T, w in row.items()} for law, row in result.items()}
-    write_atomic(_make(out) / "invariance.json", (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(make_folder(out) / "invariance.json", json_text(payload, indent=2).encode())
     png = out / ".invariance.tmp.png"
     plot_invariance(result, png, f"Walks vs their Gaussian limit ({schedule.name} schedule, {args.paths:,} paths)")
     os.replace(png, out / "invariance.png")
@@ -111,17 +110,18 @@ def cmd_invariance(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..compare import OUTPUTS, PAIRS, compare, parse_pairs
+    from ..compare import OUTPUTS, compare
+    from ..study import PAIRS, parse_pairs
 
     pairs = parse_pairs(args.pairs) if args.pairs else list(PAIRS)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.time()
-    _check_tolerance(args.rtol)
+    check_tolerance(args.rtol)
     compare(
         out,
         pairs,
         args.config or DEFAULT_COMPARE,
-        _train_overrides(args),
+        train_overrides(args),
         seeds=args.seeds,
         n_samples=args.n_samples,
         n_test=args.n_test,
@@ -139,9 +139,8 @@ def cmd_compare(args) -> int:
 def cmd_study(args) -> int:
     if args.what == "bias":
         return _study_bias(args)
-    from ..compare import parse_pairs
-    from ..report import write_study
-    from ..study import Study, load_plan
+    from ..study import Study, load_plan, parse_pairs
+    from ..study_report import write_study
 
     config = args.config or (QUICK_STUDY if args.quick else DEFAULT_STUDY)
     seeds = list(range(args.seeds)) if args.seeds else None
@@ -150,13 +149,13 @@ def cmd_study(args) -> int:
         {
             "seeds": seeds,
             "pairs": [f"{q}/{p}" for q, p in parse_pairs(args.pairs)] if args.pairs else None,
-            "T_train": _int_list(args.Ts, "--Ts") if args.Ts else None,
+            "T_train": int_list(args.Ts, "--Ts") if args.Ts else None,
         },
     )
     out = Path(args.out) if args.out else Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
     jobs.check(out, "study.json", args.force)  # a finished folder is refused before any work
     t0 = time.time()
-    study = Study(out, plan, run_config, _train_overrides(args), progress=not args.quiet)
+    study = Study(out, plan, run_config, train_overrides(args), progress=not args.quiet)
     with jobs.hold(out, "study.json", args.force):  # one job per folder; a killed one continues from its cache
         result = study.run()
         figures = {T: study.figure_rows(T, plan.seeds[0]) for T in plan.T_train}
@@ -171,12 +170,11 @@ def cmd_study(args) -> int:
 def _study_bias(args) -> int:
     """The bias of non-L2 losses on exact-score mixtures: loss-optimal predictor vs conditional mean."""
     from ..bias import bias_study, plot_bias
-    from ..compare import parse_pairs
-    from ..files import write_atomic
     from ..report import latex_table, markdown_table, provenance
+    from ..study import parse_pairs
 
     pairs = parse_pairs(args.pairs or "gaussian/gaussian,laplace/laplace,uniform/gaussian,uniform/laplace")
-    Ts = _int_list(args.Ts or "10,30,100,1000", "--Ts")
+    Ts = int_list(args.Ts or "10,30,100,1000", "--Ts")
     n = args.n or 1000
     if n < 16:
         raise NonnormalError(f"--n must be at least 16 samples, got {n}")
@@ -200,14 +198,14 @@ def _study_bias(args) -> int:
         )
         write_atomic(out / "bias.md", markdown_table(rows, columns).encode())
         caption = "Loss-optimal predictor vs conditional mean on a Gaussian mixture with exact scores"
-        write_atomic(out / "bias.tex", latex_table(rows, columns, caption).encode())
+        write_atomic(out / "bias.tex", latex_table(rows, columns, caption, keys=["q", "p", "T", "predictor"]).encode())
         tmp = out / ".bias.tmp.png"
         plot_bias(
             rows, tmp, metric="spread"
         )  # sliced W1 at n = 1000 is mostly noise; the spread shows the pull to the modes
         os.replace(tmp, out / "bias.png")
         payload = {"provenance": provenance(), "rows": rows}
-        write_atomic(out / "bias.json", (json.dumps(payload, indent=1) + "\n").encode())  # last: the job is finished
+        write_atomic(out / "bias.json", json_text(payload).encode())  # last: the job is finished
     print(markdown_table(rows, columns))
     print(f"wrote {out}/: bias.json, bias.md, bias.tex, bias.png ({time.time() - t0:.0f} s)")
     return 0

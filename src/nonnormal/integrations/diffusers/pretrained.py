@@ -5,7 +5,6 @@ its test-set bits/dim (:func:`evaluate_pretrained`)."""
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -265,10 +264,6 @@ def _load_dataset(spec: str):
     return load(spec)
 
 
-def _se(values: torch.Tensor) -> float:
-    return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
-
-
 def evaluate_pretrained(
     path,
     dataset: str,
@@ -283,13 +278,17 @@ def evaluate_pretrained(
     quality: bool = True,
     progress: bool = False,
 ) -> dict:
-    """``nonnormal eval --pretrained``: test-set bits/dim of a pretrained model on ``dataset``.
+    """``nonnormal eval --pretrained``: test-set bits/dim and sample metrics of a pretrained model on ``dataset``.
 
-    ``bpd_ode``: the probability-flow likelihood of dequantized test images (Hutchinson trace);
-    ``bpd_bound``: the Gaussian bound at ``T``; ``fd``/``kid``: sample quality against the test
-    split when the dataset has labels and ``quality``. Test images are mapped to [-1, 1] with
-    nonnormal's level centres ``(2j + 1)/L - 1`` (DDPM used ``2j/(L - 1) - 1``: at most half a level apart).
+    The engine of ``nonnormal eval`` (:func:`nonnormal.evaluate.score_model`): ``bpd_ode``, the
+    probability-flow likelihood of dequantized test images (Hutchinson trace); ``bpd_bound``, the
+    Gaussian bound at ``T``; with ``quality``, every sample metric of the metrics table (FD and KID
+    when the dataset has labels), and what was skipped and why. Test images are mapped to [-1, 1]
+    with nonnormal's level centres ``(2j + 1)/L - 1`` (DDPM used ``2j/(L - 1) - 1``: at most half a
+    level apart).
     """
+    from ...evaluate import score_model
+
     eps, diffusion, shape = load_pretrained(path, device)
     data = _load_dataset(dataset)
     if tuple(data.shape) != tuple(shape):
@@ -302,7 +301,6 @@ def evaluate_pretrained(
     T = T or diffusion.T
     x = data.unit("test")
     x = (x if n_test is None else x[:n_test]).to(device, torch.float32)
-    g = torch.Generator(device).manual_seed(seed)
     out: dict[str, Any] = {
         "pretrained": str(path),
         "dataset": data.name,
@@ -310,37 +308,26 @@ def evaluate_pretrained(
         "T": T,
         "n_test": x.shape[0],
     }
-    bpd, nfe = [], 0
-    for i in range(0, x.shape[0], batch):
-        b, n = diffusion.bits_per_dim(
-            eps, x[i : i + batch], data.levels, generator=g, trace="hutchinson", rtol=rtol, atol=atol
-        )
-        bpd.append(b.cpu())
-        nfe += n
-    bpd = torch.cat(bpd)
-    out.update(bpd_ode=float(bpd.mean()), bpd_ode_se=_se(bpd), ode_nfe=nfe)
-    bound = make_diffusion({**diffusion.to_config(), "T": T})
-    totals = [
-        bound.bound_bits_per_dim(eps, x[i : i + batch], data.levels, generator=g, dequantized=True)["total"].cpu()
-        for i in range(0, x.shape[0], batch)
-    ]
-    total = torch.cat(totals)
-    out.update(bpd_bound=float(total.mean()), bpd_bound_se=_se(total))
-    labels = getattr(data, "train_labels", None)
-    if labels is None and hasattr(data, "labels"):
-        try:
-            labels = data.labels("train")
-        except Exception:  # noqa: BLE001 - no labels: no quality
-            labels = None
-    if quality and labels is not None:
-        from ...data import levels_to_unit, unit_to_levels
-        from ...metrics import features as quality_lib
 
-        features = quality_lib.features_for(data, progress=progress)
-        n = n_samples or x.shape[0]
-        xs = diffusion.sample(eps, (n,) + tuple(shape), seed=seed, T=T, device=device, progress=progress).cpu()
-        xs = levels_to_unit(unit_to_levels(xs, data.levels), data.levels).float()
-        real, fake = features(data.unit("test")), features(xs)
-        kid, kid_std = quality_lib.kernel_distance(real, fake, seed=seed)
-        out.update(fd=quality_lib.frechet_distance(real, fake), kid=kid, kid_std=kid_std, n_samples=n)
+    def draw(n: int) -> torch.Tensor:
+        return diffusion.sample(eps, (n,) + tuple(shape), seed=seed, T=T, device=device, progress=progress)
+
+    out.update(
+        score_model(
+            eps,
+            diffusion,
+            data,
+            x,
+            draw,
+            dequantized=True,
+            ode_options={"rtol": rtol, "atol": atol},
+            n_samples=n_samples,
+            batch=batch,
+            seed=seed,
+            quality=quality,
+            progress=progress,
+            device=device,
+            bound_diffusion=make_diffusion({**diffusion.to_config(), "T": T}),
+        )
+    )
     return out
