@@ -26,6 +26,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the layers in pyproject.toml's [tool.importlinter]
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
