@@ -17,6 +17,7 @@ from nonnormal import train as train_lib
 from nonnormal.cli import main
 from nonnormal.errors import NonnormalError
 from nonnormal.nets import build
+from test_metrics_table import check_latex, dark_share  # noqa: F401 -- dark_share: a fixture
 from test_train import SETS, _cli, assert_same_run, metrics, tensors, tiny
 
 E2E = [
@@ -325,6 +326,7 @@ def test_eval_writes_json_and_never_overwrites(run, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err and out.read_text() == before
 
 
+@pytest.mark.usefixtures("dark_share")  # a registered metric must reach the table
 def test_compare_tiny(tmp_path, monkeypatch, capsys):
     """Two pairs x 2 seeds at a tiny budget: every output exists, the table has both reference rows and the
     seed statistics, and a rerun with --force reuses the trained models and cached results."""
@@ -351,7 +353,9 @@ def test_compare_tiny(tmp_path, monkeypatch, capsys):
     assert cli(*args) == 0
     for name in ("table.md", "table.csv", "table.json", "table.tex", "figure1.png", "loss_curves.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    table = json.loads((out / "table.json").read_text())
+    table = json.loads((out / "table.json").read_text(), parse_constant=lambda name: 1 / 0)  # strict JSON
+    assert "dark_share" in table[0] and "dark_share" in (out / "table.md").read_text().splitlines()[0]
+    check_latex((out / "table.tex").read_text(), tmp_path)
     assert [r["q"] for r in table] == ["gaussian", "uniform", "gaussian-full-cov", "per-pixel-categorical"]
     assert set(table[0]) == set(compare_lib.table_columns())
     assert table[0]["seeds"] == 2 and table[0]["verdict"] == "reference"
