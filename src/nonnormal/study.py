@@ -335,8 +335,9 @@ class Study:
             self.data.levels,
             self.x_test,
             train_levels=self._train_levels,
-            features=self.features,
+            features=self.features if self.data.labels("train") is not None else None,
             seed=self.plan.sample_seed,
+            features_missing=f"{self.data.name} has no class labels, so there is no feature classifier",
         )
         values, skipped = table.compute(inputs, "images")
         versions = {m.name: m.version for m in table.metrics("images", sampled=True)}
