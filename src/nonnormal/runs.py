@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import NonnormalError
-from .files import append_line, os_reason, write_atomic  # noqa: F401 -- append_line, write_atomic: for plugins
+from .files import append_line, os_reason, write_atomic, write_json  # noqa: F401 -- append_line: for plugins
 
 FORMAT = "nonnormal-checkpoint-2"
 _OLD_FORMAT = "nonnormal-checkpoint-1"  # one checkpoint.safetensors, no digest: still read
@@ -166,7 +166,7 @@ def save_checkpoint(run: Path, step: int, tensors: dict[str, torch.Tensor], stat
     text = json.dumps(state)
     path = run / f"checkpoint-{step:06d}.safetensors"
     write_atomic(path, save(tensors, metadata={"format": FORMAT, "state": text}))
-    write_atomic(run / STATE, (json.dumps({"file": path.name, **state}, indent=1) + "\n").encode())
+    write_json(run / STATE, {"file": path.name, **state})  # strict JSON: a readable copy
     found = checkpoints(run)
     kept = [p for p in found if (m := _NAME.fullmatch(p.name)) and int(m.group(1)) <= step][:keep]
     for old in found:  # older than the newest `keep`, or a damaged one past `step` that a resume left behind

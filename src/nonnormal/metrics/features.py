@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import jobs
 from ..errors import NonnormalError
-from ..files import write_atomic
+from ..files import write_atomic, write_json
 from ..runs import warn
 
 FORMAT_VERSION = 1  # bump when the network, its training or the cache layout changes
@@ -341,7 +341,7 @@ def _train_and_cache(dataset, seed: int, progress: bool, weights: Path, sidecar:
         "weights_sha256": hashlib.sha256(raw).hexdigest(),
     }
     write_atomic(weights, raw)  # the sidecar goes last: a sidecar means its weights are complete
-    write_atomic(sidecar, json.dumps(meta, indent=1).encode())
+    write_json(sidecar, meta)
     return features
 
 

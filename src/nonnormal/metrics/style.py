@@ -1,11 +1,11 @@
-"""What image samples look like, in numbers: saturation, smoothness and the pixel histogram.
+"""What image samples look like, in numbers: saturation, total variation and the pixel histogram.
 
 The paper says Laplace rows are "smoother and more saturated"; these metrics make that testable.
 Images come either as integer levels ``0 .. L-1`` (any integer dtype) or as floats on the
 model's scale ``[-1, 1]`` (level ``l`` of ``L`` sits at the centre of its bin, ``(2 l + 1) / L - 1``,
 the project's convention, :mod:`nonnormal.data.levels`), shaped ``(N, H, W)`` or
 ``(N, C, H, W)``. Floats are put in the bin that holds them where levels matter
-(saturation, histograms) and used as they are (clamped to ``[-1, 1]``) for smoothness.
+(saturation, histograms) and used as they are (clamped to ``[-1, 1]``) for total variation.
 
 - :func:`saturation`: the share of pixels at the two extreme levels (0 and ``L - 1``).
 - :func:`total_variation`: mean absolute difference between horizontal neighbours plus the same
