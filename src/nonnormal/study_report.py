@@ -128,7 +128,9 @@ def tex_rows(table: list[dict], metrics: list[str]) -> list[dict]:
 
 
 def write_study(out: str | Path, result: dict, figures: dict[int, dict], config: dict) -> list[str]:
-    """study.json, study.md, study.html, table.tex and the plots of a study; returns the file names."""
+    """study.json, study.md, study.html, table.tex and the plots of a study; returns the file names.
+
+    study.json is written last: its presence means the study is finished."""
     out = Path(out)
     units = metric_table.units()
     meta = {**provenance(), "dataset": result["dataset"], "plan": result["plan"], "seconds": result["seconds"]}
@@ -141,7 +143,6 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         "rows": slim,
         "comparisons": result["comparisons"],
     }
-    write_atomic(out / "study.json", json_text(payload).encode())
     metrics = metric_table.names("images")
     table = summarize(slim, KEYS, metrics)
     columns = KEYS + ["seeds"] + [c for m in metrics for c in (m, m + "_sd")]
@@ -196,4 +197,5 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         ("Config", html_pre(json_text(config))),
     ]
     write_atomic(out / "study.html", html_page(f"nonnormal study: {result['dataset']}", sections, meta).encode())
+    write_atomic(out / "study.json", json_text(payload).encode())  # last: its presence means the study is finished
     return files
