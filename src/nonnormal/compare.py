@@ -185,7 +185,7 @@ def _table(result: dict, study) -> list[dict]:
     """One row per pair: mean and sd over seeds, the test-image SE, the seed-paired difference from gaussian/gaussian."""
     from . import stats
     from .metrics import table as metric_table
-    from .study import REFERENCE
+    from .study_findings import REFERENCE
 
     rows = result["rows"]
     by_pair: dict[str, list[dict]] = {}

@@ -23,7 +23,7 @@ from .report import (
     provenance,
 )
 from .stats import words
-from .study import own_T_sample
+from .study_findings import own_T_sample
 
 KEYS = ["pair", "T_train", "sampler", "T_sample", "law_sample"]
 COMPARISON_COLUMNS = [
