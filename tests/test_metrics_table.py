@@ -187,8 +187,15 @@ def test_eval_json_has_every_metric_and_says_what_it_skipped(dark_share, tmp_pat
     KID are skipped with the reason, in the JSON and in one line of output."""
     from nonnormal import runs
     from nonnormal.data.datasets import Examples
+    from nonnormal.metrics import features as features_lib
 
-    monkeypatch.setenv("NONNORMAL_CACHE", str(tmp_path / "cache"))
+    class Pixels:  # the classifier's place: pixels as features (training one is test_features.py's business)
+        test_accuracy = 0.5
+
+        def __call__(self, x):
+            return x.flatten(1).double().numpy()
+
+    monkeypatch.setattr(features_lib, "features_for", lambda data, progress=False: Pixels())
     run = tmp_path / "run"
     train_lib.train(config.load(None, E2E), run, progress=False)
     common = ["--n-test", "12", "--n-samples", "12", "--rtol", "1e-2", "--quiet", "--device", "cpu"]
@@ -196,7 +203,7 @@ def test_eval_json_has_every_metric_and_says_what_it_skipped(dark_share, tmp_pat
     result = _strict((run / "eval.json").read_text())
     for key in ("bpd_ode", "bpd_bound", "fd", "kid", "saturation", "total_variation", "hf_power", "hist_distance"):
         assert isinstance(result[key], float), key
-    assert 0 <= result["dark_share"] <= 1 and result["skipped"] == {}
+    assert 0 <= result["dark_share"] <= 1 and result["skipped"] == {} and result["classifier_accuracy"] == 0.5
     capsys.readouterr()
 
     real = runs.load_data
