@@ -220,3 +220,50 @@ def test_eval_json_has_every_metric_and_says_what_it_skipped(dark_share, tmp_pat
     assert result["fd"] is None and "no class labels" in result["skipped"]["fd"]
     assert isinstance(result["saturation"], float) and "dark_share" in result
     assert re.search(r"^skipped fd, kid: .*no class labels", printed, re.M)
+
+
+def _pixels(x):
+    return x.flatten(1).double().numpy()
+
+
+def _inputs(data: str, samples, reference):
+    if data == "points":
+        return table.MetricInputs(samples, None, reference, seed=0)
+    from nonnormal.data import unit_to_levels
+
+    return table.MetricInputs(
+        samples,
+        8,
+        reference,
+        train_levels=lambda: unit_to_levels(reference, 8),
+        features=lambda: (_pixels, _pixels(reference)),
+        seed=0,
+    )
+
+
+@pytest.mark.parametrize("name", table.names(sampled=True))
+def test_every_sample_metric_keeps_the_contract(name):
+    """Every sample metric of the table: a unit and a one-line description; the same inputs give the same
+    numbers; each key is a finite number or null with a one-line reason; and a metric whose lower is
+    better scores the reference itself no worse than a shifted copy of it."""
+    m = table.get(name)
+    assert m.unit and m.description and "\n" not in m.description
+    g = torch.Generator().manual_seed(0)
+    data = "points" if m.data == "points" else "images"
+    if data == "points":
+        reference = torch.randn(200, 2, generator=g)
+        shifted = reference + 1.0
+    else:
+        reference = table.snap(torch.rand(64, 1, 8, 8, generator=g) * 2 - 1, 8)
+        shifted = table.snap((reference + 0.5).clamp(-1, 1), 8)
+    values, skipped = table.compute(_inputs(data, reference, reference), data, only=[name])
+    again, _ = table.compute(_inputs(data, reference, reference), data, only=[name])
+    assert values == again and name not in skipped
+    for key in m.keys:
+        v = values[key]
+        assert (isinstance(v, float) and v == v and abs(v) != float("inf")) or (
+            v is None and "\n" not in skipped[key]
+        ), key
+    if m.direction == "lower":
+        far, _ = table.compute(_inputs(data, shifted, reference), data, only=[name])
+        assert values[name] <= far[name]
