@@ -69,6 +69,9 @@ _TEX = {
     "~": r"\textasciitilde{}",
     "±": r"$\pm$",
     "²": r"\textsuperscript{2}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
 }
 
 
@@ -102,12 +105,15 @@ def latex_table(
     parts = _chunks(columns, keys, max_columns)
     out = [f"% needs booktabs: compiles with {PREAMBLE} ... \\begin{{document}} \\input{{this file}} \\end{{document}}"]
     for i, cols in enumerate(parts, 1):
-        head = " & ".join(tex(c) + (f" [{tex(units[c])}]" if units and units.get(c) else "") for c in cols)
+        head = " & ".join(tex(c) for c in cols) + " \\\\"
+        if units and any(units.get(c) for c in cols):  # a second header line: each column's unit, small
+            head += "\n" + " & ".join(f"{{\\footnotesize {tex(units[c])}}}" if units.get(c) else "" for c in cols)
+            head += " \\\\"
         body = "\n".join(" & ".join(tex(cell(r.get(c))) for c in cols) + r" \\" for r in rows)
         title = caption + (f" (part {i} of {len(parts)})" if len(parts) > 1 else "")
         cap = f"\\caption{{{tex(title)}}}\n" if title else ""
         out.append(
             f"\\begin{{table}}[h]\n\\centering\n{cap}\\begin{{tabular}}{{{'l' * len(cols)}}}\n\\toprule\n"
-            f"{head} \\\\\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n\\end{{table}}\n"
+            f"{head}\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n\\end{{table}}\n"
         )
     return "\n".join(out)
