@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nonnormal import data, increments, nets, schedules
+from nonnormal.metrics import table as metric_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 REGISTRIES = {
@@ -16,6 +17,7 @@ REGISTRIES = {
     "schedule": schedules.SCHEDULES,
     "network": nets.NETS,
     "dataset": data.specs.DATASETS,
+    "metric": metric_table.TABLE,
 }
 
 
@@ -29,20 +31,21 @@ def extending_blocks() -> list[str]:
 BLOCKS = extending_blocks()
 
 
-def test_extending_shows_a_law_a_schedule_a_network_and_a_dataset():
-    assert len(BLOCKS) >= 4
+def test_extending_shows_a_law_a_schedule_a_network_a_dataset_and_a_metric():
+    assert len(BLOCKS) >= 5
     kinds = [
         next(
             k
             for k, word in (
-                ("law", "increments."),
-                ("schedule", "schedules."),
-                ("network", "nets."),
-                ("dataset", "data."),
+                ("law", "@increments."),
+                ("schedule", "@schedules."),
+                ("network", "@nets."),
+                ("dataset", "@data."),
+                ("metric", "table."),
             )
-            if f"@{word}register" in b
+            if f"{word}register" in b
         )
-        for b in BLOCKS[:4]
+        for b in BLOCKS[:5]
     ]
     assert sorted(kinds) == sorted(REGISTRIES)
 

@@ -216,8 +216,6 @@ def _check_values(cfg: dict) -> None:
     check_pair(increments.get(d["q"]), increments.get(d["p"]))
 
 
-
-
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``section.key=value`` with a TOML value (a bare word is a string): ``train.steps=500``."""
     where, sep, value = text.partition("=")

@@ -172,4 +172,4 @@ for _m in (
         data="points",
     ),
 ):
-    register(_m)
+    register(_m, builtin=True)

@@ -105,19 +105,21 @@ _order: list[str] = []
 _loaded = False
 
 
-def register(metric: Metric, *, overwrite: bool = False) -> Metric:
-    """Add ``metric`` to the table (``overwrite=True`` replaces an entry of the same name in place)."""
+def register(metric: Metric, *, overwrite: bool = False, builtin: bool = False) -> Metric:
+    """Add ``metric`` to the table (``overwrite=True`` replaces an added entry of the same name in place;
+    ``builtin`` entries, those of :mod:`nonnormal.metrics.builtin`, can be neither replaced nor removed)."""
     if not isinstance(metric, Metric):
         raise NonnormalError(f"register takes a nonnormal.metrics.table.Metric, got {type(metric).__name__}")
     _load()  # the built-in entries first: they come first in every table
-    TABLE.register(metric.name, lambda: metric, overwrite=overwrite or metric.name not in _order)
+    TABLE.register(metric.name, metric, overwrite=overwrite, builtin=builtin)
     if metric.name not in _order:
         _order.append(metric.name)
     return metric
 
 
 def unregister(name: str) -> None:
-    """Take a metric out of the table (tests; a plugin replacing a built-in registers with ``overwrite=True``)."""
+    """Take an added metric out of the table (built-in ones stay)."""
+    TABLE.unregister(name)
     if name in _order:
         _order.remove(name)
 
@@ -133,16 +135,14 @@ def _load() -> None:
 def get(name: str) -> Metric:
     """The entry called ``name`` (an unknown name is a one-line error listing the known ones)."""
     _load()
-    if name not in _order:
-        raise NonnormalError(f"unknown metric {name!r}: choose one of {', '.join(_order)}")
-    return TABLE.get(name)
+    return TABLE.entry(name)
 
 
 def metrics(data: str | None = None, *, headline: bool | None = None, sampled: bool | None = None) -> list[Metric]:
     """The entries in registration order: those for ``data`` ("images" or "points"; None: all), only
     headline ones (``headline=True``), only sample metrics (``sampled=True``) or only likelihoods (False)."""
     _load()
-    out = [TABLE.get(n) for n in _order]
+    out = [TABLE.entry(n) for n in _order if n in TABLE]  # registration order
     if data is not None:
         out = [m for m in out if m.data in (data, "any")]
     if headline is not None:
