@@ -27,13 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import NonnormalError, Stopped
+from .files import os_reason, write_json
 
 LOCK = "job.lock"
 AGAIN = "rerun the same command (same --out) to continue from its cache"
-
-
-def _why(err: OSError) -> str:
-    return err.strerror or str(err).splitlines()[0]
 
 
 def _holder(fd: int) -> str:
@@ -57,13 +54,13 @@ def locked(path: str | Path, busy: str, wait: bool = False, log=None) -> Iterato
     try:
         fd = os.open(path, os.O_RDONLY) if folder else os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
-        raise NonnormalError(f"cannot create the lock file {path}: {_why(err)}") from None
+        raise NonnormalError(f"cannot create the lock file {path}: {os_reason(err)}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise NonnormalError(f"cannot lock {path}: {_why(err)}") from None
+                raise NonnormalError(f"cannot lock {path}: {os_reason(err)}") from None
             if not wait:
                 raise NonnormalError(busy.format(holder=_holder(fd))) from None
             if log is not None:
@@ -117,7 +114,7 @@ def hold(out: str | Path, primary: str, force: bool = False) -> Iterator[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise NonnormalError(f"cannot create the folder {out}: {_why(err)}: give another --out") from None
+        raise NonnormalError(f"cannot create the folder {out}: {os_reason(err)}: give another --out") from None
     busy = f"{out} is in use by another nonnormal job{{holder}} (it holds {out / LOCK}): wait for it to end, or give another --out"
     with locked(out / LOCK, busy):
         check(out, primary, force)  # finished while we waited for the lock
@@ -132,23 +129,25 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached(path: str | Path, key, compute: Callable[[], object]):
+def cached(path: str | Path, key, compute: Callable[[], object], read: Callable[[object], object] | None = None):
     """``compute()``'s JSON value, kept in ``path`` under a hash of ``key``: read back while ``key`` is
-    the same, computed (and written atomically) when missing, damaged or made under another key."""
-    from .runs import write_atomic
-
+    the same, computed (and written atomically, strict JSON) when missing, damaged or made under another
+    key. ``read`` maps a value read back (results of an older version to the current form); when it
+    returns None the value is stale and computed again."""
     path = Path(path)
     if path.exists():
         try:
             saved = json.loads(path.read_text())
             if saved.get("key") == _hash(key):
-                return saved["value"]
-        except (OSError, ValueError, AttributeError, KeyError):
+                value = saved["value"] if read is None else read(saved["value"])
+                if value is not None:
+                    return value
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             pass  # a damaged cache entry is recomputed
     value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise NonnormalError(f"cannot create the folder {path.parent}: {_why(err)}") from None
-    write_atomic(path, (json.dumps({"key": _hash(key), "value": value}) + "\n").encode())
+        raise NonnormalError(f"cannot create the folder {path.parent}: {os_reason(err)}") from None
+    write_json(path, {"key": _hash(key), "value": value}, indent=None)
     return value

@@ -17,7 +17,6 @@ they reuse its weights and differ only in the bound's constant ``T D K(0)``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from . import config as config_lib
+from . import jobs
 from .errors import NonnormalError
 from .study_findings import REFERENCE, compare_rows, findings, own_T_sample  # noqa: F401 -- own_T_sample: the study's rule
 
@@ -148,10 +148,6 @@ def trained_pair(q: str, p: str) -> tuple[str, str]:
     return ("gaussian", "gaussian") if increments.get(p) == increments.get("gaussian") else (q, p)
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def settings_of(plan: Plan, T_train: int, p: str) -> list[dict]:
     """The sampler settings of one model: walks at each T with each law, and the ODE."""
     Ts = plan.T_sample or [T_train]
@@ -219,25 +215,6 @@ class Study:
             self._real = self._features(self.x_test if self.plan.n_test else self.data.unit("test"))
         return self._features, self._real
 
-    def _cached(self, path: Path, key: dict, compute, read=lambda value: value):
-        """``compute()``, or the value cached at ``path`` under ``key``; ``read`` maps a cached value
-        (None: stale, recompute)."""
-        from .files import write_json
-
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-                if saved.get("key") == _hash(key):
-                    value = read(saved["value"])
-                    if value is not None:
-                        return value
-            except (OSError, ValueError, TypeError, KeyError, AttributeError):
-                pass  # a damaged cache entry is recomputed
-        value = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"key": _hash(key), "value": value}, indent=None)
-        return value
-
     def evaluate_model(self, q: str, p: str, T: int, seed: int) -> list[dict]:
         """The rows of one reported pair's model: one per sampler setting."""
         from .diffusion import Diffusion
@@ -274,12 +251,12 @@ class Study:
             )
             return parts["total"].tolist()
 
-        bpd = self._cached(cache / "bpd_ode.json", base, ode_bpd)
-        bound = self._cached(cache / _slug(f"bound-{q}-{p}.json"), base, bound_bpd)
+        bpd = jobs.cached(cache / "bpd_ode.json", base, ode_bpd)
+        bound = jobs.cached(cache / _slug(f"bound-{q}-{p}.json"), base, bound_bpd)
         rows = []
         for setting in settings_of(self.plan, T, p):
             name = _slug(f"samples-{setting['sampler']}-{setting['law_sample']}-T{setting['T_sample']}.json")
-            metrics = self._cached(
+            metrics = jobs.cached(
                 cache / name,
                 {**base, **setting},
                 lambda s=setting: self._sample_metrics(diffusion, model, s),

@@ -75,7 +75,10 @@ def cmd_kl(args) -> int:
     d = divergence(args.q, args.p)
     values = d(torch.tensor(us, dtype=torch.float64)).tolist()
     if args.json:
-        print(json_text({"q": d.q.spec, "p": d.p.spec, "kind": d.kind, "k0": d.k0, "u": us, "K": values}, indent=2), end="")
+        print(
+            json_text({"q": d.q.spec, "p": d.p.spec, "kind": d.kind, "k0": d.k0, "u": us, "K": values}, indent=2),
+            end="",
+        )
         return 0
     print(f"K(u) = KL(q(. - u) || p) per coordinate, q = {d.q.spec}, p = {d.p.spec} ({d.kind}); K(0) = {d.k0:.6f}")
     for u, k in zip(us, values):
