@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 
@@ -34,18 +33,12 @@ from .errors import NonnormalError
 from .likelihood import bound_bits_per_dim
 from .losses import LOSSES, ContinuousTimeLoss, StepKLLoss
 from .ode import LogLikelihood, ProbabilityFlowODE
-from .samplers import PerImageUniforms, SampleResult
+from .results import BitsPerDim, SampleResult
+from .samplers import PerImageUniforms
 from .schedules import check_spacing
 from .walk import StructuredRandomWalk, check_rule
 
 KEYS = ("q", "p", "schedule", "T", "rule", "loss", "spacing")  # the keys of config["diffusion"]
-
-
-class BitsPerDim(NamedTuple):
-    """Bits/dim per example (batch,) and the number of model calls it took."""
-
-    bpd: torch.Tensor
-    nfe: int
 
 
 class Diffusion:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 
 from . import schedules
 from .errors import NonnormalError
-from .samplers import SampleResult
+from .results import LogLikelihood, SampleResult
 
 TRACES = ("auto", "exact", "hutchinson")
 ALIASES = {"heun": "heun2"}  # our name -> torchdiffeq's
@@ -43,13 +42,6 @@ def methods() -> list[str]:
 
 def is_fixed_step(method: str) -> bool:
     return ALIASES.get(method, method) in FIXED_STEP
-
-
-class LogLikelihood(NamedTuple):
-    """``log p(x)`` in nats per example (batch,) and the number of model calls it took."""
-
-    logp: torch.Tensor
-    nfe: int
 
 
 def check_tolerance(name: str, value) -> float:

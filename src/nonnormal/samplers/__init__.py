@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,15 +47,9 @@ import torch
 from .. import increments, schedules
 from ..errors import NonnormalError
 from ..registry import Registry
+from ..results import SampleResult
 
 COMMON = ("model", "x", "grid", "noise", "extra_args", "callback", "progress")  # the shared signature
-
-
-class SampleResult(NamedTuple):
-    """A sampler's output: the final states ``x`` (shaped as the prior) and the number of model calls."""
-
-    x: torch.Tensor
-    nfe: int
 
 
 class Grid:
