@@ -159,7 +159,7 @@ def default_noise(x: torch.Tensor) -> Callable[[int], torch.Tensor]:
 
 
 # ----- the registry -----
-_SAMPLERS: Registry[Callable] = Registry("sampler")
+SAMPLERS: Registry[Callable] = Registry("sampler")
 
 
 def options(fn: Callable) -> dict:
@@ -178,7 +178,7 @@ def register(name: str, *, stochastic: bool = False, overwrite: bool = False, bu
 
     def deco(fn: Callable) -> Callable:
         if not builtin:
-            _SAMPLERS.check_name(name, overwrite=overwrite)
+            SAMPLERS.check_name(name, overwrite=overwrite)
         missing = [k for k in COMMON if k not in inspect.signature(fn).parameters]
         if missing:
             raise NonnormalError(
@@ -195,7 +195,7 @@ def register(name: str, *, stochastic: bool = False, overwrite: bool = False, bu
                 raise NonnormalError(f"sampler {name!r} has no option {unknown[0]!r}: its options are {known}")
             return functools.update_wrapper(functools.partial(fn, **opts), fn) if opts else fn
 
-        _SAMPLERS.register(name, factory, overwrite=overwrite, builtin=builtin)
+        SAMPLERS.register(name, factory, overwrite=overwrite, builtin=builtin)
         return fn
 
     return deco
@@ -205,11 +205,11 @@ def get(spec: str | Callable, **opts) -> Callable:
     """The sampler named by ``spec`` (``"ddim"``, ``"ddim:eta=0.5"``), with ``opts`` bound; a function as is."""
     if callable(spec):
         return functools.partial(spec, **opts) if opts else spec
-    return _SAMPLERS.get(spec, **opts)
+    return SAMPLERS.get(spec, **opts)
 
 
 def names() -> list[str]:
-    return _SAMPLERS.names()
+    return SAMPLERS.names()
 
 
 def is_stochastic(sampler) -> bool:
