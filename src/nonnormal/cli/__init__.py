@@ -11,6 +11,7 @@ import sys
 
 from ..errors import NonnormalError
 from ..jobs import AGAIN
+from .fit import add_parser as add_fit_parser
 from .runs import cmd_eval, cmd_export, cmd_sample, cmd_train
 from .studies import cmd_compare, cmd_invariance, cmd_kl, cmd_laws, cmd_presets, cmd_study
 
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out")
     p.set_defaults(handler=cmd_study, again=AGAIN)
+
+    add_fit_parser(sub, count=_count, seed=_seed, text=_text)
     return parser
 
 

@@ -1,0 +1,31 @@
+"""The reverse kernel fitted per step (paper.md section 4b): :func:`fit_kernel` estimates, for a
+trained model and a step grid, each step's maximum-likelihood step law within a family
+(gennorm, student_t, gaussian) from held-out data; :class:`FittedKernel` plugs it into sampling
+(:meth:`FittedKernel.increments`) and into the bound (:func:`step_loss`), and is saved with the
+run as ``RUN/kernels/<grid>.json`` (:func:`save_kernel`, :func:`load_kernel`)::
+
+    from nonnormal import Diffusion
+    from nonnormal.kernels import fit_kernel
+
+    kernel = fit_kernel(diffusion, eps_model, x_test, T=10, family="gennorm")
+    kernel.variance_ratio, kernel.shape      # s_k^2 and beta_k per step
+"""
+
+from .fit import check_family, fit_kernel, fixed_laws
+from .fitted import FittedKernel, KernelStepLoss, ScaledLaw, grid_name, load_kernel, save_kernel, step_loss
+from .mle import FAMILIES, fit_family
+
+__all__ = [
+    "FAMILIES",
+    "FittedKernel",
+    "KernelStepLoss",
+    "ScaledLaw",
+    "check_family",
+    "fit_family",
+    "fit_kernel",
+    "fixed_laws",
+    "grid_name",
+    "load_kernel",
+    "save_kernel",
+    "step_loss",
+]
