@@ -114,7 +114,7 @@ def fit_kernel(
         raise NonnormalError("x0 must be a tensor of held-out examples along dim 0 (at least one)")
     if data_range is not None and not (math.isfinite(data_range) and data_range > 0):
         raise NonnormalError(f"data_range must be a finite positive number, got {data_range}")
-    T, spacing = T or diffusion.T, spacing or diffusion.spacing
+    T, spacing = diffusion.T if T is None else T, spacing or diffusion.spacing
     walk = diffusion.walk(T=T, spacing=spacing)
     rule = diffusion.rule
     c_x, c_eps, c_z = walk.reverse_coefficients(rule)

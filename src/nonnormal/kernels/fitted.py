@@ -192,7 +192,7 @@ def step_loss(diffusion, model_law, T: int | None = None, spacing: str | None = 
     """The bound's step loss on a grid with the model's step law ``model_law``: a fixed law (the
     pair ``(q, law)``'s own :class:`StepKLLoss`) or a :class:`FittedKernel` (step k's law ``s_k law_k``).
     Pass it to :func:`nonnormal.likelihood.bound_bits_per_dim`."""
-    T, spacing = T or diffusion.T, spacing or diffusion.spacing
+    T, spacing = diffusion.T if T is None else T, spacing or diffusion.spacing
     if isinstance(model_law, FittedKernel):
         model_law.check_grid(diffusion, T, spacing)
         return KernelStepLoss(diffusion, model_law)
