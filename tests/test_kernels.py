@@ -15,6 +15,7 @@ from nonnormal.increments import uniforms
 from nonnormal.kernels import (
     FittedKernel,
     ScaledLaw,
+    family_law,
     fit_family,
     fit_kernel,
     load_kernel,
@@ -111,6 +112,21 @@ def test_fitted_step_terms_are_never_above_a_fixed_law_of_the_family(family, q, 
     assert len(set(round(v, 9) for v in data_step)) == 4  # one data-step entropy per step (c_z differs)
 
 
+@pytest.mark.parametrize("family", ["gennorm", "student_t", "gaussian"])
+def test_family_fit_is_the_laws_own_likelihood_and_respects_the_clip(family):
+    y = increments.get("laplace").sample((20000,), _gen(0), dtype=F64) * 1.3
+    s, shape, ll = fit_family(y, family, 1.0, 4.0)
+    law = family_law(family, shape)
+    assert ll == pytest.approx(float(law.log_prob(y / s).mean()) - math.log(s), abs=1e-9)
+    assert 1.0 <= s * s <= 4.0 and s == pytest.approx(1.3, abs=0.06)  # laplace * 1.3 is in every family nearly
+    if family == "gennorm":
+        assert shape == pytest.approx(1.0, abs=0.06)
+    s, _, _ = fit_family(y, family, 1.0, 1.2)  # the variance clipped from above
+    assert s * s == pytest.approx(1.2, rel=1e-5)
+    s, _, _ = fit_family(y / 4, family, 1.0, 2.0)  # and from below
+    assert s == pytest.approx(1.0, abs=1e-5)
+
+
 def _unit_kernel(d: Diffusion, family: str, shape) -> FittedKernel:
     """A kernel with s_k = 1 and law_k = shape at every step of d's grid."""
     walk, T = d.walk(), d.T
@@ -134,17 +150,18 @@ def _unit_kernel(d: Diffusion, family: str, shape) -> FittedKernel:
 
 
 @pytest.mark.parametrize(
-    "q,p,family,shape,spacing",
+    "q,p,family,shape,spacing,rule",
     [
-        ("laplace", "gennorm:beta=1.5", "gennorm", 1.5, "uniform"),
-        ("gaussian", "student_t:nu=6", "student_t", 6.0, "ddpm"),
-        ("uniform", "gaussian", "gaussian", None, "log-snr"),
+        ("laplace", "gennorm:beta=1.5", "gennorm", 1.5, "uniform", "posterior"),
+        ("gaussian", "student_t:nu=6", "student_t", 6.0, "ddpm", "posterior"),
+        ("uniform", "gaussian", "gaussian", None, "log-snr", "posterior"),
+        ("gaussian", "gennorm:beta=1.5", "gennorm", 1.5, "quadratic", "euler"),
     ],
 )
-def test_a_unit_kernel_of_p_gives_the_pairs_own_bound_and_samples(q, p, family, shape, spacing):
+def test_a_unit_kernel_of_p_gives_the_pairs_own_bound_and_samples(q, p, family, shape, spacing, rule):
     schedule = "ddpm-linear:steps=20" if spacing == "ddpm" else "cosine"
     mix = GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], std=0.15, schedule=schedule)
-    d = Diffusion(schedule, T=4, q=q, p=p, spacing=spacing)
+    d = Diffusion(schedule, T=4, q=q, p=p, spacing=spacing, rule=rule)
     kernel = _unit_kernel(d, family, shape)
     x = mix.sample(64, _gen(0)).clamp(-1, 1)
     ours = bound_bits_per_dim(mix.eps, x, 16, step_loss(d, kernel), generator=_gen(7))

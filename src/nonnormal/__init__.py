@@ -65,6 +65,7 @@ _MODULES = {
     "runs",
     "train",
     "config",
+    "kernels",
 }
 
 

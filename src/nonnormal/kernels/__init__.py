@@ -9,10 +9,17 @@ run as ``RUN/kernels/<grid>.json`` (:func:`save_kernel`, :func:`load_kernel`)::
 
     kernel = fit_kernel(diffusion, eps_model, x_test, T=10, family="gennorm")
     kernel.variance_ratio, kernel.shape      # s_k^2 and beta_k per step
+    kernel.increments(k, u)                  # zeta_k = s_k * law_k.icdf(u): the walk's noise at step k
+
+Nothing here needs retraining or a non-Gaussian model: given x_{k+1}, the true reverse kernel is
+the data walk's step averaged over ``x_0 | x_{k+1}``, wider and (at few steps) heavier- or
+lighter-tailed than one step, whatever law the model was trained with. So a Gaussian DDPM
+(``nonnormal fit --pretrained DIR --dataset SPEC``) has a non-Gaussian fitted kernel too. The
+Gaussian family's variance is Analytic-DPM's (Bao et al., 2022), estimated on residuals.
 """
 
 from .fit import check_family, fit_kernel, fixed_laws
-from .fitted import FittedKernel, KernelStepLoss, ScaledLaw, grid_name, load_kernel, save_kernel, step_loss
+from .fitted import FittedKernel, KernelStepLoss, ScaledLaw, family_law, grid_name, load_kernel, save_kernel, step_loss
 from .mle import FAMILIES, fit_family
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "KernelStepLoss",
     "ScaledLaw",
     "check_family",
+    "family_law",
     "fit_family",
     "fit_kernel",
     "fixed_laws",

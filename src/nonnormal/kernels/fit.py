@@ -41,11 +41,15 @@ from .mle import FAMILIES, fit_family
 
 
 def fixed_laws(diffusion) -> list[IncrementLaw]:
-    """The fixed laws a fit is compared with: gaussian, laplace and the Diffusion's p (once each)."""
+    """The fixed laws a fit is compared with: gaussian, laplace and the Diffusion's p (once each;
+    a law whose KL against q is infinite is left out)."""
     out: list[IncrementLaw] = []
     for law in (increments.get("gaussian"), increments.get("laplace"), diffusion.p):
         if law not in out:
-            check_pair(diffusion.q, law)
+            try:
+                check_pair(diffusion.q, law)
+            except NonnormalError:
+                continue
             out.append(law)
     return out
 
