@@ -65,6 +65,7 @@ def _load(args, device):
 def cmd_fit(args) -> int:
     import torch
 
+    from ..data import dequantize
     from ..diffusion import Diffusion
     from ..kernels import check_family, fit_kernel, fixed_laws, save_kernel, step_loss
     from ..kernels.fitted import kernel_path
@@ -82,10 +83,13 @@ def cmd_fit(args) -> int:
         raise NonnormalError(f"{path} already exists: pass --force to refit it")
     dtype = next((p.dtype for p in model.parameters()), torch.float32) if hasattr(model, "parameters") else None
     x = data.unit("test").to(device, dtype or torch.float32)
+    dequantized = bool(data.levels) and bool(cfg.get("data", {}).get("dequantize", False))
+    # a model trained on dequantized data is fitted on dequantized held-out data, as its bound scores it
+    held_out = dequantize(x, data.levels, torch.Generator(device).manual_seed(args.seed)) if dequantized else x
     kernel = fit_kernel(
         diffusion,
         model,
-        x,
+        held_out,
         family=args.family,
         n=args.n,
         generator=torch.Generator(device).manual_seed(args.seed),
@@ -93,7 +97,6 @@ def cmd_fit(args) -> int:
         data_range=1.0 if data.levels else None,
     )
     if data.levels and not args.no_bound:
-        dequantized = bool(cfg.get("data", {}).get("dequantize", False))
         xb, bound = x[: args.n], {}
         for label, law in [(law.spec, law) for law in fixed_laws(diffusion)] + [("fitted", kernel)]:
             loss = step_loss(diffusion, law)

@@ -34,8 +34,11 @@ def plot_kernel(kernel: FittedKernel, path: str | Path) -> Path:
             ax.axhline(2.0, color="k", ls="--", lw=1, label="gaussian (beta = 2)")
             ax.axhline(1.0, color="k", ls=":", lw=1, label="laplace (beta = 1)")
             ax.legend(fontsize=8)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set(xlabel="t", ylabel="beta" if kernel.family == "gennorm" else "nu", yscale="log", title=kernel.family)
+    for ax in axes[0]:  # plain numbers on the log axes, at 1, 2, 5 per decade
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
