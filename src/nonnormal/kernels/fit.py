@@ -137,6 +137,10 @@ def fit_kernel(
         z = q.icdf(uniforms(x.shape, generator, x.device))
         eps_theta = _eps_theta(eps_model, a_t * x + s_t * eps, t, batch, extra_args)
         y = (float(c_eps[k]) / float(c_z[k])) * (eps - eps_theta).double() + z
+        if not bool(torch.isfinite(y).all()):
+            raise NonnormalError(
+                f"the noise model gave non-finite predictions at step {k} (t = {t:.4g}): check the model and its dtype"
+            )
         vk2 = float(v[k]) ** 2
         hi = 1 + vk2 * (1.0 if data_range is None else min(1.0, (data_range * a_t / s_t) ** 2))
         s, shape, ll = fit_family(y, family, 1.0, hi, must)
