@@ -246,6 +246,11 @@ def test_fit_kernel_refuses_bad_input(kwargs, message):
         fit_kernel(Diffusion("cosine", T=3), MIX.eps, MIX.sample(10, _gen(0)), **kwargs)
 
 
+def test_fit_kernel_refuses_a_model_made_for_another_schedule():
+    with pytest.raises(NonnormalError, match="made for the schedule"):
+        fit_kernel(Diffusion("vdm", T=3), MIX.eps, MIX.sample(10, _gen(0)))
+
+
 def test_fit_kernel_refuses_a_model_that_returns_nan():
     with pytest.raises(NonnormalError, match="non-finite predictions at step 0"):
         fit_kernel(Diffusion("cosine", T=3), lambda x, t: x * math.nan, MIX.sample(10, _gen(0)))

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import increments
+from ..consistency import check_schedule
 from ..divergences import check_pair
 from ..errors import NonnormalError
 from ..increments import GeneralizedNormal, IncrementLaw, StudentT, uniforms
@@ -112,6 +113,7 @@ def fit_kernel(
     (gaussian, laplace, p) on the very same residuals.
     """
     check_family(family)
+    check_schedule(eps_model, diffusion.schedule)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise NonnormalError(f"n must be an integer of at least 2 (examples per step), got {n!r}")
     if not torch.is_tensor(x0) or x0.ndim < 1 or x0.shape[0] == 0:
