@@ -23,7 +23,6 @@ from nonnormal.kernels import (
     step_loss,
 )
 from nonnormal.likelihood import bound_bits_per_dim
-from nonnormal.samplers import walk_sampler
 
 F64 = torch.float64
 MIX = GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], std=0.15, schedule="cosine")
@@ -168,12 +167,10 @@ def test_a_unit_kernel_of_p_gives_the_pairs_own_bound_and_samples(q, p, family, 
     theirs = d.bound_bits_per_dim(mix.eps, x, 16, generator=_gen(7))
     for part in ("prior", "diffusion", "decoder", "total"):
         assert torch.equal(ours[part], theirs[part]), part
-    # sampling: the kernel's increments through the walk are the law p's walk, seed for seed
-    shape_x = (16, 2)
-    g = _gen(11)
-    x_T = increments.get("gaussian").icdf(uniforms(shape_x, g)).to(F64)
-    ours = walk_sampler(mix.eps, x_T, d.walk(), rule=d.rule, noise=lambda k: kernel.increments(k, uniforms(shape_x, g)))
-    assert torch.equal(ours, d.sample(mix.eps, shape_x, seed=11, dtype=F64))
+    # sampling through the sampler seam: the kernel's increments are the law p's walk, seed for seed
+    ours = d.sample(mix.eps, (16, 2), seed=11, kernel=kernel, dtype=F64)
+    assert torch.equal(ours, d.sample(mix.eps, (16, 2), seed=11, dtype=F64))
+    assert not torch.equal(ours, d.sample(mix.eps, (16, 2), seed=12, kernel=kernel, dtype=F64))
 
 
 def test_sample_based_step_terms_estimate_the_bound_of_each_law():
