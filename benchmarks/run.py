@@ -63,12 +63,12 @@ class Setup:
         )
 
     def step(self, amp=None):
-        x0, noise = self.batches.next()
+        x0, noise, _ = self.batches.next()
         optimizer_step(self.model, self.loss, self.opt, self.ema, x0, noise, 1e-4, 1.0, 0.999, amp or nullcontext())
 
     def bare(self):
         """The network's own work on one batch: forward, MSE to a fixed target, backward, AdamW."""
-        x0, (k, eps) = self.batches.next()
+        x0, (k, eps), _ = self.batches.next()
         t = k.double() / self.cfg["diffusion"]["T"]
 
         def fn():
@@ -227,7 +227,7 @@ def bench_diffusers(a, results):
     g = torch.Generator().manual_seed(1)
 
     def peer_step(model=peer.model, opt=peer.opt, call=lambda m, x, t: m(x, t.float() / 1000)):
-        x0, _ = peer.batches.next()
+        x0, _, _ = peer.batches.next()
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
         x_t = sched.add_noise(x0, noise, t)

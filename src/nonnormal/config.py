@@ -47,6 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 0.0,
         "grad_clip": 1.0,  # clip the global gradient norm (0 = off)
         "ema": 0.999,  # EMA decay of the weights (sampling and evaluation use the EMA weights)
+        "label_dropout": 0.0,  # probability of training on the null label (classifier-free guidance; needs net.num_classes)
         "bf16": False,  # bf16 autocast for the network
         "dtype": "float32",  # dtype of weights and data: float32, or float64 for numerical checks
         "seed": 0,  # seed of initialization, batches and noise
@@ -204,6 +205,10 @@ def _check_values(cfg: dict) -> None:
         raise NonnormalError("config train.warmup, train.weight_decay and train.grad_clip must be >= 0")
     if not 0 <= t["ema"] < 1:
         raise NonnormalError(f"config train.ema must lie in [0, 1), got {t['ema']}")
+    if not 0 <= t["label_dropout"] < 1:
+        raise NonnormalError(
+            f"config train.label_dropout must lie in [0, 1), got {t['label_dropout']}: e.g. 0.1 for classifier-free guidance"
+        )
     for key in ("keep", "workers"):
         if key in t and t[key] < (1 if key == "keep" else 0):
             raise NonnormalError(f"config train.{key} must be >= {1 if key == 'keep' else 0}, got {t[key]}")

@@ -16,7 +16,10 @@ likelihood or a pair of increment laws against the truth::
     # logp equals mix.marginal_log_prob(x, d.schedule.t_min) (~ mix.log_prob(x)) to the ODE's tolerance
 
 - :class:`GaussianData`: ``N(mu, Sigma)``; ``p_t = N(alpha_t mu, alpha_t^2 Sigma + sigma_t^2 I)``.
-- :class:`GaussianMixture`: equal-weight isotropic mixture ``N(m_i, s^2 I)``; ``p_t`` a mixture too.
+- :class:`GaussianMixture`: isotropic mixture ``sum_i w_i N(m_i, s^2 I)`` (equal weights by
+  default); ``p_t`` a mixture too. Each component is a class: ``eps(x, t, class_labels=y)`` is the
+  exact noise model of class ``y`` (label K, the null label, or None: the mixture's), and
+  ``log_prob`` / ``marginal_log_prob`` take ``class_labels`` for ``log p(x | y)``.
 - :class:`UniformCube`: uniform on ``[-1, 1]^D``; ``p_t`` a product of differences of normal CDFs.
 
 Each has ``log_prob(x)`` (the data's log-density), ``marginal_log_prob(x, t)`` (``log p_t``),
@@ -31,6 +34,7 @@ import math
 import torch
 
 from . import schedules
+from .errors import NonnormalError
 
 
 class _ExactLaw:
@@ -87,12 +91,26 @@ class GaussianData(_ExactLaw):
 
 
 class GaussianMixture(_ExactLaw):
-    """Equal-weight mixture of isotropic Gaussians ``N(m_i, s^2 I)``."""
+    """Mixture of isotropic Gaussians ``sum_i w_i N(m_i, s^2 I)``; component i is class i."""
 
-    def __init__(self, means, std, schedule="vdm"):
+    def __init__(self, means, std, schedule="vdm", weights=None):
         super().__init__(schedule)
         self.means = torch.as_tensor(means, dtype=torch.float64)  # component means (K, D)
         self.std = float(std)  # common standard deviation s of every component
+        K = self.means.shape[0]
+        w = (
+            torch.full((K,), 1.0 / K, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
+        if w.shape != (K,) or not bool((w > 0).all()) or abs(float(w.sum()) - 1) > 1e-9:
+            raise NonnormalError(f"mixture weights must be {K} positive numbers summing to 1, got {w.tolist()}")
+        self.weights = w  # the class prior w_i (K,)
+        self._equal = weights is None
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
 
     def _log_weights(self, x, t):
         """Per-component ``log N(x; a m_i, var I)`` up to the shared constant, the offsets and var."""
@@ -101,26 +119,61 @@ class GaussianMixture(_ExactLaw):
         diff = x[:, None, :] - a[:, None, :] * self.means.to(x)  # (B, K, D)
         return -0.5 * (diff**2).sum(-1) / var, diff, var
 
-    def eps(self, x, t):
+    def _classes(self, class_labels, x):
+        """Per-example class index (B,) in ``0..K`` (K: the mixture), or None for no labels."""
+        if class_labels is None:
+            return None
+        y = torch.as_tensor(class_labels, device=x.device).long().expand(x.shape[0])
+        if int(y.min()) < 0 or int(y.max()) > self.num_classes:
+            raise NonnormalError(
+                f"class_labels must lie in 0..{self.num_classes} ({self.num_classes}: the mixture), "
+                f"got {int(y.min())}..{int(y.max())}"
+            )
+        return y
+
+    def _combine(self, logn, class_labels, x):
+        """From per-component ``log N`` (B, K): ``log sum_i w_i N_i``, or ``log N_y`` for labelled examples."""
+        if self._equal:  # (as before weights existed: the same numbers to the last bit)
+            mix = torch.logsumexp(logn, -1) - math.log(self.num_classes)
+        else:
+            mix = torch.logsumexp(logn + self.weights.to(logn).log(), -1)
+        y = self._classes(class_labels, x)
+        if y is None:
+            return mix
+        own = logn.gather(1, y.clamp(max=self.num_classes - 1)[:, None])[:, 0]
+        return torch.where(y < self.num_classes, own, mix)
+
+    def eps(self, x, t, class_labels=None):
+        """The exact noise model: of the mixture, or of component ``class_labels`` (K: the mixture)."""
         logw, diff, var = self._log_weights(x, t)
-        score = -(torch.softmax(logw, -1)[..., None] * diff).sum(1) / var
+        resp = torch.softmax(logw if self._equal else logw + self.weights.to(logw).log(), -1)
+        y = self._classes(class_labels, x)
+        if y is not None:  # class y: all weight on its component; the null label K: the mixture's
+            one = torch.nn.functional.one_hot(y.clamp(max=self.num_classes - 1), self.num_classes).to(resp)
+            resp = torch.where((y < self.num_classes)[:, None], one, resp)
+        score = -(resp[..., None] * diff).sum(1) / var
         return -self._coeffs(t, x)[1] * score
 
-    def marginal_log_prob(self, x, t):
+    def marginal_log_prob(self, x, t, class_labels=None):
+        """``log p_t(x)``, or ``log p_t(x | y)`` with ``class_labels`` (K: the mixture)."""
         x = x.double()
-        logw, _, var = self._log_weights(x, t)
-        D, K = x.shape[1], self.means.shape[0]
-        return torch.logsumexp(logw, -1) - math.log(K) - 0.5 * D * torch.log(2 * math.pi * var[:, 0])
+        logn, _, var = self._log_weights(x, t)
+        return self._combine(logn, class_labels, x) - 0.5 * x.shape[1] * torch.log(2 * math.pi * var[:, 0])
 
-    def log_prob(self, x):
+    def log_prob(self, x, class_labels=None):
+        """``log p(x)``, or ``log p(x | y)`` with ``class_labels`` (K: the mixture)."""
         x = x.double()
-        logw = -0.5 * ((x[:, None, :] - self.means) ** 2).sum(-1) / self.std**2
-        D, K = x.shape[1], self.means.shape[0]
-        return torch.logsumexp(logw, -1) - math.log(K) - 0.5 * D * math.log(2 * math.pi * self.std**2)
+        logn = -0.5 * ((x[:, None, :] - self.means) ** 2).sum(-1) / self.std**2
+        return self._combine(logn, class_labels, x) - 0.5 * x.shape[1] * math.log(2 * math.pi * self.std**2)
 
-    def sample(self, n, generator=None):
-        k = torch.randint(0, len(self.means), (n,), generator=generator)
-        return self.means[k] + self.std * torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+    def sample(self, n, generator=None, return_labels: bool = False):
+        """``n`` draws (float64); with ``return_labels``, ``(x, y)`` with each draw's component."""
+        if self._equal:
+            k = torch.randint(0, len(self.means), (n,), generator=generator)
+        else:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        x = self.means[k] + self.std * torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        return (x, k) if return_labels else x
 
 
 class UniformCube(_ExactLaw):

@@ -21,12 +21,14 @@ def _sum_coords(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
 
 
-def _residual(schedule, eps_model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """``r = eps - eps_theta(x_t, t)`` with ``x_t = alpha_t x0 + sigma_t eps`` (at least float32)."""
+def _residual(
+    schedule, eps_model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, extra_args=None
+) -> torch.Tensor:
+    """``r = eps - eps_theta(x_t, t, **extra_args)`` with ``x_t = alpha_t x0 + sigma_t eps`` (at least float32)."""
     shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
     x_t = schedule.alpha(t).to(x0.dtype).view(shape) * x0 + schedule.sigma(t).to(x0.dtype).view(shape) * eps
     dtype = torch.promote_types(x0.dtype, torch.float32)
-    return eps.to(dtype) - eps_model(x_t, t.to(x0.dtype)).to(dtype)
+    return eps.to(dtype) - eps_model(x_t, t.to(x0.dtype), **(extra_args or {})).to(dtype)
 
 
 class StepKLLoss:
@@ -61,16 +63,17 @@ class StepKLLoss:
         return k, torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     def __call__(
-        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None
+        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None, extra_args=None
     ) -> torch.Tensor:
-        """One-k estimate of ``sum_k L_k`` per example; ``noise``: a :meth:`draw` to use instead of drawing."""
+        """One-k estimate of ``sum_k L_k`` per example; ``noise``: a :meth:`draw` to use instead of drawing;
+        ``extra_args``: keyword arguments of every model call (e.g. ``{"class_labels": y}``)."""
         k, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
-        return (self.T - self.first) * self.term(eps_model, x0, k, eps)
+        return (self.T - self.first) * self.term(eps_model, x0, k, eps, extra_args)
 
-    def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, extra_args=None) -> torch.Tensor:
         """``sum_coords K(v_k r)`` for given steps k (shape (batch,)) and noise eps: one sample of L_k."""
         dev = x0.device
-        r = _residual(self.walk.schedule, eps_model, x0, self.walk.t.to(dev)[k + 1], eps)
+        r = _residual(self.walk.schedule, eps_model, x0, self.walk.t.to(dev)[k + 1], eps, extra_args)
         shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
         # the data step sits at c_eps r from the model step, c_eps = -v c_z: u = -v r (matters for asymmetric laws)
         u = -self._v.to(dev, r.dtype)[k].view(shape) * r
@@ -110,11 +113,12 @@ class ContinuousTimeLoss:
         return t, torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     def __call__(
-        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None
+        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None, extra_args=None
     ) -> torch.Tensor:
-        """One-t estimate per example; ``noise``: a :meth:`draw` to use instead of drawing."""
+        """One-t estimate per example; ``noise``: a :meth:`draw` to use instead of drawing;
+        ``extra_args``: keyword arguments of every model call (e.g. ``{"class_labels": y}``)."""
         s = self.schedule
         t, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
-        r = _residual(s, eps_model, x0, t, eps)
+        r = _residual(s, eps_model, x0, t, eps, extra_args)
         weight = 0.5 * self.curvature * (1 - s.t_min) * s.gamma_prime(t).to(r.dtype)
         return weight * _sum_coords(r * r)

@@ -33,7 +33,8 @@ from torch import nn
 
 from . import config as config_lib
 from . import files, runs
-from .data import Examples, GlobalBatchSampler, batches, dequantize, levels_to_unit
+from .conditioning import check_classes
+from .data import Examples, GlobalBatchSampler, Labelled, batches, dequantize, levels_to_unit
 from .device import check_memory, pick_device
 from .errors import NonnormalError, Stopped
 from .runs import build_model, load_data  # noqa: F401 -- part of this module's interface
@@ -73,7 +74,9 @@ class Batches:
     The examples come through the DataLoader (``workers`` processes), mapped to [-1, 1] and
     dequantized; the dequantization noise and the loss's draws are drawn for the global batch
     from ``generator`` (CPU) and sliced, so every process count gives the same global step.
-    ``data`` is a torch Dataset of stored examples, or a tensor of them.
+    ``data`` is a torch Dataset of stored examples, or a tensor of them. With ``num_classes`` > 0
+    the batch's labels come along (``data`` must have them), each replaced by the null label
+    ``num_classes`` with probability ``label_dropout`` (uniforms drawn after the loss's).
     """
 
     def __init__(
@@ -92,15 +95,20 @@ class Batches:
         rank: int = 0,
         world: int = 1,
         workers: int = 0,
+        num_classes: int = 0,
+        label_dropout: float = 0.0,
     ):
         data = Examples(data) if torch.is_tensor(data) else data
         self.levels, self.dequant, self.loss, self.dtype = levels, dequant, loss, dtype
         self.batch, self.generator, self.device = batch, generator, device
+        self.num_classes, self.label_dropout = num_classes, label_dropout
         self.local = slice(rank * batch // world, (rank + 1) * batch // world)
-        self._examples = batches(data, GlobalBatchSampler(len(data), batch, seed, start, rank, world), workers)
+        sampler = GlobalBatchSampler(len(data), batch, seed, start, rank, world)
+        self._examples = batches(Labelled(data) if num_classes else data, sampler, workers)
 
-    def next(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        x0 = next(self._examples)
+    def next(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], dict]:
+        """``(x0, draws, extra_args)``: examples, the loss's draws, and the model's keyword arguments."""
+        x0, y = next(self._examples) if self.num_classes else (next(self._examples), None)
         if self.levels is not None:
             x0 = levels_to_unit(x0, self.levels)
         x0 = x0.to(self.dtype)
@@ -108,7 +116,13 @@ class Batches:
         if self.levels is not None and self.dequant:
             x0 = x0 + dequantize(x0.new_zeros(shape), self.levels, self.generator)[self.local]
         draws = self.loss.draw(shape, self.generator, None, x0.dtype)
-        return x0.to(self.device), tuple(d[self.local].to(self.device) for d in draws)
+        extra = {}
+        if y is not None:
+            if self.label_dropout:  # one uniform per example of the global batch
+                drop = torch.rand(self.batch, generator=self.generator, dtype=torch.float64)[self.local]
+                y = torch.where(drop < self.label_dropout, self.num_classes, y)
+            extra = {"class_labels": y.to(self.device)}
+        return x0.to(self.device), tuple(d[self.local].to(self.device) for d in draws), extra
 
     def close(self) -> None:
         self._examples.close()  # stops DataLoader workers
@@ -210,6 +224,7 @@ def train(
     data = load_data(cfg)
     cfg = {**cfg, "data": {**cfg["data"], "dataset": data.name}}  # canonical spec: absolute paths
     check_memory(cfg, data.shape)  # a batch that cannot fit is refused before any work
+    check_classes(cfg, data)  # a conditional network needs the dataset's labels and class count
     t = cfg["train"]
     device = pick_device(t["device"])
     dist = _Distributed(device)
@@ -298,6 +313,8 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
         rank=dist.rank,
         world=dist.world,
         workers=t["workers"],
+        num_classes=check_classes(cfg, data),
+        label_dropout=t["label_dropout"],
     )
 
     def save() -> None:
@@ -340,7 +357,7 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
         with _Signals() as signals:
             while step < t["steps"]:
                 t0 = time.perf_counter()
-                x0, noise = feed.next()
+                x0, noise, extra = feed.next()
                 lr = schedule.get_last_lr()[0]
                 loss, grad_norm = optimizer_step(
                     net,
@@ -353,6 +370,7 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                     t["grad_clip"],
                     min(t["ema"], (1 + step) / (10 + step)),
                     amp,
+                    extra,
                 )
                 schedule.step()
                 value, stop = dist.reduce(float(loss), signals.received is not None)  # nats/dim; one stop step
@@ -417,6 +435,7 @@ def optimizer_step(
     grad_clip: float,
     ema_decay: float,
     amp,
+    extra_args: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step on a batch: loss, backward, clipping, AdamW (at ``lr``, unless None), EMA update.
 
@@ -425,12 +444,13 @@ def optimizer_step(
     tensor per parameter, in the optimizer's order. The EMA is ``torch._foreach_lerp_``, the
     update ``swa_utils.get_ema_multi_avg_fn`` makes; ``AveragedModel`` itself is not used: its
     decay is fixed (ours warms up with the step) and it would keep a second copy of the module.
+    ``extra_args`` (e.g. ``{"class_labels": y}``) go to every model call of the loss.
     """
     if lr is not None:
         for group in opt.param_groups:
             group["lr"] = lr
     with amp:
-        per_example = loss_fn(net, x0, noise=noise)
+        per_example = loss_fn(net, x0, noise=noise, **({"extra_args": extra_args} if extra_args else {}))
     loss = per_example.float().mean() / x0[0].numel()
     opt.zero_grad(set_to_none=True)
     loss.backward()

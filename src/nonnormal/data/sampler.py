@@ -60,8 +60,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
             step += 1
 
 
-def _stack(items) -> torch.Tensor:
-    return items if torch.is_tensor(items) else torch.stack(list(items))
+def _stack(items):
+    """One batch: as ``__getitems__`` gave it (a tensor, or ``(x, y)``), else the items stacked."""
+    if torch.is_tensor(items) or isinstance(items, tuple):
+        return items
+    items = list(items)
+    if isinstance(items[0], tuple):  # (x_i, y_i) pairs of a dataset without __getitems__
+        return tuple(torch.stack([torch.as_tensor(v) for v in column]) for column in zip(*items))
+    return torch.stack(items)
 
 
 def _leave_signals_to_the_trainer(worker_id: int) -> None:
@@ -71,8 +77,9 @@ def _leave_signals_to_the_trainer(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def batches(dataset: Dataset, sampler: GlobalBatchSampler, workers: int = 0) -> Iterator[torch.Tensor]:
-    """The examples of each batch the sampler names, as one tensor, through torch's DataLoader.
+def batches(dataset: Dataset, sampler: GlobalBatchSampler, workers: int = 0) -> Iterator:
+    """The examples of each batch the sampler names, as one tensor, through torch's DataLoader
+    (``(x, y)`` for a :class:`~nonnormal.data.datasets.Labelled` dataset: examples and labels).
 
     ``workers`` > 0 reads batches in that many worker processes ahead of training. Nothing here
     draws from torch's global random generator, so a resumed run's dropout and noise stay exact.

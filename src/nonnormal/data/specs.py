@@ -24,7 +24,7 @@ import torch
 from ..errors import NonnormalError
 from ..registry import Registry
 from . import formats
-from .datasets import Data, Examples, ImageFiles
+from .datasets import Data, Examples, ImageFiles, long_tailed
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/local/share/datasets/fashion-mnist")  # Debian's
 FASHION_HINT = "run `sudo apt-get install dataset-fashion-mnist` or pass fashion-mnist:path=DIR"
@@ -81,8 +81,20 @@ def _path(v: str) -> str:
     return str(Path(v).expanduser().resolve())
 
 
+def _imbalance(v: str) -> int | float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise ValueError("a number >= 1 (the largest class's count over the smallest's, e.g. 100)") from None
+    if not (math.isfinite(x) and x >= 1):
+        raise ValueError("a number >= 1 (the largest class's count over the smallest's, e.g. 100)")
+    return int(x) if x.is_integer() else x
+
+
 # name -> (loader, {option: (parser, default)}); a default of None means "absent", REQUIRED must be given
 REQUIRED = object()
+# options every dataset takes, applied after loading: imbalance=R, a long-tailed training split (any labelled data)
+_COMMON = {"imbalance": (_imbalance, None)}
 DATASETS: Registry[tuple[Callable[..., Data], dict]] = Registry("dataset")
 
 
@@ -113,6 +125,11 @@ def register(
         raise NonnormalError(f"dataset {name!r} needs a loader function loader(seed, **options), got {loader!r}")
     schema = dict(options or {})
     for key, value in schema.items():
+        if key in _COMMON:
+            raise NonnormalError(
+                f"dataset {name!r} option {key!r} is one every dataset takes (a long-tailed training split): "
+                "name yours otherwise"
+            )
         if not (isinstance(value, tuple) and len(value) == 2 and callable(value[0])):
             raise NonnormalError(f"dataset {name!r} option {key!r} must be (parse, default), got {value!r}")
     DATASETS.register(name, (loader, schema), overwrite=overwrite, builtin=builtin)
@@ -334,7 +351,7 @@ def _parse(spec: str) -> tuple[str, dict]:
     if not isinstance(spec, str) or not spec.strip():
         raise NonnormalError(f"dataset spec must be a non-empty string like 'digits', got {spec!r}")
     name, _, rest = spec.strip().partition(":")
-    schema, given = DATASETS.entry(name)[1], {}
+    schema, given = {**DATASETS.entry(name)[1], **_COMMON}, {}
     for key, value, text in _pairs(rest, spec):
         if key not in schema:
             allowed = ", ".join(schema) or "none"
@@ -370,11 +387,12 @@ def load(spec: str, seed: int = 0) -> Data:
         raise NonnormalError(f"seed must be an integer >= 0, got {seed!r}")
     name, opts = _parse(spec)
     loader = DATASETS.entry(name)[0]
+    own = {k: v for k, v in opts.items() if k not in _COMMON}  # imbalance: applied below
     if DATASETS.is_builtin(name):
-        data = loader(int(seed), **opts)
+        data = loader(int(seed), **own)
     else:  # a plugin's loader: its failure is one line naming it
         try:
-            data = loader(int(seed), **opts)
+            data = loader(int(seed), **own)
         except NonnormalError:
             raise
         except Exception as err:
@@ -388,5 +406,7 @@ def load(spec: str, seed: int = 0) -> Data:
         )
     if name == "folder":  # the size and channels found in the files: the name loads the same data back
         opts.update(size=data.shape[-1], channels=data.shape[0])
+    if opts["imbalance"] is not None:
+        data = long_tailed(replace(data, name=name), opts["imbalance"], int(seed))
     canonical = ":".join([name] + [f"{k}={_render(v)}" for k, v in opts.items() if v is not None])
     return replace(data, name=canonical)

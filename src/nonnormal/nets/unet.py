@@ -1,6 +1,8 @@
 """A UNet noise model ``eps_theta(x, t)`` for images, in the style of DDPM / VDM.
 
-It sees an image and a time ``t`` in [0, 1] and nothing else: it knows no increment law.
+It sees an image, a time ``t`` in [0, 1] and, when built with ``num_classes``, a class label
+(``eps_theta(x, t, class_labels=y)``, the class embedding added to the time embedding as in ADM):
+it knows no increment law.
 """
 
 from __future__ import annotations
@@ -22,6 +24,55 @@ def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torc
     args = scale * t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], 1)
     return F.pad(emb, (0, dim % 2))
+
+
+def class_labels_or_null(class_labels, batch: int, num_classes: int, device=None) -> torch.Tensor | None:
+    """The checked int64 labels (batch,) of a model with ``num_classes`` classes (0: unconditional).
+
+    ``class_labels`` may be None (the null label ``num_classes`` for every example: the
+    unconditional model of classifier-free guidance), one label for the whole batch, or one per
+    example in ``0..num_classes`` (``num_classes`` itself: that example's null label). An
+    unconditional model returns None and refuses labels.
+    """
+    if not num_classes:
+        if class_labels is not None:
+            raise NonnormalError(
+                "this model is unconditional and takes no class_labels: train with net.num_classes "
+                "(the dataset's class count) for a class-conditional one"
+            )
+        return None
+    if class_labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    y = torch.as_tensor(class_labels, device=device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim > 1:
+        raise NonnormalError(f"class_labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
+    y = y.long().expand(batch) if y.ndim == 0 else y.long()
+    if y.shape != (batch,):
+        raise NonnormalError(f"class_labels must be integers of shape ({batch},), got {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise NonnormalError(
+            f"class_labels must lie in 0..{num_classes - 1} (or {num_classes}, the null label), "
+            f"got {int(y.min())}..{int(y.max())}"
+        )
+    return y
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class, plus one null row (index ``num_classes``) for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes  # classes 0..num_classes-1; num_classes is the null label
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, class_labels, batch: int, device=None) -> torch.Tensor:
+        return self.table(class_labels_or_null(class_labels, batch, self.num_classes, device))
+
+
+def check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise NonnormalError(f"net.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
+    return num_classes
 
 
 def fourier_features(x: torch.Tensor, exponents: tuple[int, ...]) -> torch.Tensor:
@@ -73,7 +124,8 @@ class Attention(nn.Module):
 
 @register("unet", builtin=True)
 class UNet(nn.Module):
-    """``eps_theta(x, t)`` for images of shape ``(channels, size, size)``."""
+    """``eps_theta(x, t)`` for images of shape ``(channels, size, size)``; ``eps_theta(x, t, class_labels)``
+    with ``num_classes`` > 0."""
 
     def __init__(
         self,
@@ -84,6 +136,7 @@ class UNet(nn.Module):
         attn_resolutions: tuple[int, ...] = (4,),
         dropout: float = 0.0,
         fourier: tuple[int, ...] = (),
+        num_classes: int = 0,
     ):
         super().__init__()
         if len(shape) != 3:
@@ -110,6 +163,9 @@ class UNet(nn.Module):
         emb_dim = 4 * width
         self.width = width
         self.time = nn.Sequential(nn.Linear(width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.num_classes = check_num_classes(num_classes)  # 0: unconditional; else classes 0..num_classes-1
+        if self.num_classes:  # (no module otherwise: unconditional checkpoints keep their keys)
+            self.classes = ClassEmbedding(self.num_classes, emb_dim)
         self.conv_in = nn.Conv2d(C * (1 + 2 * len(self.fourier)), width, 3, padding=1)
 
         chans, ch, res = [width], width, H
@@ -146,8 +202,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time(timestep_embedding(t, self.width).to(x.dtype))
+        if self.num_classes:
+            emb = emb + self.classes(class_labels, x.shape[0], x.device).to(emb.dtype)
+        else:
+            class_labels_or_null(class_labels, x.shape[0], 0)  # refuses labels
         h = self.conv_in(fourier_features(x, self.fourier) if self.fourier else x)
         skips = [h]
         for blocks in self.down:

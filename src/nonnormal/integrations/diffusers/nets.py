@@ -14,6 +14,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
 from ...errors import NonnormalError
+from ...nets.unet import check_num_classes, class_labels_or_null
 from .common import load_plugins, plugin_folder
 from .timesteps import t_to_timestep, timestep_to_t
 
@@ -25,6 +26,8 @@ class DiffusersUNet(nn.Module):
     ``out_channels`` come from the data's shape); ``num_train_timesteps`` is the N of the time map
     ``k = t N - 1`` (keep it equal to ``steps`` of a ``ddpm-linear`` schedule). The timestep
     embedding is diffusers' sinusoidal one ("positional"), evaluated at fractional timesteps.
+    ``num_classes`` > 0 makes it class-conditional through diffusers' own ``num_class_embeds``
+    (``num_classes + 1`` rows: the last one is the null label of classifier-free guidance).
     """
 
     def __init__(
@@ -48,8 +51,10 @@ class DiffusersUNet(nn.Module):
         add_attention: bool = True,
         norm_eps: float = 1e-5,
         num_train_timesteps: int = 1000,
+        num_classes: int = 0,
     ):
         super().__init__()
+        self.num_classes = check_num_classes(num_classes)  # 0: unconditional; else classes 0..num_classes-1
         if len(shape) != 3:
             raise NonnormalError(
                 f"diffusers-unet2d takes images (channels, height, width), but the data's examples "
@@ -97,17 +102,22 @@ class DiffusersUNet(nn.Module):
             norm_eps=norm_eps,
             time_embedding_type="positional",
             num_train_timesteps=self.num_train_timesteps,
+            num_class_embeds=self.num_classes + 1 if self.num_classes else None,
         )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return _unet_eps(self.unet, x, t, self.num_train_timesteps)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        y = class_labels_or_null(class_labels, x.shape[0], self.num_classes, x.device)
+        return _unet_eps(self.unet, x, t, self.num_train_timesteps, y)
 
 
-def _unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+def _unet_eps(
+    unet: nn.Module, x: torch.Tensor, t: torch.Tensor, num_train_timesteps: int, class_labels=None
+) -> torch.Tensor:
     """``unet``'s output at nonnormal's times ``t`` (the UNet sees timesteps ``t N - 1``, in float64)."""
     t = torch.as_tensor(t, device=x.device)
     k = t_to_timestep(t.to(torch.float64 if x.device.type != "mps" else torch.float32), num_train_timesteps)
-    return unet(x, k.reshape(-1).expand(x.shape[0])).sample
+    extra = {} if class_labels is None else {"class_labels": class_labels}
+    return unet(x, k.reshape(-1).expand(x.shape[0]), **extra).sample
 
 
 class NonNormalNet(UNet2DModel):
@@ -149,11 +159,11 @@ class NonNormalNet(UNet2DModel):
         with plugin_folder(Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.network(x, t)
+    def eps(self, x: torch.Tensor, t: torch.Tensor, **extra) -> torch.Tensor:
+        return self.network(x, t, **extra)
 
-    def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
+    def forward(self, sample: torch.Tensor, timestep, class_labels=None, return_dict: bool = True):
         k = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64)
         t = timestep_to_t(k, self.num_train_timesteps).reshape(-1).expand(sample.shape[0]).to(sample.dtype)
-        out = self.network(sample, t)
+        out = self.network(sample, t, **({} if class_labels is None else {"class_labels": class_labels}))
         return UNet2DOutput(sample=out) if return_dict else (out,)
