@@ -197,6 +197,36 @@ def test_conditional_nets_take_labels_and_the_null_row(name):
         build(name, shape, num_classes=-1, **opts)
 
 
+@pytest.mark.parametrize(
+    "net",
+    [
+        ['net.name="diffusers-unet2d"', "net.block_out_channels=[8, 16]", 'diffusion.schedule="ddpm-linear"'],
+        ["net.width=16", "net.ch_mult=[1]", "net.attn_resolutions=[]"],
+    ],
+    ids=["diffusers-unet2d", "unet"],
+)
+def test_export_keeps_the_class_embedding(tmp_path, net):
+    """A conditional run exported to diffusers (its UNet2DModel's num_class_embeds, or our network
+    wrapped) gives the run's eps for every label, and the null row without labels."""
+    pytest.importorskip("diffusers")
+    from nonnormal.integrations.diffusers import export_run, load_pretrained
+    from nonnormal.runs import load_run
+
+    over = ["train.batch=8", "train.steps=2", "train.device='cpu'", "diffusion.T=10", "net.num_classes=10"]
+    train_lib.train(config.load(None, over + ["train.label_dropout=0.5"] + net), tmp_path / "run", progress=False)
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    model, _, _ = load_run(tmp_path / "run")
+    eps, _, shape = load_pretrained(out)
+    x, t, y = torch.randn(4, *shape), torch.full((4,), 0.5), torch.tensor([0, 3, 9, 10])
+    with torch.no_grad():
+        assert torch.equal(eps(x, t, class_labels=y), model(x, t, class_labels=y))
+        assert torch.equal(eps(x, t), model(x, t)) and not torch.equal(eps(x, t), eps(x, t, class_labels=y))
+    if net[0].endswith('"diffusers-unet2d"'):  # a foreign class-conditional UNet2DModel: no null row to rely on
+        (out / "nonnormal.json").unlink()
+        with pytest.raises(NonnormalError, match="is a class-conditional UNet2DModel"):
+            load_pretrained(out)
+
+
 # ---- conditional training --------------------------------------------------------------------------
 
 

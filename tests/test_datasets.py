@@ -34,7 +34,7 @@ def test_names_and_unknown_name():
 @pytest.mark.parametrize(
     "spec, words",
     [
-        ("digits:size=3", ["'size=3'", "none"]),
+        ("digits:size=3", ["'size=3'", "takes imbalance"]),
         ("toy2d:name=spiral", ["name='spiral'", "8gaussians"]),
         ("toy2d", ["needs name="]),
         ("toy2d:name=moons:n=1.5", ["n='1.5'", "integer"]),

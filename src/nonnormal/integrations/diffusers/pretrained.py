@@ -43,11 +43,14 @@ class PretrainedEps(nn.Module):
         self.levels: int | None = None
         self.info: dict = {}
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(self.model, NonNormalNet):
-            out = self.model.eps(x, t)
+            out = self.model.eps(x, t, **({} if class_labels is None else {"class_labels": class_labels}))
         else:
-            out = _unet_eps(self.model, x, t, self.num_train_timesteps)
+            rows = getattr(getattr(self.model, "config", None), "num_class_embeds", None)
+            if class_labels is None and rows:  # a class-conditional UNet2DModel: its last row, the null label of ours
+                class_labels = torch.full((x.shape[0],), rows - 1, dtype=torch.long, device=x.device)
+            out = _unet_eps(self.model, x, t, self.num_train_timesteps, class_labels)
         if self.channels is not None and out.shape[1] != self.channels:
             out = out[:, : self.channels]
         if self.prediction_type == "epsilon":
@@ -172,8 +175,13 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
             f"{unet_dir} holds a {kind or 'model of unknown class'}: only UNet2DModel (or an "
             "exported nonnormal network) is supported"
         )
-    if unet_cfg.get("class_embed_type") or unet_cfg.get("num_class_embeds"):
-        raise NonnormalError(f"{unet_dir} is a class-conditional UNet2DModel: only unconditional models are supported")
+    exported_classes = int(((info or {}).get("config") or {}).get("net", {}).get("num_classes") or 0)
+    ours = not unet_cfg.get("class_embed_type") and unet_cfg.get("num_class_embeds") == exported_classes + 1
+    if (unet_cfg.get("class_embed_type") or unet_cfg.get("num_class_embeds")) and not ours:
+        raise NonnormalError(
+            f"{unet_dir} is a class-conditional UNet2DModel: only unconditional models (and nonnormal's "
+            "exports of class-conditional runs, whose last class row is the null label) are supported"
+        )
     if unet_cfg.get("time_embedding_type", "positional") != "positional":
         raise NonnormalError(
             f"{unet_dir} uses time_embedding_type {unet_cfg['time_embedding_type']!r}: only "
