@@ -1,7 +1,10 @@
 """Noise networks ``eps_theta(x, t)`` and their registry. Networks know no increment law.
 
 A network is a ``torch.nn.Module`` class whose constructor takes the example shape first and
-then keyword options with defaults; ``forward(x, t)`` returns the predicted noise. The config's
+then keyword options with defaults; ``forward(x, t)`` returns the predicted noise. A network with a
+``num_classes`` option (``unet``, ``mlp``, ``diffusers-unet2d``) is class-conditional when it is > 0:
+``forward(x, t, class_labels=y)``, with ``y = num_classes`` or None the null label (see
+:mod:`nonnormal.conditioning`); with 0 it is unconditional and refuses labels. The config's
 ``[net]`` section holds ``name`` and any of those options: the options and their defaults are
 read from the constructor's signature, so the config never copies them.
 
