@@ -136,6 +136,12 @@ def test_long_tailed_bad_specs(spec, words):
     assert "\n" not in str(info.value) and all(w in str(info.value) for w in words), str(info.value)
 
 
+def test_a_registered_dataset_cannot_take_the_common_imbalance_option():
+    with pytest.raises(NonnormalError, match="'imbalance' is one every dataset takes"):
+        D.register("lt-clash", lambda seed, imbalance=None: None, options={"imbalance": (float, None)})
+    assert "lt-clash" not in D.names()
+
+
 # ---- conditional networks --------------------------------------------------------------------------
 
 
