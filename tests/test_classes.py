@@ -358,6 +358,21 @@ def test_guidance_zero_is_unconditional_and_one_conditional_exactly():
             guided(net, bad)
 
 
+def test_samplers_pass_the_class_through_and_guidance_keeps_the_models_schedule():
+    """Sampling the exact mixture with extra_args={"class_labels": c} draws from component c (its mean
+    and spread); the guided model at w = 1 samples the same; under another schedule it is refused."""
+    mix = GaussianMixture(MEANS, 0.1, "cosine", weights=PRIOR)
+    d = Diffusion("cosine", T=200)
+    y = torch.full((400,), 2)
+    x = d.sample(mix.eps, (400, 2), seed=0, dtype=torch.float64, extra_args={"class_labels": y})
+    assert (x.mean(0) - torch.tensor(MEANS[2], dtype=torch.float64)).abs().max() < 0.03
+    assert (x.std(0) - 0.1).abs().max() < 0.02
+    g = guided(mix.eps, 1)
+    assert torch.equal(d.sample(g, (400, 2), seed=0, dtype=torch.float64, extra_args={"class_labels": y}), x)
+    with pytest.raises(NonnormalError, match="made for the schedule"):
+        Diffusion("vdm").sample(guided(mix.eps, 2), (4, 2), extra_args={"class_labels": y[:4]})
+
+
 # ---- class-conditional likelihood on exact mixture data --------------------------------------------------
 
 MEANS = [[-1.0, 0.0], [1.0, 0.2], [0.0, 1.0]]

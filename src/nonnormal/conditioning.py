@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from .consistency import model_schedule
 from .errors import NonnormalError
 
 
@@ -76,4 +77,7 @@ def guided(model: Callable, scale: float) -> Callable:
         return torch.lerp(uncond, model(x, t, class_labels=class_labels, **extra), w)
 
     eps.scale = w
+    own = model_schedule(model)
+    if own is not None:  # the model's noise levels: a Diffusion still checks them (nonnormal.consistency)
+        eps.schedule = own
     return eps
