@@ -531,3 +531,28 @@ def test_a_conditional_digits_model_draws_the_class_asked_for(tmp_path):
             x = d.sample(functools.partial(guided(model, w), class_labels=y), (200, 1, 8, 8), seed=0)
         agree[w] = float((C.classify(feats, x.clamp(-1, 1)) == y.numpy()).mean())
     assert agree[0.0] < 0.3 and agree[1.0] > 0.6 and agree[2.0] > max(0.8, agree[1.0] - 0.05), agree
+
+
+def test_precision_and_recall_are_in_the_metrics_table():
+    """The table's entry: improved precision and recall of the samples against the test images in the
+    feature map (pixels here): the test images themselves score 1 and 1, the dark half of them 1 and 0.5."""
+    from nonnormal.data import unit_to_levels
+    from nonnormal.metrics import table
+
+    m = table.get("precision")
+    assert m.direction == "higher" and m.keys == ("precision", "recall") and "features" in m.needs
+    u = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    ref = table.snap(torch.cat([u[:20] - 1, u[20:] + 0.5]), 8)  # two far clusters: dark and light images
+
+    def pixels(x):
+        return x.flatten(1).double().numpy()
+
+    def inputs(samples):
+        return table.MetricInputs(
+            samples, 8, ref, train_levels=lambda: unit_to_levels(ref, 8), features=lambda: (pixels, pixels(ref))
+        )
+
+    assert table.compute(inputs(ref), "images", only=["precision"])[0] == {"precision": 1.0, "recall": 1.0}
+    assert table.compute(inputs(ref[:20]), "images", only=["precision"])[0] == {"precision": 1.0, "recall": 0.5}
+    values, skipped = table.compute(inputs(ref[:3]), "images", only=["precision"])
+    assert values["precision"] is None and "more than k = 3" in skipped["precision"]

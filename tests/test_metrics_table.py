@@ -66,7 +66,7 @@ def test_compute_gives_closed_forms_and_says_what_it_skipped(dark_share):
     assert values["saturation"] == 0.5
     assert values["total_variation"] == pytest.approx(1.5)  # |1.5| on half the neighbour pairs, both directions
     assert values["hist_distance"] == 0.0 and values["hist_w1"] == 0.0  # the training images themselves
-    assert set(skipped) == {"fd", "kid"} and "no feature classifier" in skipped["fd"]
+    assert set(skipped) == {"fd", "kid", "precision"} and "no feature classifier" in skipped["fd"]
     assert values["fd"] is None and values["kid"] is None and values["kid_std"] is None
 
 
@@ -219,7 +219,7 @@ def test_eval_json_has_every_metric_and_says_what_it_skipped(dark_share, tmp_pat
     result = _strict(out.read_text())
     assert result["fd"] is None and "no class labels" in result["skipped"]["fd"]
     assert isinstance(result["saturation"], float) and "dark_share" in result
-    assert re.search(r"^skipped fd, kid: .*no class labels", printed, re.M)
+    assert re.search(r"^skipped fd, kid, precision: .*no class labels", printed, re.M)
 
 
 def _pixels(x):

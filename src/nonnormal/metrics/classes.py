@@ -172,3 +172,37 @@ def rare_class_recall(real, real_labels, fake, classes, num_classes: int, k: int
         raise NonnormalError(f"no real points of classes {list(classes)}: give real features that hold them")
     r, f = _pair(real, fake)
     return float(_inside(r[torch.from_numpy(mask)], f, torch.from_numpy(knn_radii(f, k))).double().mean())
+
+
+# ---- the metrics table's entry (nonnormal.metrics.table imports this module) ----------------------------
+
+
+def _precision_recall(inputs) -> dict:
+    from .table import Skipped
+
+    real, fake = inputs.features()[1], inputs.fake_features()
+    if min(len(real), len(fake)) <= K_NEAREST:
+        raise Skipped(f"improved precision and recall need more than k = {K_NEAREST} real and sampled images")
+    p = precision_recall(real, fake)
+    return {"precision": p.precision, "recall": p.recall}
+
+
+def _register() -> None:
+    from .table import Metric, register
+
+    register(
+        Metric(
+            "precision",
+            _precision_recall,
+            "share of samples",
+            "higher",
+            ("samples", "levels", "features"),
+            "improved precision (Kynkaanniemi et al. 2019, k = 3): share of samples inside the test images' "
+            "k-NN manifold in the classifier's features; recall: share of test images inside the samples'",
+            extras=("recall",),
+            extra_units=("share of test images",),
+        )
+    )
+
+
+_register()

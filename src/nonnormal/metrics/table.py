@@ -57,7 +57,7 @@ DIRECTIONS = ("lower", "higher", None)
 NEEDS = ("samples", "test", "train", "features", "levels", "model")
 DATA = ("images", "points", "any")
 # in-package modules that register metrics, imported on first use of the table (add yours here)
-MODULES: tuple[str, ...] = ("nonnormal.metrics.builtin",)
+MODULES: tuple[str, ...] = ("nonnormal.metrics.builtin", "nonnormal.metrics.classes")
 
 
 class Skipped(Exception):
