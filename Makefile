@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/nonnormal compare
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # both cores: one OpenMP thread per worker (tests/conftest.py)
 
 lint: setup
 	$(BIN)/ruff check .
