@@ -230,6 +230,25 @@ def test_increments_scaled_law_and_json_round_trip(tmp_path):
         kernel.check_grid(Diffusion("ddpm-linear:steps=20", T=5, spacing="ddpm"))
 
 
+def test_sampling_refuses_a_kernel_fitted_for_another_grid():
+    """A fitted kernel's step k is a step of its own grid: sampling on another T, spacing, schedule or
+    walk rule is a one-line error (T = 4 on a T = 3 grid used to run, silently on the wrong steps)."""
+    d = Diffusion("cosine", T=4)
+    kernel = fit_kernel(d, MIX.eps, MIX.sample(20, _gen(0)), family="gaussian", n=20, generator=_gen(1))
+    assert torch.isfinite(d.sample(MIX.eps, (3, 2), kernel=kernel)).all()
+    assert torch.isfinite(d.sample(MIX.eps, (3, 2), sampler="ddim", eta=1.0, kernel=kernel)).all()
+    for kw, message in [
+        ({"steps": 3}, "is for T 4, not 3"),
+        ({"T": 8}, "is for T 4, not 8"),
+        ({"spacing": "quadratic"}, "is for spacing 'uniform', not 'quadratic'"),
+        ({"rule": "euler"}, "is for rule 'posterior', not 'euler'"),
+    ]:
+        with pytest.raises(NonnormalError, match=message):
+            d.sample(MIX.eps, (3, 2), kernel=kernel, **kw)
+    with pytest.raises(NonnormalError, match="is for schedule"):
+        Diffusion("vdm", T=4).sample(GaussianMixture([[0.0, 1.0]], std=0.2, schedule="vdm").eps, (3, 2), kernel=kernel)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [

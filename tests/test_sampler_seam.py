@@ -76,6 +76,23 @@ def test_same_seed_same_image_whatever_the_count_or_batch(name):
     assert not torch.equal(prior[0], prior[1])  # images are independent draws
 
 
+def test_image_seeds_of_distinct_pairs_are_distinct():
+    """(seed, i) and (seed', i') give different generators: numpy splits an integer >= 2^32 into words, so
+    [seed, i] alone let (2^32, 0) collide with (0, 1). Pairs below 2^32 keep their earlier seeds."""
+    import numpy as np
+
+    assert samplers.image_seed(2**32, 0) != samplers.image_seed(0, 1)
+    assert samplers.image_seed(2**33 + 1, 0) != samplers.image_seed(1, 2)
+    assert samplers.image_seed(0, 2**32) != samplers.image_seed(0, 0)
+    for seed, i in [(0, 0), (7, 3), (2**32 - 1, 12345)]:
+        words = np.random.SeedSequence([seed, i]).generate_state(2, np.uint32)
+        assert samplers.image_seed(seed, i) == (int(words[0]) << 31) ^ int(words[1])
+    big = samplers.PerImageUniforms(2**32, 1, (3,))()
+    assert not torch.equal(big, samplers.PerImageUniforms(0, 2, (3,))()[1])
+    with pytest.raises(NonnormalError, match=r"\[0, 2\^64\)"):
+        samplers.image_seed(2**64, 0)
+
+
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8), (3, 5, 7)])
 def test_per_image_uniforms_do_not_depend_on_the_prefetch_block(shape):
     """Drawing several calls per generator at once gives the numbers one call at a time gives."""
@@ -145,6 +162,28 @@ def test_zero_terminal_snr_gives_finite_samples_in_every_rule_and_sampler(spacin
                 assert bool(torch.isfinite(x).all()), (name, rule, law)
     with pytest.raises(NonnormalError, match="zero SNR"):
         Diffusion("ddpm-linear:zero_snr=1", T=10, spacing="log-snr")
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "ddpm"])
+def test_zero_snr_heun_and_ode_start_with_ddims_step(spacing):
+    """From alpha = 0 (s = sigma / alpha infinite) Heun's first step is Euler's, which is DDIM's: no
+    trapezoid over an infinite interval (it amplified eps errors by alpha'/ALPHA_FLOOR); NFE = 2N - 2. The ode
+    sampler with one step is DDIM's step (it raised a non-finite velocity at t = 1)."""
+    from nonnormal.exact import GaussianMixture
+
+    d = Diffusion("ddpm-linear:zero_snr=1", T=6, spacing=spacing)
+    mix = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], std=0.2, schedule=d.schedule)
+    kw = dict(seed=2, dtype=torch.float64)
+    first = {}
+    for name in ("heun", "ddim"):
+        seen = []
+        out = d.sample_result(mix.eps, (64, 2), sampler=name, callback=lambda k, x: seen.append(x), **kw)
+        first[name] = seen[0]
+        assert bool(torch.isfinite(out.x).all()) and float(out.x.abs().max()) < 3, name
+    assert torch.allclose(first["heun"], first["ddim"], atol=1e-12)
+    assert out.nfe == 6 and d.sample_result(mix.eps, (4, 2), sampler="heun", **kw).nfe == 2 * 6 - 2
+    one = d.sample_result(mix.eps, (64, 2), sampler="ode", steps=1, **kw)
+    assert one.nfe == 1 and torch.allclose(one.x, d.sample(mix.eps, (64, 2), sampler="ddim", steps=1, **kw))
 
 
 def test_zero_snr_walk_first_step_is_ddpms():

@@ -205,6 +205,8 @@ class Diffusion:
             raise NonnormalError("give either a law or a kernel, not both")
         fn = samplers.get(sampler, **options)
         grid = samplers.Grid(self.schedule, self.schedule.grid(N, check_spacing(spacing or self.spacing)))
+        if callable(getattr(kernel, "check_grid", None)):  # a fitted kernel: its grid and rule, or a one-line error
+            kernel.check_grid(self, N, spacing or self.spacing, options.get("rule"))
         law = None if kernel is not None else increments.get(self.p if law is None else law)
         x, uniforms = self._prior(shape, seed, device, dtype, first_index)
         noise = samplers.kernel_noise(kernel if kernel is not None else samplers.LawKernel(law), uniforms, dtype)

@@ -135,13 +135,13 @@ class FittedKernel:
         law = self.law(k)
         return torch.zeros_like(u) if law is None else self.scale[k] * law.icdf(u)
 
-    def check_grid(self, diffusion, T: int | None = None, spacing: str | None = None) -> None:
-        """Refuse a Diffusion (with T / spacing overrides) whose grid or rule is not this kernel's."""
+    def check_grid(self, diffusion, T: int | None = None, spacing: str | None = None, rule: str | None = None) -> None:
+        """Refuse a Diffusion (with T / spacing / rule overrides) whose grid or rule is not this kernel's."""
         want = {
             "schedule": diffusion.schedule.spec,
             "T": diffusion.T if T is None else T,
             "spacing": spacing or diffusion.spacing,
-            "rule": diffusion.rule,
+            "rule": rule or diffusion.rule,
         }
         for key, value in want.items():
             if getattr(self, key) != value:

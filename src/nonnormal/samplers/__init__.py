@@ -83,8 +83,16 @@ class Grid:
 
 # ----- randomness -----
 def image_seed(seed: int, index: int) -> int:
-    """The generator seed of image ``index`` under ``seed`` (a hash of the pair, 63 bits)."""
-    words = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    """The generator seed of image ``index`` under ``seed`` (a hash of the pair, 63 bits).
+
+    The pair enters as four 32-bit words ``(seed_lo, index_lo, seed_hi, index_hi)``: distinct pairs
+    are distinct entropy (``[seed, index]`` alone let ``(2**32, 0)`` collide with ``(0, 1)``, as numpy
+    splits a large integer into words), and a pair below 2^32 keeps the seed of ``[seed, index]``."""
+    seed, index = int(seed), int(index)
+    if not (0 <= seed < 2**64 and 0 <= index < 2**64):
+        raise NonnormalError(f"a seed and an image index must lie in [0, 2^64), got seed {seed}, index {index}")
+    low = 2**32 - 1
+    words = np.random.SeedSequence([seed & low, index & low, seed >> 32, index >> 32]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
 
 

@@ -35,13 +35,17 @@ def sample_ode(
     ``max(t_0, t_min)``. Adaptive ``method`` (dopri5, ...): only the grid's ends matter and NFE is the
     solver's count; a fixed-step method steps on the grid's times. ``callback(0, x)`` sees the end.
     From a zero terminal SNR (``alpha(t_N) = 0``, where the velocity is infinite) the first step, to
-    ``t_{N-1}``, is DDIM's (one call), then the ODE runs from there."""
+    ``t_{N-1}``, is DDIM's (one call), then the ODE runs from there (with one step: DDIM's alone)."""
     from ..ode import ProbabilityFlowODE
     from .ancestral import sample_ddim
 
     nfe0 = 0
-    if float(grid.alpha()[-1]) == 0 and grid.steps > 1:
+    if float(grid.alpha()[-1]) == 0:
         x = sample_ddim(model, x, Grid(grid.schedule, grid.t[-2:]), extra_args=extra_args).x
+        if grid.steps == 1:  # one step: DDIM's is the whole path
+            if callback is not None:
+                callback(0, x)
+            return SampleResult(x, 1)
         grid, nfe0 = Grid(grid.schedule, grid.t[:-1]), 1
 
     s, fixed = grid.schedule, _fixed(method)
@@ -79,9 +83,11 @@ def sample_heun(
 ) -> SampleResult:
     """EDM's Heun step (Karras et al., 2022, Algorithm 1) on the probability-flow ODE of ``y = x / alpha``
     against ``s = sigma / alpha``, ``dy/ds = eps_theta(alpha y, t)``; the last step is Euler's, as EDM's.
-    NFE = 2N - 1."""
+    NFE = 2N - 1. From a zero terminal SNR (``alpha(t_N) = 0``: ``s`` is infinite there) the first step is
+    Euler's too (DDIM's step, as the ode sampler takes): NFE = 2N - 2."""
     a, sg = _alpha_sigma(grid)
     t = grid.t.tolist()
+    zero_snr = float(grid.alpha()[-1]) == 0  # a trapezoid over an infinite s-interval: no correction
     nfe = 0
     for k in tqdm(range(grid.steps - 1, -1, -1), desc="heun", disable=not progress, leave=False):
         s_cur, s_next = sg[k + 1] / a[k + 1], sg[k] / a[k]
@@ -89,7 +95,7 @@ def sample_heun(
         d = call_model(model, x, t[k + 1], extra_args)
         nfe += 1
         y_next = y + (s_next - s_cur) * d
-        if k > 0:
+        if k > 0 and not (zero_snr and k == grid.steps - 1):
             d2 = call_model(model, a[k] * y_next, t[k], extra_args)
             nfe += 1
             y_next = y + (s_next - s_cur) * 0.5 * (d + d2)
