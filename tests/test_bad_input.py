@@ -45,6 +45,8 @@ def world(tmp_path_factory):
     (root / "tiny.toml").write_text(TINY)
     assert main(["train", "--config", str(root / "tiny.toml"), "--out", str(root / "run"), "--quiet"]) == 0
     assert main(["sample", str(root / "run"), "--n", "2", "--quiet", "--device", "cpu"]) == 0
+    cond = ["--set", "net.num_classes=10", "--out", str(root / "cond"), "--quiet"]
+    assert main(["train", "--config", str(root / "tiny.toml"), *cond]) == 0  # class-conditional, no label dropout
     (root / "afile").write_text("I am a file\n")
     (root / "garbage.npz").write_bytes(b"not an npz at all")
     (root / "bad.toml").write_text("this is = = not toml\n")
@@ -212,6 +214,19 @@ CASES = [
     ("kl-u-nan", "kl gaussian laplace --u nan,1"),
     ("config-is-folder", "train --config {R}/user-folder --out {R}/n1"),
     ("invariance-steps-twice", "invariance --steps 4,4 --out {R}/i1"),
+    # found by the review of the samplers, kernels and classes
+    ("fit-conditional-null-untrained", "fit {R}/cond --T 2 --n 4 --no-bound --device cpu --quiet"),
+    ("fit-run-is-file", "fit {R}/afile --T 2"),
+    ("fit-family-unknown", "fit {R}/run --family x --T 2"),
+    ("fit-n-one", "fit {R}/run --n 1"),
+    ("sample-eta-nan", "sample {R}/run --sampler ddim --eta nan --out {R}/s1"),
+    ("sample-eta-with-heun", "sample {R}/run --sampler heun --eta 0.5 --out {R}/s1"),
+    ("sample-law-with-heun", "sample {R}/run --sampler heun --law laplace --out {R}/s1"),
+    ("sample-steps-with-ode", "sample {R}/run --sampler ode --steps 4 --out {R}/s1"),
+    ("sample-sampler-unknown", "sample {R}/run --sampler nope --out {R}/s1"),
+    ("eval-eta-over-one", "eval {R}/run --sampler ddim --eta 1.5 --out {R}/e1.json"),
+    ("presets-unknown", "presets nope"),
+    ("config-preset-unknown", "train --config nope-preset --out {R}/n1"),
 ]
 
 

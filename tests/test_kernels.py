@@ -230,6 +230,24 @@ def test_increments_scaled_law_and_json_round_trip(tmp_path):
         kernel.check_grid(Diffusion("ddpm-linear:steps=20", T=5, spacing="ddpm"))
 
 
+def test_kernel_step_loss_passes_class_labels_with_their_examples():
+    """The fitted kernel's step loss takes extra_args as every StepKLLoss does (it raised a TypeError): each
+    example's class label reaches the model with that example, whatever steps the batch mixes."""
+    d = Diffusion("cosine", T=4)
+    kernel = fit_kernel(d, MIX.eps, MIX.sample(20, _gen(0)), family="gaussian", n=20, generator=_gen(1))
+    loss = step_loss(d, kernel)
+    x0 = MIX.sample(12, _gen(2))
+    y = torch.tensor([0, 1] * 6)
+    k, eps = loss.draw(x0.shape, _gen(3), dtype=F64)
+    assert len(set(k.tolist())) > 1
+    got = loss(MIX.eps, x0, noise=(k, eps), extra_args={"class_labels": y})
+    for c in (0, 1):
+        m = y == c
+        alone = loss(lambda x, t: MIX.eps(x, t, class_labels=torch.full((x.shape[0],), c)), x0[m], noise=(k[m], eps[m]))
+        assert torch.allclose(got[m], alone, atol=1e-12)
+    assert not torch.allclose(got, loss(MIX.eps, x0, noise=(k, eps)))  # the labels did change the model
+
+
 def test_sampling_refuses_a_kernel_fitted_for_another_grid():
     """A fitted kernel's step k is a step of its own grid: sampling on another T, spacing, schedule or
     walk rule is a one-line error (T = 4 on a T = 3 grid used to run, silently on the wrong steps)."""

@@ -76,6 +76,13 @@ def cmd_fit(args) -> int:
     check_family(args.family)
     device = pick_device(args.device)
     model, cfg, state, data, folder = _load(args, device)
+    classes = int(cfg.get("net", {}).get("num_classes") or 0)
+    if classes and not cfg.get("train", {}).get("label_dropout"):
+        raise NonnormalError(
+            f"this run's network is class-conditional (net.num_classes = {classes}) and was trained without label "
+            "dropout: its unconditional (null-label) model, which fit uses, is untrained; "
+            "retrain with train.label_dropout = 0.1"
+        )
     overrides = {k: v for k, v in (("T", args.T), ("spacing", args.spacing)) if v is not None}
     diffusion = Diffusion.from_config({**cfg["diffusion"], **overrides})
     path = kernel_path(folder, diffusion.T, diffusion.spacing)

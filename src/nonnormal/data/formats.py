@@ -26,7 +26,7 @@ CIFAR_HINT = (
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
@@ -46,7 +46,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
         raise NonnormalError(
-            f"cannot read {path}: {_first_line(err)}; the file is corrupt or truncated, get a fresh copy"
+            f"cannot read {path}: {first_line(err)}; the file is corrupt or truncated, get a fresh copy"
         ) from None
     magic = raw[:4]
     if magic != bytes([0, 0, 8, ndim]):
@@ -98,7 +98,7 @@ def cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
     except Exception as err:  # noqa: BLE001 -- a corrupt pickle fails in many ways, all one error to the user
         raise NonnormalError(
-            f"cannot read CIFAR batch {where}: {type(err).__name__}: {_first_line(err)}; "
+            f"cannot read CIFAR batch {where}: {type(err).__name__}: {first_line(err)}; "
             f"the file is corrupt or truncated: {CIFAR_HINT}"
         ) from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or y.shape != (len(x),) or (y.size and y.max() > 9):
@@ -125,7 +125,7 @@ def cifar_raw(p: Path) -> dict[str, tuple[bytes, str]]:
     try:
         is_tar = tarfile.is_tarfile(p)
     except OSError as err:
-        raise NonnormalError(f"cannot read {p}: {err.strerror or _first_line(err)}: {CIFAR_HINT}") from None
+        raise NonnormalError(f"cannot read {p}: {err.strerror or first_line(err)}: {CIFAR_HINT}") from None
     if not is_tar:
         raise NonnormalError(f"cifar10 path {p} is neither a folder nor a tar archive (.tar.gz): {CIFAR_HINT}")
     try:
@@ -136,7 +136,7 @@ def cifar_raw(p: Path) -> dict[str, tuple[bytes, str]]:
                     raw[n] = (tar.extractfile(m).read(), f"{p}:{m.name}")
     except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
         raise NonnormalError(
-            f"cannot read {p}: {_first_line(err)}; the archive is corrupt or truncated: {CIFAR_HINT}"
+            f"cannot read {p}: {first_line(err)}; the archive is corrupt or truncated: {CIFAR_HINT}"
         ) from None
     missing = [n for n in CIFAR_BATCHES if n not in raw]
     if missing:
@@ -184,7 +184,7 @@ def detect_images(files: list[Path], size: bool, channels: bool) -> tuple[int | 
             with Image.open(f) as im:
                 (w, h), mode = im.size, im.mode
         except (OSError, SyntaxError, ValueError) as err:
-            raise NonnormalError(f"cannot read image {f}: {_first_line(err)}; remove or replace the file") from None
+            raise NonnormalError(f"cannot read image {f}: {first_line(err)}; remove or replace the file") from None
         if size and w != h:
             raise NonnormalError(f"image {f} is {w}x{h}, not square: pass :size=N to resize every image to NxN")
         seen = {"size": w if size else None, "channels": (1 if mode in GRAY_MODES else 3) if channels else None}
@@ -212,7 +212,7 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
             im = im.convert("L" if channels == 1 else "RGB")
             x = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS)).reshape(size, size, channels)
     except (OSError, SyntaxError, ValueError) as err:
-        raise NonnormalError(f"cannot read image {path}: {_first_line(err)}; remove or replace the file") from None
+        raise NonnormalError(f"cannot read image {path}: {first_line(err)}; remove or replace the file") from None
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

@@ -262,7 +262,7 @@ def _npz(seed: int, path: str, levels: int) -> Data:
         arrays = {k: z[k] for k in z.files} if hasattr(z, "files") else None
     except (OSError, EOFError, ValueError, KeyError, zlib.error, zipfile.BadZipFile) as err:
         raise NonnormalError(
-            f"cannot read {p}: {formats._first_line(err)}; the file is corrupt or not an .npz"
+            f"cannot read {p}: {formats.first_line(err)}; the file is corrupt or not an .npz"
         ) from None
     if hasattr(z, "close"):
         z.close()

@@ -207,12 +207,16 @@ class KernelStepLoss(StepKLLoss):
         self.kernel = kernel  # the fitted step laws
         self.step_divergences = {k: divergence(diffusion.q, kernel.step_law(k)) for k in range(self.first, self.T)}
 
-    def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        out = None
+    def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, extra_args=None) -> torch.Tensor:
+        out, n = None, x0.shape[0]
         for j in torch.unique(k).tolist():  # the parent's term, one step's divergence at a time
             m = k == j
             self.divergence = self.step_divergences[j]
-            part = super().term(eps_model, x0[m], k[m], eps[m])
+            extra = {  # per-example extra arguments (class labels) follow their examples
+                key: (v[m] if torch.is_tensor(v) and v.ndim and v.shape[0] == n else v)
+                for key, v in (extra_args or {}).items()
+            }
+            part = super().term(eps_model, x0[m], k[m], eps[m], extra)
             out = part.new_zeros(x0.shape[0]) if out is None else out
             out[m] = part
         return out
