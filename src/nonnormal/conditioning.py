@@ -127,3 +127,54 @@ def marginal_log_likelihood(diffusion, eps_model: Callable, x: torch.Tensor, cla
         per_class.append(logp.double() + math.log(pi[c]) if pi[c] > 0 else torch.full_like(logp.double(), -math.inf))
         nfe += n
     return LogLikelihood(torch.logsumexp(torch.stack(per_class), 0).to(x.dtype), nfe)
+
+
+def check_guidance(scale) -> float:
+    """A guidance scale for sampling: a finite number >= 0 (0: unconditional, 1: conditional)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise NonnormalError(
+            f"the guidance scale must be a finite number >= 0 (0: unconditional, 1: conditional, 2: stronger), "
+            f"got {scale!r}"
+        )
+    return float(scale)
+
+
+def sample_labels(spec, n: int, classes: int) -> torch.Tensor:
+    """The class of each of ``n`` samples, int64 ``(n,)``, from ``spec``: a class (``3``), one class per
+    sample (``"0,1,2,..."``, exactly ``n`` of them) or ``"all"`` (the classes in turn: 0, 1, ..., C-1, 0, ...).
+
+    ``classes``: the model's class count (0: unconditional, which takes no class)."""
+    if not classes:
+        raise NonnormalError(
+            f"a class ({spec}) needs a class-conditional run (net.num_classes > 0), and this one is unconditional: "
+            "leave out the class (and the guidance)"
+        )
+    text = str(spec).strip()
+    if text == "all":
+        return torch.arange(n, dtype=torch.int64) % classes
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise NonnormalError(
+            f"the class must be an integer, a comma-separated list of {n} integers (one per sample) or 'all', "
+            f"got {spec!r}"
+        ) from None
+    bad = [v for v in values if not 0 <= v < classes]
+    if bad:
+        raise NonnormalError(f"class {bad[0]} is out of range: this run has classes 0..{classes - 1}")
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n:
+        raise NonnormalError(f"{len(values)} classes for {n} samples: give one class per sample, one class, or 'all'")
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def profile_labels(n: int, weights) -> torch.Tensor:
+    """``n`` labels with the class shares of ``weights`` (e.g. the training split's counts), sorted by
+    class: label i is the class whose cumulative share first exceeds ``(i + 1/2) / n`` (deterministic;
+    each class gets its share of ``n`` to within one sample)."""
+    pi = class_prior(weights)
+    edges = torch.cumsum(pi, 0)
+    edges[-1] = 1.0
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return torch.searchsorted(edges, u, right=True).clamp(max=pi.numel() - 1).to(torch.int64)
