@@ -400,8 +400,10 @@ def test_exact_class_eps_is_its_components_gaussian_eps():
 
 def test_class_conditional_ode_likelihood_matches_the_closed_form_and_marginalises():
     """With the exact class eps and the class's exact law at t = 1 as the prior, the PF-ODE gives
-    log p_{t_min}(x | c) (each component's closed form); log-sum-exp over classes with the prior gives
-    the mixture's log-density."""
+    log p_{t_min}(x | c) (each component's closed form) through Diffusion.log_likelihood's extra_args;
+    marginal_log_likelihood (log-sum-exp over classes with the prior) gives the mixture's log-density."""
+    from nonnormal.conditioning import marginal_log_likelihood
+
     mix = GaussianMixture(MEANS, 0.3, "vdm", weights=PRIOR)
     d = Diffusion("vdm")
     x, y = mix.sample(60, torch.Generator().manual_seed(1), return_labels=True)
@@ -410,25 +412,68 @@ def test_class_conditional_ode_likelihood_matches_the_closed_form_and_marginalis
     for c in range(3):
         labels = torch.full((60,), c)
         logp, _ = d.log_likelihood(
-            functools.partial(mix.eps, class_labels=labels),
+            mix.eps,
             x,
             rtol=1e-7,
             atol=1e-7,
             prior=lambda z, labels=labels: mix.marginal_log_prob(z, 1.0, class_labels=labels),
+            extra_args={"class_labels": labels},
         )
         expected = mix.marginal_log_prob(x, t_min, class_labels=labels)
         assert (logp - expected).abs().max() < 5e-4, (c, float((logp - expected).abs().max()))
         per_class.append(logp)
     own, _ = d.log_likelihood(
-        functools.partial(mix.eps, class_labels=y),
+        mix.eps,
         x,
         rtol=1e-7,
         atol=1e-7,
         prior=lambda z: mix.marginal_log_prob(z, 1.0, class_labels=y),
+        extra_args={"class_labels": y},
     )
     torch.testing.assert_close(own, torch.stack(per_class).gather(0, y[None])[0], rtol=0, atol=5e-4)
-    marginal = torch.logsumexp(torch.stack(per_class) + torch.tensor(PRIOR, dtype=torch.float64).log()[:, None], 0)
+    # the API's marginal, each class with its own law at t = 1
+    end = functools.partial(mix.marginal_log_prob, t=1.0)
+    marginal, nfe = marginal_log_likelihood(d, mix.eps, x, PRIOR, rtol=1e-7, atol=1e-7, prior=end)
     assert (marginal - mix.marginal_log_prob(x, t_min)).abs().max() < 5e-4
+    _, one = d.log_likelihood(mix.eps, x, rtol=1e-7, atol=1e-7, extra_args={"class_labels": y})
+    assert nfe > 2 * one  # one ODE per class
+    # counts work as a prior (normalised); a class with no weight drops out of the sum
+    torch.testing.assert_close(
+        marginal_log_likelihood(d, mix.eps, x, [2.0, 0.0, 0.0], rtol=1e-7, atol=1e-7, prior=end).logp,
+        per_class[0],
+        atol=5e-4,
+        rtol=0,
+    )
+    for bad, words in (([0.5, -0.5, 1.0], "non-negative"), ([0.5, 0.5], "2 weights for 3 classes")):
+        with pytest.raises(NonnormalError, match=words):
+            if "weights for" in words:
+                from nonnormal.conditioning import class_prior
+
+                class_prior(bad, 3)
+            else:
+                marginal_log_likelihood(d, mix.eps, x, bad)
+
+
+def test_class_conditional_bits_per_dim_and_bound_take_the_class():
+    """bits_per_dim and the bound with extra_args equal those of the model with the class bound in."""
+    mix = GaussianMixture(MEANS, 0.3, "vdm", weights=PRIOR)
+    d = Diffusion("vdm", T=20)
+    x, y = mix.sample(8, torch.Generator().manual_seed(2), return_labels=True)
+    x = x.clamp(-1, 1)
+    fixed = functools.partial(mix.eps, class_labels=y)
+    opts = {"rtol": 1e-5, "atol": 1e-5}
+    a = d.bits_per_dim(
+        mix.eps, x, 256, generator=torch.Generator().manual_seed(0), extra_args={"class_labels": y}, **opts
+    )
+    b = d.bits_per_dim(fixed, x, 256, generator=torch.Generator().manual_seed(0), **opts)
+    torch.testing.assert_close(a.bpd, b.bpd)
+    c = d.bits_per_dim(mix.eps, x, 256, generator=torch.Generator().manual_seed(0), **opts)
+    assert not torch.allclose(a.bpd, c.bpd)  # without the class: the mixture's (another number)
+    ba = d.bound_bits_per_dim(
+        mix.eps, x, 256, generator=torch.Generator().manual_seed(0), extra_args={"class_labels": y}
+    )
+    bb = d.bound_bits_per_dim(fixed, x, 256, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ba["total"], bb["total"])
 
 
 # ---- class metrics --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,7 +67,8 @@ def test_compute_gives_closed_forms_and_says_what_it_skipped(dark_share):
     assert values["saturation"] == 0.5
     assert values["total_variation"] == pytest.approx(1.5)  # |1.5| on half the neighbour pairs, both directions
     assert values["hist_distance"] == 0.0 and values["hist_w1"] == 0.0  # the training images themselves
-    assert set(skipped) == {"fd", "kid", "precision"} and "no feature classifier" in skipped["fd"]
+    assert set(skipped) == {"fd", "kid", "precision", "class_tv_train", "rare_share", "rare_recall"}
+    assert "no feature classifier" in skipped["fd"] and "no feature classifier" in skipped["class_tv_train"]
     assert values["fd"] is None and values["kid"] is None and values["kid_std"] is None
 
 
@@ -203,7 +205,16 @@ def test_eval_json_has_every_metric_and_says_what_it_skipped(dark_share, tmp_pat
     result = _strict((run / "eval.json").read_text())
     for key in ("bpd_ode", "bpd_bound", "fd", "kid", "saturation", "total_variation", "hf_power", "hist_distance"):
         assert isinstance(result[key], float), key
-    assert 0 <= result["dark_share"] <= 1 and result["skipped"] == {} and result["classifier_accuracy"] == 0.5
+    assert 0 <= result["dark_share"] <= 1 and result["classifier_accuracy"] == 0.5
+    assert (
+        result["skipped"]
+        == {  # pixels have no classifier head; digits' classes are balanced
+            "class_tv_train": "the feature map has no classifier head to give the samples' classes",
+            "rare_share": result["skipped"]["rare_recall"],
+            "rare_recall": result["skipped"]["rare_recall"],
+        }
+        and "balanced" in result["skipped"]["rare_recall"]
+    )
     capsys.readouterr()
 
     real = runs.load_data
@@ -219,7 +230,7 @@ def test_eval_json_has_every_metric_and_says_what_it_skipped(dark_share, tmp_pat
     result = _strict(out.read_text())
     assert result["fd"] is None and "no class labels" in result["skipped"]["fd"]
     assert isinstance(result["saturation"], float) and "dark_share" in result
-    assert re.search(r"^skipped fd, kid, precision: .*no class labels", printed, re.M)
+    assert re.search(r"^skipped fd, kid, .*precision: .*no class labels", printed, re.M)
 
 
 def _pixels(x):
@@ -238,7 +249,14 @@ def _inputs(data: str, samples, reference):
         train_levels=lambda: unit_to_levels(reference, 8),
         features=lambda: (_pixels, _pixels(reference)),
         seed=0,
+        classifier=lambda: _brightness,  # two classes, dark and light; the training split 90:10
+        labels=lambda: (np.repeat([0, 1], [90, 10]), _brightness(reference)),
+        num_classes=2,
     )
+
+
+def _brightness(x):
+    return (x.flatten(1).mean(1) > 0).long().numpy()
 
 
 @pytest.mark.parametrize("name", table.names(sampled=True))

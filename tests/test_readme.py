@@ -52,8 +52,9 @@ def trained(tmp_path_factory):
 
 def test_the_python_section_has_the_blocks_this_test_runs():
     blocks = python_blocks("## Python")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert "GaussianMixture" in blocks[0] and 'nonnormal.load("runs/digits-laplace")' in blocks[1]
+    assert "marginal_log_likelihood" in blocks[2]
 
 
 def test_every_python_block_runs_as_written(trained, monkeypatch, capsys):
@@ -63,12 +64,16 @@ def test_every_python_block_runs_as_written(trained, monkeypatch, capsys):
         scope: dict = {"__name__": "readme"}
         exec(compile(block, str(README), "exec"), scope)  # noqa: S102 - the README's own code
         scopes.append(scope)
-    exact, run = scopes
+    exact, run, classes = scopes
     assert exact["x"].shape == exact["x_u"].shape == exact["x_ode"].shape == (1000, 2)
     assert torch.isfinite(exact["logp"]).all()
     assert run["x"].shape == (16, 1, 8, 8) and run["bpd"].shape == (32,) and torch.isfinite(run["bpd"]).all()
     assert set(run["parts"]) == {"prior", "diffusion", "decoder", "total"}
     assert "bits/dim (ODE), bound" in capsys.readouterr().out
+    x, y = classes["x"], classes["y"]  # guided samples land on their class's component (means -1 and +1)
+    assert (x[y == 0, 0] < 0).all() and (x[y == 1, 0] > 0).all()
+    prior = torch.tensor([0.9, 0.1], dtype=torch.float64).log()[y]  # log p(x) >= log pi_y + log p(x | y)
+    assert (classes["logp"] >= classes["logp_y"] + prior - 1e-2).all()  # (up to the adaptive solver's error)
 
 
 def test_load_is_what_the_commands_use(trained):

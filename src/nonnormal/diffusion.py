@@ -20,6 +20,7 @@ model from :mod:`nonnormal.exact`)::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -270,13 +271,18 @@ class Diffusion:
         generator: torch.Generator | None = None,
         prior: Callable | None = None,
         t_end: float | None = None,
+        extra_args: dict | None = None,
     ) -> LogLikelihood:
         """``log p(x)`` in nats per example under the probability-flow model, and the NFE.
 
         ``prior``: log-density of the state at ``t_end`` (default 1), default ``log N(0, I)``.
-        See :meth:`nonnormal.ode.ProbabilityFlowODE.log_likelihood`.
+        ``extra_args``: passed to every model call, e.g. ``{"class_labels": y}`` (one label per example
+        of ``x``): the class-conditional ``log p(x | y)``; :func:`nonnormal.conditioning.marginal_log_likelihood`
+        marginalises over the classes. See :meth:`nonnormal.ode.ProbabilityFlowODE.log_likelihood`.
         """
-        ode = self.ode(eps_model, method=method, steps=steps, rtol=rtol, atol=atol)
+        check_schedule(eps_model, self.schedule)
+        model = eps_model if not extra_args else functools.partial(eps_model, **extra_args)
+        ode = self.ode(model, method=method, steps=steps, rtol=rtol, atol=atol)
         return ode.log_likelihood(x, trace=trace, generator=generator, prior=prior, t_end=t_end)
 
     def bits_per_dim(
@@ -291,7 +297,8 @@ class Diffusion:
         """Bits/dim of discrete data ``x`` (level centres in [-1, 1]) per example, and the NFE.
 
         ``x`` is dequantized uniformly over its bins: ``-log2 p(x_deq) / D + log2(L / 2)``;
-        ``ode_options`` go to :meth:`log_likelihood`.
+        ``ode_options`` go to :meth:`log_likelihood` (``extra_args={"class_labels": y}``: class-conditional
+        bits/dim).
         """
         L = check_levels(levels)
         logp, nfe = self.log_likelihood(eps_model, dequantize(x, L, generator), generator=generator, **ode_options)
@@ -306,10 +313,13 @@ class Diffusion:
         generator: torch.Generator | None = None,
         dequantized: bool = True,
         progress: bool = False,
+        extra_args: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """The paper's discrete bound (Eq. 5) at this T, rule and grid: ``{"prior", "diffusion", "decoder",
-        "total"}`` in bits/dim per example (see :func:`nonnormal.likelihood.bound_bits_per_dim`)."""
+        "total"}`` in bits/dim per example (see :func:`nonnormal.likelihood.bound_bits_per_dim`);
+        ``extra_args`` go to every model call (``{"class_labels": y}``: the class-conditional bound)."""
         check_schedule(eps_model, self.schedule)
+        model = eps_model if not extra_args else functools.partial(eps_model, **extra_args)
         return bound_bits_per_dim(
-            eps_model, x, levels, self.loss("step"), generator=generator, progress=progress, dequantized=dequantized
+            model, x, levels, self.loss("step"), generator=generator, progress=progress, dequantized=dequantized
         )

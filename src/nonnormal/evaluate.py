@@ -106,8 +106,14 @@ def evaluate_run(
     KID against the test split in the feature space of the dataset's classifier
     (:mod:`nonnormal.metrics.features`), the style metrics; ``skipped`` says which were left out and why;
     ``sample_nfe``: the sampler's model calls per image.
+
+    A class-conditional run (``net.num_classes``) is scored given the test images' labels (conditional
+    bits/dim, see :func:`score_model`) and sampled with labels in the training split's class profile
+    (:func:`nonnormal.conditioning.profile_labels`), so that its samples stand for the same data law
+    as an unconditional run's (``class_tv_train`` then also counts samples that leave their class).
     """
     from . import ode, samplers
+    from .conditioning import num_classes, profile_labels
     from .device import check_memory
     from .diffusion import Diffusion
     from .runs import load_data, load_run
@@ -141,11 +147,26 @@ def evaluate_run(
         "n_test": x.shape[0],
     }
 
+    classes, test_labels = num_classes(cfg), None
+    if classes:  # a conditional run: its likelihood given the test labels, samples in the training profile
+        test_labels = data.labels("test")[: x.shape[0]]
+        weights = torch.bincount(data.labels("train"), minlength=classes)
+        out["sample_classes"] = "the training split's class profile (conditional model, guidance 1)"
+
     def draw(n: int) -> torch.Tensor:
         shape = (n,) + tuple(x.shape[1:])
         options = ode_options if sampler == "ode" else (sampler_options or {})
+        extra = {"class_labels": profile_labels(n, weights).to(device)} if classes else None
         result = diffusion.sample_result(
-            model, shape, sampler=sampler, seed=seed, device=device, dtype=dtype, progress=progress, **options
+            model,
+            shape,
+            sampler=sampler,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            extra_args=extra,
+            **options,
         )
         out["sample_nfe"] = result.nfe
         return result.x
@@ -165,6 +186,7 @@ def evaluate_run(
             quality=quality,
             progress=progress,
             device=device,
+            class_labels=test_labels,
         )
     )
     return out
@@ -186,6 +208,7 @@ def score_model(
     progress: bool = False,
     device="cpu",
     bound_diffusion=None,
+    class_labels: torch.Tensor | None = None,
 ) -> dict:
     """The likelihoods of test images ``x`` (on the model's device and dtype) and every sample metric of the
     metrics table on ``draw(n)`` samples: ``{bpd_ode, bpd_ode_se, ..., <metrics>, "skipped": {name: why}}``.
@@ -195,6 +218,11 @@ def score_model(
     ``bound_diffusion``, default ``diffusion``, on dequantized data when ``dequantized``), then, with
     ``quality``, the image metrics on samples snapped to the data's levels. One generator seeded with
     ``seed`` draws the dequantization noise and the Hutchinson probes, in that order.
+
+    ``class_labels`` (the test images' classes, for a class-conditional model): ``bpd_ode`` and
+    ``bpd_bound`` are then class-conditional, ``-log2 p(x | y)``; the marginal over classes
+    (:func:`nonnormal.conditioning.marginal_log_likelihood`, one ODE per class) is skipped, and ``skipped``
+    says why.
     """
     from .metrics import table
 
@@ -209,8 +237,13 @@ def score_model(
         return out
     t0 = time.perf_counter()
     bpd, nfe = [], 0
-    for xb in tqdm(list(_batches(x, batch)), desc="bits/dim (ODE)", disable=not progress, leave=False):
-        b, n = diffusion.bits_per_dim(model, xb, data.levels, generator=g, trace="hutchinson", **ode_options)
+    ys = [None] * len(range(0, x.shape[0], batch)) if class_labels is None else list(_batches(class_labels, batch))
+    conditioned = [None if y is None else {"class_labels": y.to(x.device)} for y in ys]
+    pairs = list(zip(_batches(x, batch), conditioned))
+    for xb, extra in tqdm(pairs, desc="bits/dim (ODE)", disable=not progress, leave=False):
+        b, n = diffusion.bits_per_dim(
+            model, xb, data.levels, generator=g, trace="hutchinson", extra_args=extra, **ode_options
+        )
         bpd.append(b)
         nfe += n
     bpd = torch.cat(bpd).cpu()
@@ -218,8 +251,9 @@ def score_model(
     t0 = time.perf_counter()
     parts: dict[str, list] = {}
     bound = bound_diffusion or diffusion
-    for xb in tqdm(list(_batches(x, batch)), desc="bound", disable=not progress, leave=False):
-        for k, v in bound.bound_bits_per_dim(model, xb, data.levels, generator=g, dequantized=dequantized).items():
+    for xb, extra in tqdm(pairs, desc="bound", disable=not progress, leave=False):
+        bits = bound.bound_bits_per_dim(model, xb, data.levels, generator=g, dequantized=dequantized, extra_args=extra)
+        for k, v in bits.items():
             parts.setdefault(k, []).append(v.cpu())
     total = torch.cat(parts["total"])
     out.update(
@@ -228,19 +262,36 @@ def score_model(
         bound_parts={k: float(torch.cat(v).mean()) for k, v in parts.items() if k != "total"},
         bound_seconds=time.perf_counter() - t0,
     )
+    marginal = {}
+    if class_labels is not None:
+        out["likelihood"] = "class-conditional: -log2 p(x | y) with the test images' labels"
+        marginal["bpd_ode_marginal"] = (
+            f"the marginal over classes costs one ODE per class ({data.num_classes}x bpd_ode's time): "
+            "nonnormal.conditioning.marginal_log_likelihood computes it"
+        )
     if not quality:
         why = "sample quality was not asked for (--no-quality)"
-        out["skipped"] = {m.name: why for m in table.metrics("images", sampled=True)}
+        out["skipped"] = {**marginal, **{m.name: why for m in table.metrics("images", sampled=True)}}
         return out
     t0 = time.perf_counter()
     n = n_samples or x.shape[0]
-    features = None
+    features = classifier = labels = None
     if data.labels("train") is not None:
+        from .metrics import classes as classes_lib
         from .metrics import features as features_lib
 
         def features():
             f = features_lib.features_for(data, progress=progress)
             return f, f(data.unit("test"))
+
+        def classifier():
+            f = inputs.features()[0]
+            if getattr(f, "model", None) is None:
+                raise table.Skipped("the feature map has no classifier head to give the samples' classes")
+            return lambda images: classes_lib.classify(f, images)
+
+        def labels():
+            return data.labels("train").numpy(), data.labels("test").numpy()
 
     inputs = table.MetricInputs(
         table.snap(draw(n).cpu(), data.levels),
@@ -250,8 +301,12 @@ def score_model(
         features=features,
         seed=seed,
         features_missing=f"{data.name} has no class labels, so there is no feature classifier to compute them in",
+        classifier=classifier,
+        labels=labels,
+        num_classes=data.num_classes,
     )
     values, skipped = table.compute(inputs, "images")
+    skipped = {**marginal, **skipped}
     out.update(values, n_samples=n)
     if features is not None:  # loaded (once) by FD and KID
         out["classifier_accuracy"] = inputs.features()[0].test_accuracy

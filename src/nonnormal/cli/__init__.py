@@ -197,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", type=_text, default=None, help="posterior or euler (default: the run's)")
     p.add_argument("--law", type=_text, default=None, help="increment law of the reverse walk (default: the run's p)")
     p.add_argument("--seed", type=_seed, default=0, help="one seed couples every law: same prior, same uniforms")
+    p.add_argument(
+        "--class",
+        dest="class_spec",
+        type=_text,
+        default=None,
+        metavar="C",
+        help="a conditional run's class: C, C1,C2,... (one per image) or 'all' (the classes in turn); grid by class",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale with --class (0: unconditional, 1: conditional, the default; >1: stronger)",
+    )
     sampler_options(p, "the samples")
     tail_options(
         p, "output folder (default RUN/samples-<law>-T<T>-seed<seed>)", "overwrite earlier samples in --out", cmd_sample

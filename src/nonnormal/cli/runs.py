@@ -50,6 +50,7 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     import numpy as np
+    import torch
 
     from ..data import levels_to_unit, unit_to_levels
     from ..device import pick_device
@@ -64,6 +65,7 @@ def cmd_sample(args) -> int:
         model, cfg, state = load_run(args.run, device)
     if args.n <= 0:
         raise NonnormalError(f"--n must be positive, got {args.n}")
+    model, labels, class_info = _class_model(args, model, cfg)
     options = _sampler_options(args)
     overrides = {k: v for k, v in (("T", args.T), ("spacing", args.spacing), ("rule", args.rule)) if v is not None}
     diffusion = Diffusion.from_config({**cfg["diffusion"], **overrides})  # the run's schedule, laws, rule, grid
@@ -87,6 +89,9 @@ def cmd_sample(args) -> int:
             eta = f"-eta{options['eta']:g}" if "eta" in options else ""
             stem = f"samples-{args.sampler}{eta}{'-' + law.spec if law else ''}-N{steps}-seed{args.seed}"
             info.update({k: v for k, v in options.items() if k == "eta"})
+    if labels is not None:
+        stem += f"-class{'list' if ',' in args.class_spec else args.class_spec}-w{class_info['guidance']:g}"
+        info.update(class_info)
     out = out_dir(
         args.out or str(Path(state.get("folder") or args.run) / stem), "", args.force, ["samples.png", "samples.npz"]
     )
@@ -94,13 +99,23 @@ def cmd_sample(args) -> int:
     from ..device import check_memory
 
     check_memory(cfg, shape[1:], "--n", args.n)
+    extra_args = None if labels is None else {"class_labels": labels.to(device)}
     result = diffusion.sample_result(
-        model, shape, sampler=args.sampler, seed=args.seed, device=device, progress=not args.quiet, **options
+        model,
+        shape,
+        sampler=args.sampler,
+        seed=args.seed,
+        device=device,
+        progress=not args.quiet,
+        extra_args=extra_args,
+        **options,
     )
     x, info["nfe"] = result
     print(f"sampled {args.n} images with {args.sampler} in {result.nfe} model calls per image (NFE)")
     x = x.cpu()
     arrays = {"samples": x.numpy()}
+    if labels is not None:
+        arrays["class_labels"] = labels.numpy()
     if state["levels"]:
         levels = unit_to_levels(x, state["levels"])
         arrays["levels"] = levels.numpy().astype(np.uint8 if state["levels"] <= 256 else np.int32)
@@ -110,6 +125,8 @@ def cmd_sample(args) -> int:
     write_atomic(make_folder(out) / "samples.npz", buf.getvalue())
     if len(shape) == 4:
         tmp = out / ".samples.tmp.png"
+        if labels is not None:  # the grid ordered by class (the .npz keeps the drawing order)
+            x = x[torch.argsort(labels, stable=True)]
         save_grid(x, tmp, nrow=int(math.ceil(math.sqrt(args.n))))
         os.replace(tmp, out / "samples.png")
         print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
@@ -129,6 +146,25 @@ def cmd_sample(args) -> int:
     else:
         print(f"wrote {out / 'samples.npz'}")
     return 0
+
+
+def _class_model(args, model, cfg):
+    """``(model, labels, info)`` for ``--class``/``--guidance``: the guided model and the class of each
+    image (None without --class), checked with one-line errors."""
+    from ..conditioning import check_guidance, guided, num_classes, sample_labels
+
+    if args.class_spec is None:
+        if args.guidance is not None:
+            raise NonnormalError(
+                "--guidance needs --class: give the class to guide towards (e.g. --class 3 --guidance 2)"
+            )
+        return model, None, {}
+    w = 1.0 if args.guidance is None else check_guidance(args.guidance)
+    classes = num_classes(cfg) if "net" in cfg else 0
+    if not classes and "net" not in cfg:
+        raise NonnormalError("--class goes with a class-conditional run folder; a --pretrained model takes none")
+    labels = sample_labels(args.class_spec, args.n, classes)
+    return guided(model, w), labels, {"guidance": w, "num_classes": classes}
 
 
 def _sampler_options(args) -> dict:

@@ -187,8 +187,94 @@ def _precision_recall(inputs) -> dict:
     return {"precision": p.precision, "recall": p.recall}
 
 
+RARE_FRACTION = 0.3  # the rare classes: the rarest 30% of the classes (3 of 10), by training count
+BALANCED_RATIO = 2.0  # a training split whose largest/smallest class count is at most this has none
+
+
+def table_rare_classes(train_labels, num_classes: int) -> list[int]:
+    """The rare classes of the metrics table: the rarest ``RARE_FRACTION`` of the classes (at least one)
+    by training count; raises the table's ``Skipped`` when the training split is balanced
+    (largest/smallest class count at most ``BALANCED_RATIO``)."""
+    from .table import Skipped
+
+    counts = np.bincount(_labels(train_labels, num_classes, "train_labels"), minlength=num_classes)
+    ratio = counts.max() / max(counts.min(), 1)
+    if ratio <= BALANCED_RATIO:
+        raise Skipped(
+            f"the training classes are balanced (largest/smallest count {ratio:.2f} <= {BALANCED_RATIO:g}): "
+            "no rare classes"
+        )
+    return rare_classes(train_labels, num_classes, max(1, round(RARE_FRACTION * num_classes)))
+
+
+def _class_tv(inputs) -> dict:
+    k, fake = inputs.num_classes, _labels(inputs.sample_classes, inputs.num_classes, "sample classes")
+    return {
+        "class_tv_train": class_tv(fake, inputs.train_labels, k),
+        "class_tv_test": class_tv(fake, inputs.test_labels, k),
+    }
+
+
+def _rare_share(inputs) -> dict:
+    k = inputs.num_classes
+    rare = table_rare_classes(inputs.train_labels, k)
+    return {
+        "rare_share": class_share(_labels(inputs.sample_classes, k, "sample classes"), rare, k),
+        "rare_share_train": class_share(inputs.train_labels, rare, k),
+    }
+
+
+def _rare_recall(inputs) -> float:
+    from .table import Skipped
+
+    k = inputs.num_classes
+    rare = table_rare_classes(inputs.train_labels, k)
+    real, fake = inputs.features()[1], inputs.fake_features()
+    if len(fake) <= K_NEAREST:
+        raise Skipped(f"recall needs more than k = {K_NEAREST} sampled images")
+    return rare_class_recall(real, inputs.test_labels, fake, rare, k)
+
+
 def _register() -> None:
     from .table import Metric, register
+
+    register(
+        Metric(
+            "class_tv_train",
+            _class_tv,
+            "total variation (share of samples)",
+            "lower",
+            ("samples", "levels", "classifier", "labels"),
+            "total variation between the class histogram of the samples (by the dataset's classifier) and the "
+            "training split's class profile (class_tv_test: the test split's)",
+            extras=("class_tv_test",),
+        )
+    )
+    register(
+        Metric(
+            "rare_share",
+            _rare_share,
+            "share of samples",
+            None,
+            ("samples", "levels", "classifier", "labels"),
+            f"share of samples the classifier puts in the rare classes (the rarest {RARE_FRACTION:.0%} by training "
+            "count; skipped on balanced data); rare_share_train: their share of the training split, the "
+            "profile a model reproduces",
+            extras=("rare_share_train",),
+            extra_units=("share of training images",),
+        )
+    )
+    register(
+        Metric(
+            "rare_recall",
+            _rare_recall,
+            "share of rare-class test images",
+            "higher",
+            ("samples", "levels", "features", "labels"),
+            "improved recall (k = 3) of the test images of the rare classes: their share inside the samples' "
+            "k-NN manifold in the classifier's features (skipped on balanced data)",
+        )
+    )
 
     register(
         Metric(

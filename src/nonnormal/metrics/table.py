@@ -32,7 +32,10 @@ output's ``skipped`` table). What a metric ``needs`` is checked first, so a metr
   and ``inputs.sample_levels``); ``test``: the test images or points (``inputs.test``);
   ``train``: the training images as levels (``inputs.train_levels``); ``features``: the dataset's
   feature classifier (``inputs.features()`` -> ``(Features, real test features)``,
-  ``inputs.fake_features()``); ``levels``: discrete data (``inputs.levels``);
+  ``inputs.fake_features()``); ``levels``: discrete data (``inputs.levels``); ``classifier``: the
+  dataset's classifier (``inputs.sample_classes``, the class it gives each sample); ``labels``: the
+  data's class labels (``inputs.train_labels``, ``inputs.test_labels`` of the test images that
+  ``features()`` holds, ``inputs.num_classes``);
 - ``model``: a likelihood, computed by the evaluation engine's own pass over the test images
   (``bpd_ode``, ``bpd_bound``, ``nll_ode``); these entries have no function.
 
@@ -54,7 +57,7 @@ from ..errors import NonnormalError
 from ..registry import Registry
 
 DIRECTIONS = ("lower", "higher", None)
-NEEDS = ("samples", "test", "train", "features", "levels", "model")
+NEEDS = ("samples", "test", "train", "features", "levels", "model", "classifier", "labels")
 DATA = ("images", "points", "any")
 # in-package modules that register metrics, imported on first use of the table (add yours here)
 MODULES: tuple[str, ...] = ("nonnormal.metrics.builtin", "nonnormal.metrics.classes")
@@ -190,6 +193,9 @@ class MetricInputs:
     a function giving the training images as levels. ``features``: a function giving
     ``(Features, real test features)``. ``seed``: for metrics that draw (KID's subsets).
     ``features_missing``: why there is no feature classifier, when ``features`` is None.
+    ``classifier``: a function giving ``classify(x) -> int64 (N,)`` (the class of each image);
+    ``labels``: a function giving ``(train_labels, test_labels)``, int64 arrays of the training
+    images and of the test images of ``features()``; ``num_classes``: their class count.
     """
 
     def __init__(
@@ -202,9 +208,13 @@ class MetricInputs:
         features: Callable[[], tuple[Any, Any]] | None = None,
         seed: int = 0,
         features_missing: str = "no feature classifier was given",
+        classifier: Callable[[], Callable[[torch.Tensor], Any]] | None = None,
+        labels: Callable[[], tuple[Any, Any]] | None = None,
+        num_classes: int | None = None,
     ):
         self.samples, self.levels, self.test, self.seed = samples, levels, test, seed
         self._train_levels, self._features, self.features_missing = train_levels, features, features_missing
+        self._classifier, self._labels, self.num_classes = classifier, labels, num_classes
         self._cache: dict[str, Any] = {}
 
     def available(self, need: str) -> str | None:
@@ -217,6 +227,10 @@ class MetricInputs:
             return "no training images were given"
         if need == "features" and self._features is None:
             return self.features_missing
+        if need == "classifier" and self._classifier is None:
+            return self.features_missing if self._features is None else "no classifier was given"
+        if need == "labels" and (self._labels is None or not self.num_classes):
+            return "the data has no class labels"
         if need == "model":
             return "a likelihood comes from the evaluation engine, not from samples"
         return None
@@ -243,6 +257,19 @@ class MetricInputs:
 
     def fake_features(self):
         return self._once("fake", lambda: self.features()[0](self.samples))
+
+    @property
+    def sample_classes(self):
+        """The class the classifier gives each sample, int64 ``(N,)``."""
+        return self._once("classes", lambda: self._classifier()(self.samples))
+
+    @property
+    def train_labels(self):
+        return self._once("labels", self._labels)[0]
+
+    @property
+    def test_labels(self):
+        return self._once("labels", self._labels)[1]
 
 
 def snap(x: torch.Tensor, levels: int) -> torch.Tensor:
