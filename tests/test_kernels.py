@@ -371,3 +371,40 @@ def test_fit_a_pretrained_gaussian_ddpm(tmp_path, monkeypatch, capsys):
     kernel = load_kernel(tmp_path / "runs" / "pretrained-pipe", 2, kernel_spacing := "ddpm")
     assert kernel.family == "student_t" and kernel.spacing == kernel_spacing and kernel.bound is None
     assert all(nu > 4 for nu in kernel.shape[kernel.first :])
+
+
+def test_sample_and_eval_take_the_fitted_kernel_of_the_run(tiny_run, tmp_path, capsys):
+    """`sample/eval --kernel fitted` read RUN/kernels/ for their grid: the samples are the Python path's
+    (Diffusion.sample with kernel=load_kernel(...)), not the fixed law's; a grid without a fit names the
+    `nonnormal fit` command to run; the kernel goes with the walk only, and never with --law."""
+    import numpy as np
+
+    from nonnormal import load
+
+    if not (tiny_run / "kernels" / "T3-uniform.json").exists():
+        assert _cli("fit", tiny_run, "--T", 3, "--n", 8, "--seed", 1, "--device", "cpu", "--quiet") == 0
+    out = tmp_path / "fitted"
+    assert _cli("sample", tiny_run, "--T", 3, "--kernel", "fitted", "--n", 5, "--out", out, "--quiet") == 0
+    got = np.load(out / "samples.npz")
+    assert str(got["law"]) == "fitted"
+    run = load(tiny_run)
+    expected = run.diffusion.sample(run.model, (5, 1, 8, 8), T=3, seed=0, kernel=load_kernel(tiny_run, 3, "uniform"))
+    assert np.allclose(got["samples"], expected.numpy(), atol=1e-6)
+    fixed = run.diffusion.sample(run.model, (5, 1, 8, 8), T=3, seed=0)
+    assert not np.allclose(got["samples"], fixed.numpy(), atol=1e-3)
+    capsys.readouterr()
+    e = tmp_path / "eval.json"
+    argv = ("eval", tiny_run, "--steps", 3, "--kernel", "fitted", "--n-test", 4, "--n-samples", 4, "--out", e)
+    assert _cli(*argv, "--quiet") == 0
+    import json
+
+    assert json.loads(e.read_text())["kernel"] == "fitted"
+    for argv, message in (
+        (("--T", 4, "--kernel", "fitted"), "run `nonnormal fit"),
+        (("--T", 3, "--kernel", "fitted", "--sampler", "ddim"), "--kernel fitted goes with --sampler walk"),
+        (("--T", 3, "--kernel", "fitted", "--law", "laplace"), "give either --law or --kernel fitted"),
+    ):
+        assert _cli("sample", tiny_run, *argv, "--n", 2, "--out", tmp_path / "no", "--quiet") == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+        assert not (tmp_path / "no").exists()

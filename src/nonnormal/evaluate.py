@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 from .errors import NonnormalError
 from .stats import image_se
 
+# keywords of Diffusion.sample_result that are not a sampler's own options (steps, the law or kernel, the grid)
+SAMPLE_RESULT_KEYS = ("steps", "law", "kernel", "T", "rule", "spacing")
+
 
 def reference_rows(dataset, seed: int = 0, n_test: int | None = None) -> list[dict]:
     """Bits/dim of two simple models on the test split, to show where diffusion stands.
@@ -118,7 +121,9 @@ def evaluate_run(
     from .diffusion import Diffusion
     from .runs import load_data, load_run
 
-    samplers.get(sampler, **(sampler_options or {}))  # an unknown sampler or option: one line, before any work
+    sampler_options = dict(sampler_options or {})
+    own = {k: v for k, v in sampler_options.items() if k not in SAMPLE_RESULT_KEYS}  # the sampler's own (eta, ...)
+    samplers.get(sampler, **own)  # an unknown sampler or option: one line, before any work
     ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
     model, cfg, state = load_run(run, device)
     if n_samples:
@@ -126,6 +131,13 @@ def evaluate_run(
     data = load_data(cfg)
     d = cfg["diffusion"]
     diffusion = Diffusion.from_config({**d, **({"T": T} if T else {}), **({"spacing": spacing} if spacing else {})})
+    if sampler_options.get("kernel") == "fitted":  # the walk's kernel fitted for this grid (`nonnormal fit`)
+        from .kernels import load_kernel
+
+        sampler_options["kernel"] = load_kernel(run, sampler_options.get("steps") or diffusion.T, diffusion.spacing)
+        out_kernel = "fitted"
+    else:
+        out_kernel = None
     x = data.unit("test")
     if n_test is not None:
         x = x[:n_test]
@@ -146,6 +158,8 @@ def evaluate_run(
         "train_seconds": state["train_seconds"],
         "n_test": x.shape[0],
     }
+    if out_kernel:
+        out["kernel"] = out_kernel
 
     classes, test_labels = num_classes(cfg), None
     if classes:  # a conditional run: its likelihood given the test labels, samples in the training profile

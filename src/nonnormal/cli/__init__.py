@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--eta", type=float, default=None, help="ddim's eta in [0, 1] (0: deterministic, 1: the walk)")
         p.add_argument(
+            "--kernel",
+            choices=["fitted"],
+            default=None,
+            help="fitted: the walk's per-step kernel from `nonnormal fit RUN --T N` (RUN/kernels/) instead of a fixed law",
+        )
+        p.add_argument(
             "--spacing",
             type=_text,
             default=None,

@@ -79,12 +79,17 @@ def cmd_sample(args) -> int:
         steps = options.get("steps") or diffusion.T
         info.update(T=steps)
         law = diffusion.walk(args.law, T=1).law if samplers.is_stochastic(args.sampler) else None  # checked early
-        if law is not None:
+        if args.kernel == "fitted":
+            from ..kernels import load_kernel
+
+            options["kernel"] = load_kernel(args.run, steps, diffusion.spacing)
+            info.update(law="fitted")
+        elif law is not None:
             info.update(law=law.spec)
             options["law"] = law
         if args.sampler == "walk":
             info.update(rule=diffusion.rule)
-            stem = f"samples-{law.spec}-T{steps}-seed{args.seed}"
+            stem = f"samples-{info['law']}-T{steps}-seed{args.seed}"
         else:
             eta = f"-eta{options['eta']:g}" if "eta" in options else ""
             stem = f"samples-{args.sampler}{eta}{'-' + law.spec if law else ''}-N{steps}-seed{args.seed}"
@@ -199,6 +204,15 @@ def _sampler_options(args) -> dict:
         raise NonnormalError(f"--rule goes with --sampler walk, not {args.sampler}")
     if law is not None and not samplers.is_stochastic(fn):
         raise NonnormalError(f"--law goes with a stochastic sampler: {args.sampler} is deterministic (no increments)")
+    if getattr(args, "kernel", None) is not None:
+        if args.sampler != "walk":
+            raise NonnormalError(
+                f"--kernel fitted goes with --sampler walk (it is fitted for the walk's steps), not {args.sampler}"
+            )
+        if law is not None:
+            raise NonnormalError("give either --law or --kernel fitted: the fitted kernel is the law of every step")
+        if _source(args) == "pretrained":
+            raise NonnormalError("--kernel fitted reads RUN/kernels/: give a run folder, not --pretrained")
     if eta is not None and "eta" not in samplers.options(fn):
         raise NonnormalError(f"--eta goes with --sampler ddim, not {args.sampler}")
     if steps is not None and T is not None and "law" in vars(args) and steps != T:
@@ -218,6 +232,8 @@ def _eval_sampler_options(args) -> dict:
     if args.sampler not in samplers.names():
         return {}
     options = _sampler_options(args)
+    if args.kernel:
+        options["kernel"] = args.kernel  # resolved by evaluate_run on the run's grid
     return {} if args.sampler == "ode" else options
 
 
