@@ -198,3 +198,19 @@ def test_eval_of_a_conditional_run_is_class_conditional(conditional_run, tmp_pat
     assert _cli("eval", conditional_run / "plain", "--n-test", 4, "--no-quality", "--out", plain, "--quiet") == 0
     r = json.loads(plain.read_text())
     assert "likelihood" not in r and "bpd_ode_marginal" not in r["skipped"]
+
+
+def test_sample_of_a_conditional_run_without_a_class_needs_label_dropout(tmp_path, capsys):
+    """A conditional run trained with label_dropout = 0 has an untrained null row: sampling it without
+    --class is refused in one line (and nothing is written), not silently drawn from that row."""
+    from nonnormal.cli import main
+
+    run = tmp_path / "cond0"
+    argv = ["train", "--steps", "1", "--batch", "4", "--T", "4", "--set", "net.width=16", "--set", "net.num_classes=10"]
+    assert main([*argv, "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained without label dropout" in err and "--class" in err and "\n" not in err
+    assert not (tmp_path / "s").exists()
+    assert main(["sample", str(run), "--n", "2", "--class", "3", "--out", str(tmp_path / "s"), "--quiet"]) == 0

@@ -163,6 +163,13 @@ def _class_model(args, model, cfg):
             raise NonnormalError(
                 "--guidance needs --class: give the class to guide towards (e.g. --class 3 --guidance 2)"
             )
+        if "net" in cfg and num_classes(cfg):
+            if not cfg.get("train", {}).get("label_dropout"):  # its null row never saw a gradient
+                raise NonnormalError(
+                    "this run is class-conditional and was trained without label dropout, so it has no unconditional "
+                    "model: give --class C, a list or all"
+                )
+            print("class-conditional run without --class: sampling its unconditional (null-label) model")
         return model, None, {}
     w = 1.0 if args.guidance is None else check_guidance(args.guidance)
     classes = num_classes(cfg) if "net" in cfg else 0
