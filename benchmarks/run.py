@@ -63,8 +63,8 @@ class Setup:
         )
 
     def step(self, amp=None):
-        x0, noise, _ = self.batches.next()
-        optimizer_step(self.model, self.loss, self.opt, self.ema, x0, noise, 1e-4, 1.0, 0.999, amp or nullcontext())
+        x0, draw, _ = self.batches.next()
+        optimizer_step(self.model, self.loss, self.opt, self.ema, x0, draw, 1e-4, 1.0, 0.999, amp or nullcontext())
 
     def bare(self):
         """The network's own work on one batch: forward, MSE to a fixed target, backward, AdamW."""

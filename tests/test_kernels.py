@@ -240,12 +240,12 @@ def test_kernel_step_loss_passes_class_labels_with_their_examples():
     y = torch.tensor([0, 1] * 6)
     k, eps = loss.draw(x0.shape, _gen(3), dtype=F64)
     assert len(set(k.tolist())) > 1
-    got = loss(MIX.eps, x0, noise=(k, eps), extra_args={"class_labels": y})
+    got = loss(MIX.eps, x0, draw=(k, eps), extra_args={"class_labels": y})
     for c in (0, 1):
         m = y == c
-        alone = loss(lambda x, t: MIX.eps(x, t, class_labels=torch.full((x.shape[0],), c)), x0[m], noise=(k[m], eps[m]))
+        alone = loss(lambda x, t: MIX.eps(x, t, class_labels=torch.full((x.shape[0],), c)), x0[m], draw=(k[m], eps[m]))
         assert torch.allclose(got[m], alone, atol=1e-12)
-    assert not torch.allclose(got, loss(MIX.eps, x0, noise=(k, eps)))  # the labels did change the model
+    assert not torch.allclose(got, loss(MIX.eps, x0, draw=(k, eps)))  # the labels did change the model
 
 
 def test_sampling_refuses_a_kernel_fitted_for_another_grid():

@@ -257,9 +257,9 @@ def test_nan_loss_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
     def poisoned(cfg):
         loss, calls = real(cfg), {"n": 0}
 
-        def fn(model, x0, generator=None, noise=None):
+        def fn(model, x0, generator=None, draw=None):
             calls["n"] += 1
-            value = loss(model, x0, generator, noise)
+            value = loss(model, x0, generator, draw)
             return value * float("nan") if calls["n"] > 3 else value
 
         fn.draw = loss.draw

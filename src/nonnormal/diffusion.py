@@ -117,7 +117,7 @@ class Diffusion:
 
     def loss(self, kind: str | None = None) -> StepKLLoss | ContinuousTimeLoss:
         """The training loss (default: this Diffusion's kind), a callable ``(eps_model, x0, generator=None,
-        noise=None)`` returning nats per example, with ``.draw(shape, generator, device, dtype)``."""
+        draw=None)`` returning nats per example, with ``.draw(shape, generator, device, dtype)``."""
         kind = kind or self.loss_kind
         if kind not in LOSSES:
             raise NonnormalError(f"unknown loss {kind!r}: choose one of {', '.join(LOSSES)}")

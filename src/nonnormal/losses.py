@@ -7,6 +7,8 @@ the number of dimensions for a per-dimension training objective.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from . import schedules
@@ -15,6 +17,21 @@ from .errors import NonnormalError
 from .walk import StructuredRandomWalk, check_rule
 
 LOSSES = ("step", "continuous")  # the loss kinds: StepKLLoss at T, ContinuousTimeLoss its T -> infinity limit
+
+
+class StepDraw(NamedTuple):
+    """A :class:`StepKLLoss`'s randomness for a batch: the step ``k`` (batch,) int64 and the noise ``eps`` (x0's shape)."""
+
+    k: torch.Tensor
+    eps: torch.Tensor
+
+
+class TimeDraw(NamedTuple):
+    """A :class:`ContinuousTimeLoss`'s randomness for a batch: the time ``t`` (batch,) float64 in [t_min, 1] and the
+    noise ``eps`` (x0's shape)."""
+
+    t: torch.Tensor
+    eps: torch.Tensor
 
 
 def _sum_coords(x: torch.Tensor) -> torch.Tensor:
@@ -57,17 +74,17 @@ class StepKLLoss:
         self.first = self.walk.first_kl_step  # steps first..T-1 carry L_k (the ddpm spacing's step 0 is the decoder's)
         self._v = self.walk.v(rule)
 
-    def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32):
+    def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> StepDraw:
         """The loss's randomness for a batch of ``shape``: steps ``k`` (batch,) and noise ``eps``."""
         k = torch.randint(self.first, self.T, (shape[0],), generator=generator, device=device)
-        return k, torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return StepDraw(k, torch.randn(shape, generator=generator, device=device, dtype=dtype))
 
     def __call__(
-        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None, extra_args=None
+        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, draw=None, extra_args=None
     ) -> torch.Tensor:
-        """One-k estimate of ``sum_k L_k`` per example; ``noise``: a :meth:`draw` to use instead of drawing;
+        """One-k estimate of ``sum_k L_k`` per example; ``draw``: a :meth:`draw` to use instead of drawing;
         ``extra_args``: keyword arguments of every model call (e.g. ``{"class_labels": y}``)."""
-        k, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
+        k, eps = draw if draw is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
         return (self.T - self.first) * self.term(eps_model, x0, k, eps, extra_args)
 
     def term(self, eps_model, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, extra_args=None) -> torch.Tensor:
@@ -106,19 +123,19 @@ class ContinuousTimeLoss:
             )
         self.curvature = d.curvature  # K''(0) of the pair
 
-    def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32):
+    def draw(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> TimeDraw:
         """The loss's randomness for a batch of ``shape``: times ``t`` (batch,) and noise ``eps``."""
         s = self.schedule
         t = s.t_min + (1 - s.t_min) * torch.rand(shape[0], generator=generator, device=device, dtype=torch.float64)
-        return t, torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return TimeDraw(t, torch.randn(shape, generator=generator, device=device, dtype=dtype))
 
     def __call__(
-        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, noise=None, extra_args=None
+        self, eps_model, x0: torch.Tensor, generator: torch.Generator | None = None, draw=None, extra_args=None
     ) -> torch.Tensor:
-        """One-t estimate per example; ``noise``: a :meth:`draw` to use instead of drawing;
+        """One-t estimate per example; ``draw``: a :meth:`draw` to use instead of drawing;
         ``extra_args``: keyword arguments of every model call (e.g. ``{"class_labels": y}``)."""
         s = self.schedule
-        t, eps = noise if noise is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
+        t, eps = draw if draw is not None else self.draw(x0.shape, generator, x0.device, x0.dtype)
         r = _residual(s, eps_model, x0, t, eps, extra_args)
         weight = 0.5 * self.curvature * (1 - s.t_min) * s.gamma_prime(t).to(r.dtype)
         return weight * _sum_coords(r * r)

@@ -69,7 +69,7 @@ def lr_factor(t: dict, step: int) -> float:
 
 
 class Batches:
-    """The random inputs of each step: this process's slice of the global batch and of its noise.
+    """The random inputs of each step: this process's slice of the global batch and of the loss's draws.
 
     The examples come through the DataLoader (``workers`` processes), mapped to [-1, 1] and
     dequantized; the dequantization noise and the loss's draws are drawn for the global batch
@@ -357,7 +357,7 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
         with _Signals() as signals:
             while step < t["steps"]:
                 t0 = time.perf_counter()
-                x0, noise, extra = feed.next()
+                x0, draw, extra = feed.next()
                 lr = schedule.get_last_lr()[0]
                 loss, grad_norm = optimizer_step(
                     net,
@@ -365,7 +365,7 @@ def _train(cfg, run, data, device, dist, resume, progress, stop_at, callbacks) -
                     opt,
                     ema,
                     x0,
-                    noise,
+                    draw,
                     None,
                     t["grad_clip"],
                     min(t["ema"], (1 + step) / (10 + step)),
@@ -430,7 +430,7 @@ def optimizer_step(
     opt: torch.optim.Optimizer,
     ema: list[torch.Tensor],
     x0: torch.Tensor,
-    noise,
+    draw,
     lr: float | None,
     grad_clip: float,
     ema_decay: float,
@@ -450,7 +450,7 @@ def optimizer_step(
         for group in opt.param_groups:
             group["lr"] = lr
     with amp:
-        per_example = loss_fn(net, x0, noise=noise, **({"extra_args": extra_args} if extra_args else {}))
+        per_example = loss_fn(net, x0, draw=draw, **({"extra_args": extra_args} if extra_args else {}))
     loss = per_example.float().mean() / x0[0].numel()
     opt.zero_grad(set_to_none=True)
     loss.backward()

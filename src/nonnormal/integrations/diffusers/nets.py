@@ -107,10 +107,10 @@ class DiffusersUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         y = class_labels_or_null(class_labels, x.shape[0], self.num_classes, x.device)
-        return _unet_eps(self.unet, x, t, self.num_train_timesteps, y)
+        return unet_eps(self.unet, x, t, self.num_train_timesteps, y)
 
 
-def _unet_eps(
+def unet_eps(
     unet: nn.Module, x: torch.Tensor, t: torch.Tensor, num_train_timesteps: int, class_labels=None
 ) -> torch.Tensor:
     """``unet``'s output at nonnormal's times ``t`` (the UNet sees timesteps ``t N - 1``, in float64)."""

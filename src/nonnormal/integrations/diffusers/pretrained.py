@@ -16,7 +16,7 @@ from torch import nn
 from ... import schedules
 from ...errors import NonnormalError
 from .common import EXPORT_FORMAT, EXPORT_INFO, load_plugins
-from .nets import NonNormalNet, _unet_eps
+from .nets import NonNormalNet, unet_eps
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -50,7 +50,7 @@ class PretrainedEps(nn.Module):
             rows = getattr(getattr(self.model, "config", None), "num_class_embeds", None)
             if class_labels is None and rows:  # a class-conditional UNet2DModel: its last row, the null label of ours
                 class_labels = torch.full((x.shape[0],), rows - 1, dtype=torch.long, device=x.device)
-            out = _unet_eps(self.model, x, t, self.num_train_timesteps, class_labels)
+            out = unet_eps(self.model, x, t, self.num_train_timesteps, class_labels)
         if self.channels is not None and out.shape[1] != self.channels:
             out = out[:, : self.channels]
         if self.prediction_type == "epsilon":
