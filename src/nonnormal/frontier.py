@@ -1,0 +1,452 @@
+"""The quality-per-call frontier (issue 18, section 4): which sampler and which law at N network calls.
+
+On the models of a study (pairs x seeds, trained by the study engine, so a frontier reuses a
+study's models and cache folder layout where the recipe is the same), every sampler setting (a
+sampler and, for a stochastic one, a law or the fitted kernel) runs at each target NFE. One sample
+seed serves every setting, so settings are coupled image by image. Each (model, setting, NFE) is one
+row: the sample metrics, the actual NFE (:class:`~nonnormal.samplers.SampleResult`'s count), and for
+the ancestral walk the discrete bound at T = steps with that law or the fitted kernel.
+
+The fitted kernel (family gennorm by default) is fitted per model and per grid on *training* images,
+never on the test images its bound is scored on. The recipe check trains one more model per pair
+(seed 0) with ``check_factor`` times the steps through the same engine and reports both bits/dim.
+
+:func:`nonnormal.frontier_report.best_settings` turns the rows into the best setting per NFE and its
+seed-paired difference from the best Gaussian setting; :func:`run_frontier` writes every file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import config as config_lib
+from . import jobs
+from .errors import NonnormalError
+from .study import Plan, Study, plan_from_table
+
+PRIMARY = "frontier.json"
+FITTED = "fitted"
+NFE_DEFAULT = [5, 10, 20, 50, 100]
+SETTINGS_DEFAULT = [
+    "walk/gaussian",
+    "walk/laplace",
+    "walk/fitted",
+    "ddim:eta=0",
+    "dpmsolver++",
+    "sde-dpmsolver++/gaussian",
+    "sde-dpmsolver++/laplace",
+    "heun",
+]
+SAMPLE_METRICS = ("fd", "kid", "saturation", "total_variation")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One sampler setting: a registered sampler with its options, and a law, ``fitted`` or None."""
+
+    sampler: str
+    options: tuple = ()  # ((key, value), ...)
+    law: str | None = None
+
+    @property
+    def label(self) -> str:
+        opts = ",".join(f"{k}={v:g}" for k, v in self.options)
+        return self.sampler + (f":{opts}" if opts else "") + (f"/{self.law}" if self.law else "")
+
+
+def parse_setting(text: str) -> Setting:
+    """``SAMPLER[:key=value,...][/LAW]``: ``walk/laplace``, ``ddim:eta=0``, ``walk/fitted``, ``heun``."""
+    from . import increments, samplers
+
+    if not isinstance(text, str) or not text.strip():
+        raise NonnormalError(f"a frontier setting is SAMPLER[/LAW], e.g. walk/laplace, got {text!r}")
+    head, _, law = text.strip().partition("/")
+    name, _, opts = head.partition(":")
+    if name not in samplers.names():
+        raise NonnormalError(
+            f"frontier setting {text!r}: unknown sampler {name!r}: choose from {', '.join(samplers.names())}"
+        )
+    options = []
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        try:
+            options.append((key.strip(), float(value)))
+        except ValueError:
+            raise NonnormalError(f"frontier setting {text!r}: options are key=number, got {item!r}") from None
+        if not eq:
+            raise NonnormalError(f"frontier setting {text!r}: options are key=number, got {item!r}")
+    samplers.get(name, **dict(options))  # an unknown option: one line
+    if name == "ode":
+        raise NonnormalError("frontier setting 'ode': the adaptive ODE has no fixed NFE; use heun or dpmsolver++")
+    if law:
+        if not samplers.is_stochastic(name):
+            raise NonnormalError(f"frontier setting {text!r}: {name} is deterministic and takes no law; drop /{law}")
+        if law == FITTED and name != "walk":
+            raise NonnormalError(f"frontier setting {text!r}: the fitted kernel is fitted for the walk only")
+        if law != FITTED:
+            law = increments.get(law).spec
+    return Setting(name, tuple(options), law or None)
+
+
+@dataclass
+class FrontierPlan:
+    """The ``[frontier]`` table: settings, NFE targets, the kernel fit and the recipe check."""
+
+    settings: list = field(default_factory=lambda: list(SETTINGS_DEFAULT))
+    nfe: list = field(default_factory=lambda: list(NFE_DEFAULT))
+    family: str = "gennorm"  # family of the fitted kernel
+    fit_n: int = 512  # training images per step for the kernel fit
+    bound: bool = True  # the discrete bound of the walk settings
+    check_factor: int = 4  # the recipe check: one model per pair at this many times the steps (0: none)
+    shapes_nfe: int = 10  # the grid whose fitted shapes are shown
+
+    def check(self) -> FrontierPlan:
+        from .kernels import check_family
+
+        if not self.settings:
+            raise NonnormalError("frontier.settings is empty: list at least one, e.g. ['walk/gaussian']")
+        parsed = [parse_setting(s) for s in self.settings]
+        labels = [s.label for s in parsed]
+        if len(set(labels)) != len(labels):
+            raise NonnormalError(f"frontier.settings has repeats: {labels}: list each once")
+        bad = [v for v in self.nfe if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if not self.nfe or bad:
+            raise NonnormalError(
+                f"frontier.nfe must be a non-empty list of integers >= 1 (network calls), got {self.nfe!r}"
+            )
+        if max(self.nfe) > 10_000 or len(set(self.nfe)) != len(self.nfe):
+            raise NonnormalError(f"frontier.nfe must list each count once, at most 10000, got {self.nfe!r}")
+        check_family(self.family)
+        if self.fit_n < 2 or self.check_factor < 0 or self.check_factor == 1:
+            raise NonnormalError(
+                f"frontier.fit_n must be >= 2 and frontier.check_factor 0 (no check) or >= 2, got "
+                f"{self.fit_n}, {self.check_factor}"
+            )
+        return self
+
+    def parsed(self) -> list[Setting]:
+        return [parse_setting(s) for s in self.settings]
+
+
+def load(path, overrides: dict | None = None) -> tuple[FrontierPlan, Plan, dict]:
+    """``(frontier plan, study plan, run config)`` from a frontier TOML: ``[frontier]``, ``[study]``
+    (pairs, seeds, one T_train, n_samples, n_test, sample_seed) and the usual run sections."""
+    raw = config_lib.read_toml(path)
+    table = dict(raw.pop("frontier", {}))
+    known = set(FrontierPlan.__dataclass_fields__)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise NonnormalError(f"{path}: unknown key frontier.{unknown[0]}: the keys are {', '.join(sorted(known))}")
+    defaults = FrontierPlan()
+    for key, value in table.items():
+        want = type(getattr(defaults, key))
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise NonnormalError(f"{path}: frontier.{key} must be {want.__name__}, got {value!r}")
+    fplan = FrontierPlan(**table).check()
+    plan = plan_from_table(dict(raw.pop("study", {})), overrides or {}, str(path))
+    if len(plan.T_train) != 1:
+        raise NonnormalError(f"{path}: a frontier trains at one T (study.T_train = [1000]), got {plan.T_train}")
+    plan.ode, plan.T_sample, plan.laws_sample = False, [], []
+    return fplan, plan, raw
+
+
+def steps_for(diffusion, setting: Setting, nfe: int) -> tuple[int, int]:
+    """``(steps, nfe)``: the grid steps whose NFE is nearest ``nfe`` (the smaller on a tie), counted
+    by running the sampler on a model that only counts its calls (heun: NFE = 2N - 1)."""
+
+    def count(n: int) -> int:
+        zero = lambda x, t, **_: torch.zeros_like(x)  # noqa: E731
+        law = None if setting.law in (None, FITTED) or not _stochastic(setting) else setting.law
+        return diffusion.sample_result(
+            zero, (1, 1), sampler=setting.sampler, steps=n, law=law, **dict(setting.options)
+        ).nfe
+
+    best = (1, count(1))
+    n = 1
+    while best[1] < nfe and n < 4 * nfe:
+        n += 1
+        got = count(n)
+        if abs(got - nfe) < abs(best[1] - nfe):
+            best = (n, got)
+        if got >= nfe:
+            break
+    return best
+
+
+def _stochastic(setting: Setting) -> bool:
+    from . import samplers
+
+    return samplers.is_stochastic(setting.sampler)
+
+
+class Frontier:
+    """Runs a frontier into a folder: the study's ``models/`` and ``cache/``, ``check/`` (4x models)."""
+
+    def __init__(self, out, fplan: FrontierPlan, plan: Plan, run_config: dict, overrides=(), progress=False, log=print):
+        self.out, self.fplan, self.plan, self.log, self.progress = Path(out), fplan, plan, log, progress
+        self.settings = fplan.parsed()
+        self.study = Study(out, plan, run_config, overrides, progress=progress, log=log)
+        self.check_study = None
+        if fplan.check_factor:
+            cfg = next(iter(self.study.configs.values()))
+            steps = cfg["train"]["steps"] * fplan.check_factor
+            check_plan = copy.deepcopy(plan)
+            check_plan.seeds = [plan.seeds[0]]
+            self.check_study = Study(
+                self.out / "check", check_plan, run_config, [*overrides, f"train.steps={steps}"], progress, log
+            )
+
+    def models(self) -> list[tuple[str, str, int]]:
+        return [(*pair.split("/"), seed) for seed in self.plan.seeds for pair in self.plan.pairs]
+
+    def _load(self, study: Study, q: str, p: str, seed: int):
+        from .diffusion import Diffusion
+        from .runs import load_run
+        from .study import trained_pair
+
+        run = study.model_dir(*trained_pair(q, p), self.plan.T_train[0], seed)
+        model, cfg, state = load_run(run, torch.device("cpu"))
+        return model, cfg, state, Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p}), run
+
+    def _cache(self, study: Study, q: str, p: str, seed: int) -> Path:
+        from .study import trained_pair
+
+        return study.out / "cache" / study.model_dir(*trained_pair(q, p), self.plan.T_train[0], seed).name
+
+    def kernel(self, diffusion, model, cfg, base, cache: Path, steps: int):
+        """The kernel fitted on this model's grid of ``steps`` steps, on training images (cached)."""
+        from .data import dequantize
+        from .kernels import FittedKernel, fit_kernel
+
+        def fit():
+            data = self.study.data
+            g = torch.Generator().manual_seed(2024)
+            x = data.unit("train", self.fplan.fit_n)
+            if cfg["data"].get("dequantize", False):
+                x = dequantize(x, data.levels, g)  # the model's training data: as its bound scores it
+            k = fit_kernel(diffusion, model, x, T=steps, family=self.fplan.family, n=self.fplan.fit_n, generator=g)
+            return k.to_json()
+
+        key = {**base, "kernel": [steps, self.fplan.family, self.fplan.fit_n]}
+        text = jobs.cached(cache / f"kernel-{self.fplan.family}-T{steps}.json", key, fit)
+        return FittedKernel.from_json(text, str(cache))
+
+    def bound(self, model, cfg, diffusion, base, cache: Path, steps: int, law, kernel) -> float:
+        from .kernels import step_loss
+        from .likelihood import bound_bits_per_dim
+
+        def compute():
+            g = torch.Generator().manual_seed(54321)  # the study's images and dequantization for every bound
+            loss = step_loss(diffusion, kernel if law == FITTED else law, T=steps)
+            parts = bound_bits_per_dim(
+                model,
+                self.study.x_test,
+                self.study.data.levels,
+                loss,
+                generator=g,
+                dequantized=cfg["data"]["dequantize"],
+            )
+            return float(parts["total"].mean())
+
+        return jobs.cached(cache / f"bound-{law}-T{steps}.json", {**base, "bound": [law, steps]}, compute)
+
+    def sample_metrics(self, x: torch.Tensor) -> dict:
+        """The sample metrics of the table on samples ``x`` (already on the data's levels)."""
+        from .metrics import features as features_lib
+        from .metrics import style
+
+        data = self.study.data
+        features, real = self.study.features()
+        fake = features(x)
+        kid, _ = features_lib.kernel_distance(real, fake, seed=self.plan.sample_seed)
+        from .data import unit_to_levels
+
+        look = style.style_metrics(unit_to_levels(x, data.levels), data.levels, self._train_levels())
+        return {
+            "fd": features_lib.frechet_distance(real, fake),
+            "kid": kid,
+            "saturation": look["saturation"],
+            "total_variation": look["tv"],
+        }
+
+    def _train_levels(self) -> torch.Tensor:
+        if getattr(self, "_levels", None) is None:
+            self._levels = self.study.data.tensor("train")
+        return self._levels
+
+    def evaluate_model(self, q: str, p: str, seed: int) -> list[dict]:
+        from .data import levels_to_unit, unit_to_levels
+
+        model, cfg, state, diffusion, run = self._load(self.study, q, p, seed)
+        cache = self._cache(self.study, q, p, seed)
+        base = {
+            "run": str(run),
+            "step": state["step"],
+            "n_samples": self.plan.n_samples,
+            "n_test": self.plan.n_test,
+            "sample_seed": self.plan.sample_seed,
+            "q": q,
+            "p": p,
+        }
+        L = self.study.data.levels
+        shape = (self.plan.n_samples, *self.study.data.shape)
+        rows = []
+        for setting in self.settings:
+            for target in self.fplan.nfe:
+                steps, predicted = steps_for(diffusion, setting, target)
+                kernel = self.kernel(diffusion, model, cfg, base, cache, steps) if setting.law == FITTED else None
+
+                def compute(setting=setting, steps=steps, kernel=kernel):
+                    t0 = time.perf_counter()
+                    law = setting.law if setting.law not in (None, FITTED) else None
+                    res = diffusion.sample_result(
+                        model,
+                        shape,
+                        sampler=setting.sampler,
+                        steps=steps,
+                        law=law,
+                        kernel=kernel,
+                        seed=self.plan.sample_seed,
+                        **dict(setting.options),
+                    )
+                    x = levels_to_unit(unit_to_levels(res.x.float(), L), L).float()
+                    return {"nfe": res.nfe, "sample_seconds": time.perf_counter() - t0, **self.sample_metrics(x)}
+
+                key = {**base, "setting": setting.label, "steps": steps}
+                values = jobs.cached(cache / f"frontier-{_slug(setting.label)}-N{steps}.json", key, compute)
+                row = {
+                    "model": run.name,
+                    "pair": f"{q}/{p}",
+                    "q": q,
+                    "p": p,
+                    "seed": seed,
+                    "setting": setting.label,
+                    "sampler": setting.sampler,
+                    "law": setting.law,
+                    "nfe_target": target,
+                    "steps": steps,
+                    **values,
+                }
+                if setting.sampler == "walk" and self.fplan.bound:
+                    row["bpd_bound"] = self.bound(model, cfg, diffusion, base, cache, steps, setting.law or p, kernel)
+                rows.append(row)
+        return rows
+
+    def bpd_ode(self, study: Study, q: str, p: str, seed: int) -> dict:
+        model, cfg, state, diffusion, run = self._load(study, q, p, seed)
+
+        def compute():
+            g = torch.Generator().manual_seed(12345)  # the study's images, dequantization and probes
+            bpd, _ = diffusion.bits_per_dim(
+                model,
+                study.x_test,
+                study.data.levels,
+                generator=g,
+                trace="hutchinson",
+                rtol=self.plan.rtol,
+                atol=self.plan.rtol,
+            )
+            return float(bpd.mean())
+
+        key = {"run": str(run), "step": state["step"], "n_test": self.plan.n_test, "rtol": self.plan.rtol}
+        value = jobs.cached(self._cache(study, q, p, seed) / "bpd_ode.json", key, compute)
+        return {"steps": cfg["train"]["steps"], "bpd_ode": value, "train_seconds": state["train_seconds"]}
+
+    def recipe_check(self) -> list[dict]:
+        """Per pair: bits/dim (ODE) of the seed-0 model and of the one trained with ``check_factor`` x steps."""
+        out = []
+        if self.check_study is None:
+            return out
+        seed = self.plan.seeds[0]
+        for pair in self.plan.pairs:
+            q, p = pair.split("/")
+            a, b = self.bpd_ode(self.study, q, p, seed), self.bpd_ode(self.check_study, q, p, seed)
+            gap = a["bpd_ode"] - b["bpd_ode"]
+            out.append(
+                {
+                    "pair": pair,
+                    "seed": seed,
+                    "steps": a["steps"],
+                    "bpd_ode": a["bpd_ode"],
+                    "steps_long": b["steps"],
+                    "bpd_ode_long": b["bpd_ode"],
+                    "gap": gap,
+                    "within": bool(math.isfinite(gap) and gap <= 0.1),
+                }
+            )
+        return out
+
+    def shapes(self) -> list[dict]:
+        """The fitted shapes (beta or nu) and variance ratios per step, seed 0, on the ``shapes_nfe`` grid."""
+        if not any(s.law == FITTED for s in self.settings):
+            return []
+        walk = Setting("walk", (), FITTED)
+        out = []
+        for pair in self.plan.pairs:
+            q, p = pair.split("/")
+            model, cfg, state, diffusion, run = self._load(self.study, q, p, self.plan.seeds[0])
+            steps, _ = steps_for(diffusion, walk, self.fplan.shapes_nfe)
+            base = {
+                "run": str(run),
+                "step": state["step"],
+                "n_samples": self.plan.n_samples,
+                "n_test": self.plan.n_test,
+                "sample_seed": self.plan.sample_seed,
+                "q": q,
+                "p": p,
+            }
+            k = self.kernel(diffusion, model, cfg, base, self._cache(self.study, q, p, self.plan.seeds[0]), steps)
+            out.append(
+                {
+                    "pair": pair,
+                    "seed": self.plan.seeds[0],
+                    "family": k.family,
+                    "T": k.T,
+                    "t": k.t,
+                    "shape": k.shape,
+                    "variance_ratio": k.variance_ratio,
+                }
+            )
+        return out
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        self.study.train_all()
+        if self.check_study is not None:
+            self.check_study.train_all()
+        rows = []
+        for i, (q, p, seed) in enumerate(self.models(), 1):
+            self.log(f"[frontier {i}/{len(self.models())}] {q}/{p} seed={seed}")
+            rows.extend(self.evaluate_model(q, p, seed))
+        return {
+            "fplan": asdict(self.fplan),
+            "plan": asdict(self.plan),
+            "dataset": self.study.data.name,
+            "rows": rows,
+            "check": self.recipe_check(),
+            "shapes": self.shapes(),
+            "seconds": time.perf_counter() - t0,
+        }
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def run_frontier(out, config, overrides=(), plan_overrides=None, force=False, progress=False, log=print) -> dict:
+    """Run (or continue) the frontier of ``config`` in ``out``; every output written, ``frontier.json`` last."""
+    from .frontier_report import write_frontier
+
+    fplan, plan, run_config = load(config, plan_overrides)
+    jobs.check(out, PRIMARY, force)
+    frontier = Frontier(out, fplan, plan, run_config, overrides, progress=progress, log=log)
+    with jobs.hold(out, PRIMARY, force):
+        result = frontier.run()
+        write_frontier(out, result, run_config)
+    return result
