@@ -17,12 +17,14 @@ seed-paired difference from the best Gaussian setting; :func:`run_frontier` writ
 
 from __future__ import annotations
 
+import base64
 import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import config as config_lib
@@ -105,6 +107,7 @@ class FrontierPlan:
     bound: bool = True  # the discrete bound of the walk settings
     check_factor: int = 4  # the recipe check: one model per pair at this many times the steps (0: none)
     shapes_nfe: int = 10  # the grid whose fitted shapes are shown
+    n_bound: int = 0  # test images for the bound and the check's bits/dim (0: study.n_test's; FD uses those)
 
     def check(self) -> FrontierPlan:
         from .kernels import check_family
@@ -123,6 +126,8 @@ class FrontierPlan:
         if max(self.nfe) > 10_000 or len(set(self.nfe)) != len(self.nfe):
             raise NonnormalError(f"frontier.nfe must list each count once, at most 10000, got {self.nfe!r}")
         check_family(self.family)
+        if self.n_bound < 0:
+            raise NonnormalError(f"frontier.n_bound must be >= 0 (0: every test image), got {self.n_bound}")
         if self.fit_n < 2 or self.check_factor < 0 or self.check_factor == 1:
             raise NonnormalError(
                 f"frontier.fit_n must be >= 2 and frontier.check_factor 0 (no check) or >= 2, got "
@@ -185,6 +190,11 @@ def _stochastic(setting: Setting) -> bool:
     return samplers.is_stochastic(setting.sampler)
 
 
+def metrics_key() -> list:
+    """What the cached sample metrics depend on beyond the samples: the metrics and their versions."""
+    return [list(SAMPLE_METRICS), 1]
+
+
 class Frontier:
     """Runs a frontier into a folder: the study's ``models/`` and ``cache/``, ``check/`` (4x models)."""
 
@@ -201,6 +211,10 @@ class Frontier:
             self.check_study = Study(
                 self.out / "check", check_plan, run_config, [*overrides, f"train.steps={steps}"], progress, log
             )
+
+    def x_bound(self, study: Study) -> torch.Tensor:
+        """The test images the bound and bits/dim are scored on: the first ``n_bound``."""
+        return study.x_test[: self.fplan.n_bound or None]
 
     def models(self) -> list[tuple[str, str, int]]:
         return [(*pair.split("/"), seed) for seed in self.plan.seeds for pair in self.plan.pairs]
@@ -246,7 +260,7 @@ class Frontier:
             loss = step_loss(diffusion, kernel if law == FITTED else law, T=steps)
             parts = bound_bits_per_dim(
                 model,
-                self.study.x_test,
+                self.x_bound(self.study),
                 self.study.data.levels,
                 loss,
                 generator=g,
@@ -290,6 +304,7 @@ class Frontier:
             "step": state["step"],
             "n_samples": self.plan.n_samples,
             "n_test": self.plan.n_test,
+            "n_bound": self.fplan.n_bound,
             "sample_seed": self.plan.sample_seed,
             "q": q,
             "p": p,
@@ -302,7 +317,7 @@ class Frontier:
                 steps, predicted = steps_for(diffusion, setting, target)
                 kernel = self.kernel(diffusion, model, cfg, base, cache, steps) if setting.law == FITTED else None
 
-                def compute(setting=setting, steps=steps, kernel=kernel):
+                def draw(setting=setting, steps=steps, kernel=kernel):
                     t0 = time.perf_counter()
                     law = setting.law if setting.law not in (None, FITTED) else None
                     res = diffusion.sample_result(
@@ -315,11 +330,20 @@ class Frontier:
                         seed=self.plan.sample_seed,
                         **dict(setting.options),
                     )
-                    x = levels_to_unit(unit_to_levels(res.x.float(), L), L).float()
-                    return {"nfe": res.nfe, "sample_seconds": time.perf_counter() - t0, **self.sample_metrics(x)}
+                    levels = unit_to_levels(res.x.float(), L).to(torch.uint8)
+                    text = base64.b64encode(levels.numpy().tobytes()).decode()
+                    return {"nfe": res.nfe, "sample_seconds": time.perf_counter() - t0, "levels": text}
 
                 key = {**base, "setting": setting.label, "steps": steps}
-                values = jobs.cached(cache / f"frontier-{_slug(setting.label)}-N{steps}.json", key, compute)
+                name = f"{_slug(setting.label)}-N{steps}.json"
+                drawn = jobs.cached(cache / f"samples-{name}", key, draw)  # the samples as levels: metrics can change
+
+                def score(drawn=drawn):
+                    raw = np.frombuffer(base64.b64decode(drawn["levels"]), dtype=np.uint8).reshape(shape)
+                    return self.sample_metrics(levels_to_unit(torch.from_numpy(raw.astype(np.int64)), L).float())
+
+                values = jobs.cached(cache / f"metrics-{name}", {**key, "metrics": metrics_key()}, score)
+                values = {"nfe": drawn["nfe"], "sample_seconds": drawn["sample_seconds"], **values}
                 row = {
                     "model": run.name,
                     "pair": f"{q}/{p}",
@@ -345,7 +369,7 @@ class Frontier:
             g = torch.Generator().manual_seed(12345)  # the study's images, dequantization and probes
             bpd, _ = diffusion.bits_per_dim(
                 model,
-                study.x_test,
+                self.x_bound(study),
                 study.data.levels,
                 generator=g,
                 trace="hutchinson",
@@ -354,7 +378,13 @@ class Frontier:
             )
             return float(bpd.mean())
 
-        key = {"run": str(run), "step": state["step"], "n_test": self.plan.n_test, "rtol": self.plan.rtol}
+        key = {
+            "run": str(run),
+            "step": state["step"],
+            "n_test": self.plan.n_test,
+            "n_bound": self.fplan.n_bound,
+            "rtol": self.plan.rtol,
+        }
         value = jobs.cached(self._cache(study, q, p, seed) / "bpd_ode.json", key, compute)
         return {"steps": cfg["train"]["steps"], "bpd_ode": value, "train_seconds": state["train_seconds"]}
 
@@ -397,6 +427,7 @@ class Frontier:
                 "step": state["step"],
                 "n_samples": self.plan.n_samples,
                 "n_test": self.plan.n_test,
+                "n_bound": self.fplan.n_bound,
                 "sample_seed": self.plan.sample_seed,
                 "q": q,
                 "p": p,
