@@ -45,7 +45,6 @@ SETTINGS_DEFAULT = [
     "sde-dpmsolver++/laplace",
     "heun",
 ]
-SAMPLE_METRICS = ("fd", "kid", "saturation", "total_variation")
 
 
 @dataclass(frozen=True)
@@ -191,8 +190,10 @@ def _stochastic(setting: Setting) -> bool:
 
 
 def metrics_key() -> list:
-    """What the cached sample metrics depend on beyond the samples: the metrics and their versions."""
-    return [list(SAMPLE_METRICS), 1]
+    """What the cached sample metrics depend on beyond the samples: the table's metrics and versions."""
+    from .metrics import table
+
+    return [[m.name, m.version] for m in table.metrics("images", sampled=True)]
 
 
 class Frontier:
@@ -271,23 +272,21 @@ class Frontier:
         return jobs.cached(cache / f"bound-{law}-T{steps}.json", {**base, "bound": [law, steps]}, compute)
 
     def sample_metrics(self, x: torch.Tensor) -> dict:
-        """The sample metrics of the table on samples ``x`` (already on the data's levels)."""
-        from .metrics import features as features_lib
-        from .metrics import style
+        """Every sample metric of the metrics table on samples ``x`` (on the data's levels, [-1, 1])."""
+        from .metrics import table
 
         data = self.study.data
-        features, real = self.study.features()
-        fake = features(x)
-        kid, _ = features_lib.kernel_distance(real, fake, seed=self.plan.sample_seed)
-        from .data import unit_to_levels
-
-        look = style.style_metrics(unit_to_levels(x, data.levels), data.levels, self._train_levels())
-        return {
-            "fd": features_lib.frechet_distance(real, fake),
-            "kid": kid,
-            "saturation": look["saturation"],
-            "total_variation": look["tv"],
-        }
+        inputs = table.MetricInputs(
+            x,
+            data.levels,
+            self.study.x_test,
+            train_levels=self._train_levels,
+            features=self.study.features if data.labels("train") is not None else None,
+            seed=self.plan.sample_seed,
+            features_missing=f"{data.name} has no class labels, so there is no feature classifier",
+        )
+        values, skipped = table.compute(inputs, "images")
+        return {**values, "skipped": skipped}
 
     def _train_levels(self) -> torch.Tensor:
         if getattr(self, "_levels", None) is None:

@@ -9,7 +9,6 @@ usual choice, the reference every other setting is measured against.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,19 +18,29 @@ from . import stats
 
 PRIMARY = "frontier.json"
 GAUSSIAN_PAIR = "gaussian/gaussian"
-UNITS = {
+EXTRA_UNITS = {
     "nfe": "network calls",
     "nfe_target": "network calls",
-    "fd": "classifier-feature FD",
-    "kid": "MMD^2",
-    "saturation": "share at extreme levels",
-    "total_variation": "mean |neighbour difference| on [-1, 1]",
-    "bpd_bound": "bits/dim",
-    "bpd_ode": "bits/dim",
     "bpd_ode_long": "bits/dim",
     "gap": "bits/dim",
+    "fd_gaussian": "classifier-feature FD",
 }
-METRICS = ("fd", "kid", "saturation", "total_variation", "bpd_bound")
+CURVE = "fd"  # the metric of the figure and of the best-setting table
+
+
+def units() -> dict[str, str]:
+    """The metrics table's units, and the frontier's own columns'."""
+    from .metrics import table
+
+    return {**table.units(), **EXTRA_UNITS}
+
+
+def metrics() -> list[str]:
+    """The columns summarised per setting: the table's sample metrics (headline first), then the bound."""
+    from .metrics import table
+
+    sampled = table.metrics("images", sampled=True)
+    return [m.name for m in sampled if m.headline] + [m.name for m in sampled if not m.headline] + ["bpd_bound"]
 
 
 def setting_of(row: dict) -> str:
@@ -43,7 +52,7 @@ def is_gaussian(row: dict) -> bool:
     return row["pair"] == GAUSSIAN_PAIR and row.get("law") in (None, "gaussian")
 
 
-def summarize(rows: list[dict], metrics=METRICS) -> list[dict]:
+def summarize(rows: list[dict], names: list[str] | None = None) -> list[dict]:
     """One line per (setting, NFE target): actual NFE, seeds, and each metric's mean, sd, min, max."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -52,7 +61,7 @@ def summarize(rows: list[dict], metrics=METRICS) -> list[dict]:
     for (name, target), group in groups.items():
         line = {"setting": name, "nfe_target": target, "nfe": sorted({r["nfe"] for r in group}), "seeds": len(group)}
         line["nfe"] = line["nfe"][0] if len(line["nfe"]) == 1 else line["nfe"]
-        for m in metrics:
+        for m in names if names is not None else metrics():
             v = [r[m] for r in group if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
             if v:
                 mean, sd, _ = stats.mean_sd(v)
@@ -136,11 +145,14 @@ def plot_frontier(rows: list[dict], path, title: str, metric: str = "fd") -> Non
                 xs, [min(pts[x]) for x in xs], [max(pts[x]) for x in xs], color=line.get_color(), alpha=0.15
             )
         ax.set_xscale("log")
+        ticks = sorted({r["nfe"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("NFE (network calls)")
         ax.set_title(f"model {pair}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(f"{metric} ({UNITS.get(metric, '')})")
+    axes[0][0].set_ylabel(f"{metric} ({units().get(metric, '')})")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -178,12 +190,12 @@ def _replace(tmp: Path, final: Path) -> None:
 def write_frontier(out, result: dict, config: dict) -> list[str]:
     """frontier.md, .html, .tex, frontier.png, shapes.png and frontier.json (last: the job is finished)."""
     from . import report
-    from .runs import write_atomic
+    from .files import write_atomic, write_json
 
     out = Path(out)
     rows = result["rows"]
     meta = {**report.provenance(), "dataset": result["dataset"], "seconds": result["seconds"]}
-    summary = summarize(rows)
+    summary = summarize(rows)  # the table's sample metrics and the bound
     best = best_settings(rows)
     files = ["frontier.json", "frontier.md", "frontier.html", "frontier.tex", "frontier.png"]
     title = (
@@ -194,7 +206,9 @@ def write_frontier(out, result: dict, config: dict) -> list[str]:
         files.append("shapes.png")
         t = f"fitted {result['shapes'][0]['family']} kernel per step, T = {result['shapes'][0]['T']}, seed {result['shapes'][0]['seed']}"
         _plot_to(out, "shapes.png", lambda p: plot_shapes(result["shapes"], p, t))
-    sum_cols = ["setting", "nfe_target", "nfe", "seeds"] + [c for m in METRICS for c in (m, m + "_sd")]
+    u, names = units(), metrics()
+    sum_cols = ["setting", "nfe_target", "nfe", "seeds", CURVE, CURVE + "_sd", CURVE + "_min", CURVE + "_max"]
+    sum_cols += [m for m in names if m != CURVE]
     best_cols = [
         "nfe_target",
         "best",
@@ -233,12 +247,12 @@ def write_frontier(out, result: dict, config: dict) -> list[str]:
         "",
         "## Best setting per NFE",
         "",
-        report.markdown_table(best, best_cols, UNITS),
+        report.markdown_table(best, best_cols, u),
     ]
     md += [f"- NFE {b['nfe_target']}: {b['verdict']}." for b in best] + [""]
     md += ["## Training check", "", check_note, ""]
     if result["check"]:
-        md += [report.markdown_table(result["check"], check_cols, UNITS)]
+        md += [report.markdown_table(result["check"], check_cols, u)]
     md += ["## Figure", "", "![FD against NFE](frontier.png)", ""]
     if result["shapes"]:
         md += ["## Fitted shapes", "", "![fitted shapes](shapes.png)", ""]
@@ -247,32 +261,30 @@ def write_frontier(out, result: dict, config: dict) -> list[str]:
             + ", ".join(f"{b:.2f}" for b in s["shape"] if b is not None)
             for s in result["shapes"]
         ] + [""]
-    md += ["## All settings (mean and sd over seeds)", "", report.markdown_table(summary, sum_cols, UNITS)]
+    md += ["## All settings (mean and sd over seeds)", "", report.markdown_table(summary, sum_cols, u)]
     md += (
         ["## Notes", ""]
         + [f"- {n}" for n in notes]
         + ["", f"_nonnormal {meta['version']}, commit {meta['commit']}; command: `{meta['command']}`_", ""]
     )
     write_atomic(out / "frontier.md", "\n".join(md).encode())
-    tex = report.latex_table(
-        best, best_cols, f"{result['dataset']}: best setting per NFE against the best Gaussian", UNITS
-    )
-    tex += report.latex_table(summary, sum_cols[:8], f"{result['dataset']}: every setting (mean over seeds)", UNITS)
+    tex = report.latex_table(best, best_cols, f"{result['dataset']}: best setting per NFE against the best Gaussian", u)
+    tex += report.latex_table(summary, sum_cols[:8], f"{result['dataset']}: every setting (mean over seeds)", u)
     write_atomic(out / "frontier.tex", tex.encode())
     import html as html_lib
 
     sections = [
-        ("Best setting per NFE", report.html_table(best, best_cols, UNITS)),
+        ("Best setting per NFE", report.html_table(best, best_cols, u)),
         ("FD against NFE", report.html_image(out / "frontier.png", "FD against NFE")),
         (
             "Training check",
-            f"<p>{html_lib.escape(check_note)}</p>" + report.html_table(result["check"], check_cols, UNITS),
+            f"<p>{html_lib.escape(check_note)}</p>" + report.html_table(result["check"], check_cols, u),
         ),
     ]
     if result["shapes"]:
         sections.append(("Fitted shapes", report.html_image(out / "shapes.png", "fitted shapes")))
     sections += [
-        ("All settings", report.html_table(summary, sum_cols, UNITS)),
+        ("All settings", report.html_table(summary, sum_cols, u)),
         ("Notes", "<ul>" + "".join(f"<li>{html_lib.escape(n)}</li>" for n in notes) + "</ul>"),
     ]
     write_atomic(
@@ -283,27 +295,15 @@ def write_frontier(out, result: dict, config: dict) -> list[str]:
         "config": config,
         "fplan": result["fplan"],
         "plan": result["plan"],
-        "units": UNITS,
+        "units": units(),
         "notes": notes,
         "best": best,
         "check": result["check"],
         "shapes": result["shapes"],
         "rows": rows,
     }
-    text = json.dumps(_finite(payload), indent=1, allow_nan=False, default=str)
-    write_atomic(out / PRIMARY, (text + "\n").encode())  # last: the job is finished
+    write_json(out / PRIMARY, payload)  # strict JSON, last: the job is finished
     return files
-
-
-def _finite(v):
-    """Strict JSON: non-finite numbers become null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
 
 
 def _plot_to(out: Path, name: str, draw) -> None:
