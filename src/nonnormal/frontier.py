@@ -448,19 +448,20 @@ class Frontier:
     def run(self) -> dict:
         t0 = time.perf_counter()
         self.study.train_all()
-        if self.check_study is not None:
-            self.check_study.train_all()
         rows = []
         for i, (q, p, seed) in enumerate(self.models(), 1):
             self.log(f"[frontier {i}/{len(self.models())}] {q}/{p} seed={seed}")
             rows.extend(self.evaluate_model(q, p, seed))
+        shapes = self.shapes()
+        if self.check_study is not None:  # last: the frontier's own results are cached first
+            self.check_study.train_all()
         return {
             "fplan": asdict(self.fplan),
             "plan": asdict(self.plan),
             "dataset": self.study.data.name,
             "rows": rows,
             "check": self.recipe_check(),
-            "shapes": self.shapes(),
+            "shapes": shapes,
             "seconds": time.perf_counter() - t0,
         }
 
