@@ -16,7 +16,7 @@ from nonnormal import config
 from nonnormal.cli import main
 from nonnormal.diffusion import Diffusion
 from nonnormal.errors import NonnormalError
-from nonnormal.frontier import Setting, parse_setting, steps_for
+from nonnormal.frontier_plan import Setting, parse_setting, steps_for
 from nonnormal.frontier_report import best_settings, summarize
 from nonnormal.stats import t_quantile
 
