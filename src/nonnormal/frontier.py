@@ -144,7 +144,7 @@ class Frontier:
         model, cfg, state, diffusion, run = self._load(self.study, q, p, seed)
         cache = self._cache(self.study, q, p, seed)
         base = {
-            "run": str(run),
+            "run": run.name,  # the model folder by name: a moved or renamed --out keeps its cache
             "step": state["step"],
             "n_samples": self.plan.n_samples,
             "n_test": self.plan.n_test,
@@ -223,7 +223,7 @@ class Frontier:
             return float(bpd.mean())
 
         key = {
-            "run": str(run),
+            "run": run.name,
             "step": state["step"],
             "n_test": self.plan.n_test,
             "n_bound": self.fplan.n_bound,
@@ -267,7 +267,7 @@ class Frontier:
             model, cfg, state, diffusion, run = self._load(self.study, q, p, self.plan.seeds[0])
             steps, _ = steps_for(diffusion, walk, self.fplan.shapes_nfe)
             base = {
-                "run": str(run),
+                "run": run.name,
                 "step": state["step"],
                 "n_samples": self.plan.n_samples,
                 "n_test": self.plan.n_test,
