@@ -70,6 +70,8 @@ def test_best_setting_against_the_best_gaussian_one_with_pooled_seed_variance():
     assert best["diff"] == pytest.approx(d_best.mean())
     assert best["lo"] == pytest.approx(d_best.mean() - half) and best["hi"] == pytest.approx(d_best.mean() + half)
     assert best["distinguishable"] is bool(abs(d_best.mean()) > half) is True
+    half_b = t_quantile(1 - 0.05 / 2, 4) * pooled / math.sqrt(3)  # Bonferroni over the 2 comparisons
+    assert best["distinguishable_bonferroni"] is bool(abs(d_best.mean()) > half_b)
     assert best["non_normal_wins"] is True and best["fd"] == pytest.approx(np.mean(l_walk))
     assert "distinguishable from gaussian/gaussian ddim:eta=0" in best["verdict"]
 
