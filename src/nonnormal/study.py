@@ -114,7 +114,11 @@ class Plan:
 def load_plan(path: str | Path | None, plan_overrides: dict | None = None) -> tuple[Plan, dict]:
     """``(plan, run config)`` from a study TOML: a ``[study]`` table beside the usual run sections."""
     raw = config_lib.read_toml(path) if path else {}
-    table = dict(raw.pop("study", {}))
+    return plan_from_table(dict(raw.pop("study", {})), plan_overrides, path), raw
+
+
+def plan_from_table(table: dict, plan_overrides: dict | None = None, path=None) -> Plan:
+    """The checked :class:`Plan` of a ``[study]`` table (with ``plan_overrides`` where not None)."""
     table.update({k: v for k, v in (plan_overrides or {}).items() if v is not None})
     known = set(Plan.__dataclass_fields__)
     unknown = sorted(set(table) - known)
@@ -130,7 +134,7 @@ def load_plan(path: str | Path | None, plan_overrides: dict | None = None) -> tu
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise NonnormalError(f"{path or 'study'}: study.{key} must be {want.__name__}, got {value!r}")
         table[key] = value
-    return Plan(**table).check(), raw
+    return Plan(**table).check()
 
 
 def _label(q: str, p: str) -> str:

@@ -12,6 +12,7 @@ import sys
 from ..errors import NonnormalError
 from ..jobs import AGAIN
 from .fit import add_parser as add_fit_parser
+from .frontier import add_parser as add_frontier_parser
 from .runs import cmd_eval, cmd_export, cmd_sample, cmd_train
 from .studies import cmd_compare, cmd_invariance, cmd_kl, cmd_laws, cmd_presets, cmd_study
 
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_study, again=AGAIN)
 
     add_fit_parser(sub, count=_count, seed=_seed, text=_text)
+    add_frontier_parser(sub, count=_count, text=_text, again=AGAIN)
     return parser
 
 

@@ -31,10 +31,14 @@ def cell(v, digits: int = 4) -> str:
 
 
 def markdown_table(rows: list[dict], columns: list[str], units: dict[str, str] | None = None) -> str:
-    """A GitHub-markdown table; ``units`` adds each column's unit to its header."""
-    head = [c + (f" ({units[c]})" if units and units.get(c) else "") for c in columns]
+    """A GitHub-markdown table; ``units`` adds each column's unit to its header (``|`` escaped)."""
+
+    def md(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    head = [md(c + (f" ({units[c]})" if units and units.get(c) else "")) for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(md(cell(r.get(c))) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
