@@ -228,6 +228,10 @@ def test_frontier_killed_before_its_output_writes_finishes_with_the_same_command
     assert [b["nfe_target"] for b in a["best"]] == [2, 3] and a["best"][0]["dof"] == 0  # one seed: no interval
     capsys.readouterr()
     assert cli(*args) == 2 and "--force" in capsys.readouterr().err
+    assert cli(*args, "--force", "--no-check") == 0  # rebuilt from the cache without the recipe check: same rows
+    c = json.loads((out / "frontier.json").read_text())
+    assert strip(c["rows"]) == strip(a["rows"]) and not c["check"] and c["fplan"]["check_factor"] == 0
+    assert "Recipe check: not run" in (out / "frontier.md").read_text()
 
 
 @pytest.mark.slow

@@ -20,6 +20,11 @@ def add_parser(sub, *, count, text, again) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a run config key (repeatable)")
     p.add_argument("--seeds", type=count(1, 100), default=None, help="train seeds 0..N-1 (overrides study.seeds)")
     p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the recipe check (the models trained with frontier.check_factor x the steps); the report says so",
+    )
+    p.add_argument(
         "--out",
         type=text,
         default=None,
@@ -38,7 +43,13 @@ def cmd_frontier(args) -> int:
     t0 = time.time()
     seeds = list(range(args.seeds)) if args.seeds else None
     result = run_frontier(
-        out, config, list(args.set or []), {"seeds": seeds}, force=args.force, progress=not args.quiet
+        out,
+        config,
+        list(args.set or []),
+        {"seeds": seeds},
+        force=args.force,
+        progress=not args.quiet,
+        check=not args.no_check,
     )
     print()
     print((out / "frontier.md").read_text().split("## Training check")[0].rstrip())
