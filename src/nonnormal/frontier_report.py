@@ -147,7 +147,7 @@ def plot_frontier(rows: list[dict], path, title: str, metric: str = "fd") -> Non
                 xs, [min(pts[x]) for x in xs], [max(pts[x]) for x in xs], color=line.get_color(), alpha=0.15
             )
         ax.set_xscale("log")
-        ticks = sorted({r["nfe"] for r in rows})
+        ticks = sorted({r["nfe_target"] for r in rows})  # the targets (heun's 2N-1 calls sit just left of them)
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("NFE (network calls)")
