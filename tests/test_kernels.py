@@ -217,7 +217,7 @@ def test_increments_scaled_law_and_json_round_trip(tmp_path):
     assert torch.allclose(scaled.cdf(scaled.icdf(u)), u, atol=1e-7)
     # strict JSON, round trip, load by grid; a missing grid names the command
     path = save_kernel(kernel, tmp_path)
-    assert path.name == "T4-ddpm.json"
+    assert path.name == "T4-ddpm-student_t.json"
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
     back = load_kernel(tmp_path, 4, "ddpm")
     assert back == kernel and torch.equal(back.increments(2, u), kernel.increments(2, u))
@@ -313,7 +313,7 @@ def test_fit_command_writes_the_kernel_and_plot_and_prints_the_bounds(tiny_run, 
     kernel = load_kernel(tiny_run, 3, "uniform")
     assert kernel.T == 3 and kernel.n == 8 and kernel.family == "gennorm" and set(kernel.bound) == set(kernel.terms)
     assert all(1.0 <= r <= c[1] * (1 + 1e-12) for r, c in zip(kernel.variance_ratio, kernel.clip))
-    assert (tiny_run / "kernels" / "T3-uniform.png").stat().st_size > 0
+    assert (tiny_run / "kernels" / "T3-uniform-gennorm.png").stat().st_size > 0
     assert _cli("fit", tiny_run, "--T", 3, "--n", 8, "--quiet") == 2  # never overwrites without --force
     assert "already exists: pass --force" in capsys.readouterr().err
 
@@ -381,7 +381,7 @@ def test_sample_and_eval_take_the_fitted_kernel_of_the_run(tiny_run, tmp_path, c
 
     from nonnormal import load
 
-    if not (tiny_run / "kernels" / "T3-uniform.json").exists():
+    if not (tiny_run / "kernels" / "T3-uniform-gennorm.json").exists():
         assert _cli("fit", tiny_run, "--T", 3, "--n", 8, "--seed", 1, "--device", "cpu", "--quiet") == 0
     out = tmp_path / "fitted"
     assert _cli("sample", tiny_run, "--T", 3, "--kernel", "fitted", "--n", 5, "--out", out, "--quiet") == 0

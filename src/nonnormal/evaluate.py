@@ -1,5 +1,6 @@
 """Evaluation of a trained run, and the reference rows it is read against.
 
+- :class:`EvalOptions`: what to evaluate and how (the sampler among it), shared with ``evaluate_pretrained``;
 - :func:`evaluate_run`: test-set bits/dim (probability-flow ODE and the paper's bound) and sample
   quality of a run, on its own :class:`~nonnormal.diffusion.Diffusion`;
 - :func:`score_model`: the engine under it (and under ``evaluate_pretrained``): the likelihood
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -75,74 +78,138 @@ def _batches(x: torch.Tensor, size: int):
         yield x[i : i + size]
 
 
-def evaluate_run(
-    run,
-    device="cpu",
-    n_test: int | None = None,
-    n_samples: int | None = None,
-    T: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    batch: int = 500,
-    seed: int = 0,
-    quality: bool = True,
-    progress: bool = False,
-    *,
-    sampler: str = "walk",
-    ode_method: str = "dopri5",
-    ode_steps: int | None = None,
-    spacing: str | None = None,
-    sampler_options: dict | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate and how: the one set of options of :func:`evaluate_run` and of
+    ``nonnormal.integrations.diffusers.evaluate_pretrained`` (``nonnormal eval RUN`` and ``eval --pretrained``
+    build it the same way), so that a flag reaches both.
+
+    - ``n_test``: score the first n test images (default all); ``n_samples``: samples for the sample
+      metrics (default as many as test images); ``quality``: draw samples and score them at all.
+    - ``T``, ``spacing``: the grid of the bound, and the samplers' default grid (default the model's).
+    - ``sampler``: a name of :func:`nonnormal.samplers.names`; ``sampler_options``: the keywords of
+      :meth:`~nonnormal.diffusion.Diffusion.sample_result` for it (``steps``, ``eta``, ``law``, ...) and
+      ``kernel``: ``"fitted"`` (the kernel ``nonnormal fit`` saved for the sampling grid in the run's
+      folder, see :func:`nonnormal.kernels.find_kernel`), a kernel file's path or a kernel object.
+    - ``ode_method``, ``ode_steps``, ``rtol``, ``atol``: the probability-flow ODE of ``bpd_ode`` (and of
+      the ``ode`` sampler).
+    - ``batch``: test images per likelihood batch; ``seed``: dequantization, probes and samples.
+    """
+
+    n_test: int | None = None
+    n_samples: int | None = None
+    T: int | None = None
+    spacing: str | None = None
+    sampler: str = "walk"
+    sampler_options: dict = field(default_factory=dict)
+    ode_method: str = "dopri5"
+    ode_steps: int | None = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    batch: int = 500
+    seed: int = 0
+    quality: bool = True
+    progress: bool = False
+
+    def ode_options(self) -> dict:
+        """``{method, steps, rtol, atol}`` of the probability-flow ODE, checked (one-line errors)."""
+        from . import ode
+
+        checked = ode.check_options(self.ode_method, self.ode_steps, self.rtol, self.atol)
+        return dict(zip(("method", "steps", "rtol", "atol"), checked))
+
+    def check(self) -> None:
+        """The sampler, its own options (``eta``, ...) and the ODE options: a one-line error before any work."""
+        from . import samplers
+
+        own = {k: v for k, v in self.sampler_options.items() if k not in SAMPLE_RESULT_KEYS}
+        samplers.get(self.sampler, **own)
+        self.ode_options()
+
+    def sampling(self, diffusion, folder) -> tuple[dict, dict]:
+        """``(keywords, info)``: the keywords of ``diffusion.sample_result`` that draw the samples (a kernel
+        ``"fitted"`` or path read: ``"fitted"`` from ``folder``'s kernels of the sampling grid), and what
+        eval.json records of them."""
+        if self.sampler == "ode":
+            return self.ode_options(), {}
+        kw = dict(self.sampler_options)
+        info = {"sampler_options": {k: v for k, v in kw.items() if k != "kernel" and isinstance(v, (int, float, str))}}
+        kernel = kw.get("kernel")
+        if isinstance(kernel, (str, Path)):
+            from .kernels import find_kernel, read_kernel
+
+            steps = kw.get("steps") or diffusion.T
+            path = find_kernel(folder, steps, diffusion.spacing) if kernel == "fitted" else Path(kernel)
+            kw["kernel"] = read_kernel(path)
+            info.update(kernel="fitted", kernel_file=str(path), kernel_family=kw["kernel"].family)
+        elif kernel is not None:
+            info.update(kernel=getattr(kernel, "family", type(kernel).__name__))
+        return kw, info
+
+    def draw(self, model, diffusion, shape, keywords: dict, out: dict, *, device, dtype, extra_args=None):
+        """``draw(n)``: n samples of ``shape`` with this sampler and ``keywords`` (from :meth:`sampling`);
+        ``out["sample_nfe"]``: its model calls per image. ``extra_args(n)``: the model's extra arguments."""
+
+        def draw(n: int) -> torch.Tensor:
+            result = diffusion.sample_result(
+                model,
+                (n,) + tuple(shape),
+                sampler=self.sampler,
+                seed=self.seed,
+                device=device,
+                dtype=dtype,
+                progress=self.progress,
+                extra_args=extra_args(n) if extra_args else None,
+                **keywords,
+            )
+            out["sample_nfe"] = result.nfe
+            return result.x
+
+        return draw
+
+
+def evaluate_run(run, device="cpu", options: EvalOptions | None = None, **fields) -> dict:
     """Test-set bits/dim (probability-flow ODE and the discrete bound at T) and sample quality.
 
-    Everything runs on the run's own :class:`~nonnormal.diffusion.Diffusion` (its schedule, laws,
-    rule and spacing, from its config), with ``T`` and ``spacing`` overridden when given.
-    ``bpd_ode``: ``-log2 p`` of dequantized test images under the continuous-limit model
-    (Hutchinson trace; ``ode_method`` at ``rtol``/``atol``, or ``ode_steps`` fixed steps). ``bpd_bound``:
-    the paper's bound for the run's (q, p) pair at ``T`` (default: the run's), on dequantized
-    data with a continuous decoder when the run trained on dequantized data. It bounds ``-log2`` of
-    the T-step walk model's density, a different model from the ODE's, so it is not a bound on
-    ``bpd_ode``. Then every sample metric of the metrics table on ``n_samples`` samples (``sampler``: any
-    of :func:`nonnormal.samplers.names`, with ``sampler_options`` such as ``steps`` or ``eta``; ``"walk"``:
-    ancestral, law p, the run's rule; ``"ode"``: the probability-flow ODE with the ODE options): FD and
-    KID against the test split in the feature space of the dataset's classifier
-    (:mod:`nonnormal.metrics.features`), the style metrics; ``skipped`` says which were left out and why;
-    ``sample_nfe``: the sampler's model calls per image.
+    ``options`` (:class:`EvalOptions`; ``fields`` replace its fields, e.g. ``n_test=100``). Everything
+    runs on the run's own :class:`~nonnormal.diffusion.Diffusion` (its schedule, laws, rule and spacing,
+    from its config), with ``T`` and ``spacing`` overridden when given. ``bpd_ode``: ``-log2 p`` of
+    dequantized test images under the continuous-limit model (Hutchinson trace; ``ode_method`` at
+    ``rtol``/``atol``, or ``ode_steps`` fixed steps). ``bpd_bound``: the paper's bound for the run's (q, p)
+    pair at ``T`` (default: the run's), on dequantized data with a continuous decoder when the run trained
+    on dequantized data. It bounds ``-log2`` of the T-step walk model's density, a different model from
+    the ODE's, so it is not a bound on ``bpd_ode``. Then every sample metric of the metrics table on
+    ``n_samples`` samples drawn by ``sampler`` (``"walk"``: ancestral, law p or the kernel, the run's rule;
+    ``"ode"``: the probability-flow ODE with the ODE options): FD and KID against the test split in the
+    feature space of the dataset's classifier (:mod:`nonnormal.metrics.features`), the style metrics;
+    ``skipped`` says which were left out and why; ``sample_nfe``: the sampler's model calls per image.
 
     A class-conditional run (``net.num_classes``) is scored given the test images' labels (conditional
     bits/dim, see :func:`score_model`) and sampled with labels in the training split's class profile
     (:func:`nonnormal.conditioning.profile_labels`), so that its samples stand for the same data law
     as an unconditional run's (``class_tv_train`` then also counts samples that leave their class).
     """
-    from . import ode, samplers
     from .conditioning import num_classes, profile_labels
     from .device import check_memory
     from .diffusion import Diffusion
     from .runs import load_data, load_run
 
-    sampler_options = dict(sampler_options or {})
-    own = {k: v for k, v in sampler_options.items() if k not in SAMPLE_RESULT_KEYS}  # the sampler's own (eta, ...)
-    samplers.get(sampler, **own)  # an unknown sampler or option: one line, before any work
-    ode_options = dict(zip(("method", "steps", "rtol", "atol"), ode.check_options(ode_method, ode_steps, rtol, atol)))
+    o = replace(options or EvalOptions(), **fields)
+    o.check()  # an unknown sampler or option: one line, before any work
     model, cfg, state = load_run(run, device)
-    if n_samples:
-        check_memory(cfg, tuple(state["shape"]), "--n-samples", n_samples)
+    if o.n_samples:
+        check_memory(cfg, tuple(state["shape"]), "--n-samples", o.n_samples)
     data = load_data(cfg)
     d = cfg["diffusion"]
-    diffusion = Diffusion.from_config({**d, **({"T": T} if T else {}), **({"spacing": spacing} if spacing else {})})
-    if sampler_options.get("kernel") == "fitted":  # the walk's kernel fitted for this grid (`nonnormal fit`)
-        from .kernels import load_kernel
-
-        sampler_options["kernel"] = load_kernel(run, sampler_options.get("steps") or diffusion.T, diffusion.spacing)
-        out_kernel = "fitted"
-    else:
-        out_kernel = None
+    grid = {k: v for k, v in (("T", o.T), ("spacing", o.spacing)) if v}
+    diffusion = Diffusion.from_config({**d, **grid})
+    keywords, sample_info = o.sampling(diffusion, run)
     x = data.unit("test")
-    if n_test is not None:
-        x = x[:n_test]
+    if o.n_test is not None:
+        x = x[: o.n_test]
     dtype = next(model.parameters()).dtype
     x = x.to(device, dtype)
+    ode_options = o.ode_options()
     out: dict = {
         "q": d["q"],
         "p": d["p"],
@@ -151,40 +218,25 @@ def evaluate_run(
         "rule": d["rule"],
         "schedule": diffusion.schedule.spec,
         "spacing": diffusion.spacing,
-        "sampler": sampler,
-        "ode_method": ode_method,
+        "sampler": o.sampler,
+        "ode_method": ode_options["method"],
         "ode_steps": ode_options["steps"],
         "step": state["step"],
         "train_seconds": state["train_seconds"],
         "n_test": x.shape[0],
+        **sample_info,
     }
-    if out_kernel:
-        out["kernel"] = out_kernel
 
-    classes, test_labels = num_classes(cfg), None
+    classes, test_labels, labels = num_classes(cfg), None, None
     if classes:  # a conditional run: its likelihood given the test labels, samples in the training profile
         test_labels = data.labels("test")[: x.shape[0]]
         weights = torch.bincount(data.labels("train"), minlength=classes)
         out["sample_classes"] = "the training split's class profile (conditional model, guidance 1)"
 
-    def draw(n: int) -> torch.Tensor:
-        shape = (n,) + tuple(x.shape[1:])
-        options = ode_options if sampler == "ode" else (sampler_options or {})
-        extra = {"class_labels": profile_labels(n, weights).to(device)} if classes else None
-        result = diffusion.sample_result(
-            model,
-            shape,
-            sampler=sampler,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            progress=progress,
-            extra_args=extra,
-            **options,
-        )
-        out["sample_nfe"] = result.nfe
-        return result.x
+        def labels(n: int) -> dict:
+            return {"class_labels": profile_labels(n, weights).to(device)}
 
+    draw = o.draw(model, diffusion, x.shape[1:], keywords, out, device=device, dtype=dtype, extra_args=labels)
     out.update(
         score_model(
             model,
@@ -194,11 +246,11 @@ def evaluate_run(
             draw,
             dequantized=cfg["data"]["dequantize"],
             ode_options=ode_options,
-            n_samples=n_samples,
-            batch=batch,
-            seed=seed,
-            quality=quality,
-            progress=progress,
+            n_samples=o.n_samples,
+            batch=o.batch,
+            seed=o.seed,
+            quality=o.quality,
+            progress=o.progress,
             device=device,
             class_labels=test_labels,
         )

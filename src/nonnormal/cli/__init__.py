@@ -159,9 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eta", type=float, default=None, help="ddim's eta in [0, 1] (0: deterministic, 1: the walk)")
         p.add_argument(
             "--kernel",
-            choices=["fitted"],
+            type=_text,
             default=None,
-            help="fitted: the walk's per-step kernel from `nonnormal fit RUN --T N` (RUN/kernels/) instead of a fixed law",
+            metavar="fitted|FILE",
+            help="the walk's steps from a kernel fitted per step instead of a fixed law: fitted, the one `nonnormal fit` "
+            "saved for the grid (RUN/kernels/T<N>-<spacing>-<family>.json; with --pretrained DIR, "
+            "runs/pretrained-<DIR name>/kernels/), refused if several families were fitted; or FILE, one such file",
         )
         p.add_argument(
             "--spacing",

@@ -24,7 +24,7 @@ def add_parser(sub, *, count, seed, text) -> None:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-bound", action="store_true", help="skip the whole bound before/after (bits/dim)")
     p.add_argument("--device", type=text, default="auto")
-    p.add_argument("--force", action="store_true", help="overwrite the grid's kernel fitted before")
+    p.add_argument("--force", action="store_true", help="overwrite the kernel of this grid and family fitted before")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_fit)
 
@@ -67,8 +67,7 @@ def cmd_fit(args) -> int:
 
     from ..data import dequantize
     from ..diffusion import Diffusion
-    from ..kernels import check_family, fit_kernel, fixed_laws, save_kernel, step_loss
-    from ..kernels.fitted import kernel_path
+    from ..kernels import check_family, fit_kernel, fixed_laws, kernel_files, kernel_path, save_kernel, step_loss
     from ..kernels.plot import plot_kernel
     from ..likelihood import bound_bits_per_dim
     from ..train import pick_device
@@ -85,9 +84,13 @@ def cmd_fit(args) -> int:
         )
     overrides = {k: v for k, v in (("T", args.T), ("spacing", args.spacing)) if v is not None}
     diffusion = Diffusion.from_config({**cfg["diffusion"], **overrides})
-    path = kernel_path(folder, diffusion.T, diffusion.spacing)
-    if path.exists() and not args.force:
-        raise NonnormalError(f"{path} already exists: pass --force to refit it")
+    path = kernel_path(folder, diffusion.T, diffusion.spacing, args.family)
+    try:  # this family's kernel of the grid, under its name or the older one (by grid only)
+        before = kernel_files(folder, diffusion.T, diffusion.spacing).get(args.family)
+    except NonnormalError:  # an unreadable file of the older name: refitting writes the new name beside it
+        before = path if path.exists() else None
+    if before is not None and not args.force:
+        raise NonnormalError(f"{before} already exists: pass --force to refit it")
     dtype = next((p.dtype for p in model.parameters()), torch.float32) if hasattr(model, "parameters") else None
     x = data.unit("test").to(device, dtype or torch.float32)
     dequantized = bool(data.levels) and bool(cfg.get("data", {}).get("dequantize", False))

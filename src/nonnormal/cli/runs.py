@@ -79,11 +79,15 @@ def cmd_sample(args) -> int:
         steps = options.get("steps") or diffusion.T
         info.update(T=steps)
         law = diffusion.walk(args.law, T=1).law if samplers.is_stochastic(args.sampler) else None  # checked early
-        if args.kernel == "fitted":
-            from ..kernels import load_kernel
+        if (
+            args.kernel is not None
+        ):  # fitted for this grid in the run's folder (pretrained: where fit wrote it), or a file
+            from ..kernels import find_kernel, read_kernel
 
-            options["kernel"] = load_kernel(args.run, steps, diffusion.spacing)
-            info.update(law="fitted")
+            folder = state.get("folder") or args.run
+            path = find_kernel(folder, steps, diffusion.spacing) if args.kernel == "fitted" else args.kernel
+            options["kernel"] = read_kernel(path)
+            info.update(law="fitted", kernel_file=str(path), kernel_family=options["kernel"].family)
         elif law is not None:
             info.update(law=law.spec)
             options["law"] = law
@@ -214,12 +218,15 @@ def _sampler_options(args) -> dict:
     if getattr(args, "kernel", None) is not None:
         if args.sampler != "walk":
             raise NonnormalError(
-                f"--kernel fitted goes with --sampler walk (it is fitted for the walk's steps), not {args.sampler}"
+                f"--kernel {args.kernel} goes with --sampler walk (it is fitted for the walk's steps), not {args.sampler}"
             )
         if law is not None:
-            raise NonnormalError("give either --law or --kernel fitted: the fitted kernel is the law of every step")
-        if _source(args) == "pretrained":
-            raise NonnormalError("--kernel fitted reads RUN/kernels/: give a run folder, not --pretrained")
+            raise NonnormalError(f"give either --law or --kernel {args.kernel}: the kernel is the law of every step")
+        if args.kernel != "fitted" and not Path(args.kernel).is_file():
+            raise NonnormalError(
+                f"--kernel {args.kernel}: no such file: give fitted (the kernel fitted for the grid) or a file "
+                "that `nonnormal fit` wrote (RUN/kernels/T<N>-<spacing>-<family>.json)"
+            )
     if eta is not None and "eta" not in samplers.options(fn):
         raise NonnormalError(f"--eta goes with --sampler ddim, not {args.sampler}")
     if steps is not None and T is not None and "law" in vars(args) and steps != T:
@@ -232,16 +239,34 @@ def _sampler_options(args) -> dict:
     return options
 
 
-def _eval_sampler_options(args) -> dict:
-    """eval's sampler flags checked (an unknown sampler is left to evaluate_run's own one-line refusal)."""
+def _eval_options(args):
+    """eval's flags as one :class:`~nonnormal.evaluate.EvalOptions`, for a run and for --pretrained alike
+    (an unknown sampler is left to its own one-line refusal)."""
     from .. import samplers
+    from ..evaluate import EvalOptions
 
-    if args.sampler not in samplers.names():
-        return {}
-    options = _sampler_options(args)
-    if args.kernel:
-        options["kernel"] = args.kernel  # resolved by evaluate_run on the run's grid
-    return {} if args.sampler == "ode" else options
+    check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
+    check_tolerance(args.rtol)
+    options = {}
+    if args.sampler in samplers.names():
+        options = _sampler_options(args)
+        if args.kernel:
+            options["kernel"] = args.kernel  # "fitted": resolved on the model's folder and the sampling grid
+    return EvalOptions(
+        n_test=args.n_test,
+        n_samples=args.n_samples,
+        T=args.T,
+        spacing=args.spacing,
+        sampler=args.sampler,
+        sampler_options={} if args.sampler == "ode" else options,
+        ode_method=args.ode_method or "dopri5",
+        ode_steps=args.ode_steps,
+        rtol=args.rtol,
+        atol=args.rtol,
+        seed=args.seed,
+        quality=not args.no_quality,
+        progress=not args.quiet,
+    )
 
 
 def cmd_eval(args) -> int:
@@ -253,35 +278,22 @@ def cmd_eval(args) -> int:
     if not Path(args.run).is_dir():
         raise NonnormalError(f"run folder {args.run} not found: give the --out folder of a `nonnormal train` run")
     path = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    _check_eval_out(path, args, parent=True)
+    result = evaluate_run(args.run, pick_device(args.device), _eval_options(args))
+    _write_eval(path, result)
+    return 0
+
+
+def _check_eval_out(path: Path, args, parent: bool) -> None:
+    """eval's JSON file: a file name, not clobbered without --force (a stale eval.json of the run is)."""
     if path.is_dir():
         raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
     if path.exists() and not path.is_file():
         raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
-    if not path.parent.is_dir():
+    if parent and not path.parent.is_dir():
         raise NonnormalError(f"the folder of --out {path} does not exist: create it or give another --out")
     if path.exists() and not args.force and not _stale_eval(path, args):
         raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
-    check_tolerance(args.rtol)
-    result = evaluate_run(
-        args.run,
-        pick_device(args.device),
-        args.n_test,
-        args.n_samples,
-        args.T,
-        args.rtol,
-        args.rtol,
-        seed=args.seed,
-        quality=not args.no_quality,
-        progress=not args.quiet,
-        sampler=args.sampler,
-        ode_method=args.ode_method or "dopri5",
-        ode_steps=args.ode_steps,
-        spacing=args.spacing,
-        sampler_options=_eval_sampler_options(args),
-    )
-    _write_eval(path, result)
-    return 0
 
 
 def _stale_eval(path: Path, args) -> bool:
@@ -289,7 +301,7 @@ def _stale_eval(path: Path, args) -> bool:
     ``train --resume``): it is then replaced without --force, and a line says so."""
     from ..runs import newest_step
 
-    if args.out:
+    if args.out or not args.run:
         return False
     try:
         old = json.loads(path.read_text()).get("step")
@@ -343,32 +355,11 @@ def _eval_pretrained(args) -> int:
         raise NonnormalError(
             "eval --pretrained needs --dataset: the test data to score the model on, e.g. cifar10:path=DIR"
         )
-    path = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / f"pretrained-{Path(args.pretrained).resolve().name}" / "eval.json"
-    )
-    if path.is_dir():
-        raise NonnormalError(f"--out {path} is a folder: give a JSON file name")
-    if path.exists() and not path.is_file():
-        raise NonnormalError(f"--out {path} exists and is not a regular file: give a JSON file name")
-    if path.exists() and not args.force and not _stale_eval(path, args):
-        raise NonnormalError(f"{path} already exists: pass --force to overwrite it or give --out")
-    check_positive(args, "T")  # --n-test, --n-samples: bounded by the parser
-    check_tolerance(args.rtol)
-    result = _diffusers().evaluate_pretrained(
-        args.pretrained,
-        args.dataset,
-        pick_device(args.device),
-        args.n_test,
-        args.n_samples,
-        args.T,
-        args.rtol,
-        args.rtol,
-        seed=args.seed,
-        quality=not args.no_quality,
-        progress=not args.quiet,
-    )
+    diffusers = _diffusers()
+    path = Path(args.out) if args.out else diffusers.pretrained_folder(args.pretrained) / "eval.json"
+    _check_eval_out(path, args, parent=False)
+    options = _eval_options(args)
+    result = diffusers.evaluate_pretrained(args.pretrained, args.dataset, pick_device(args.device), options)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_eval(path, result)
     return 0

@@ -2,7 +2,8 @@
 trained model and a step grid, each step's maximum-likelihood step law within a family
 (gennorm, student_t, gaussian) from held-out data; :class:`FittedKernel` plugs it into sampling
 (:meth:`FittedKernel.increments`) and into the bound (:func:`step_loss`), and is saved with the
-run as ``RUN/kernels/<grid>.json`` (:func:`save_kernel`, :func:`load_kernel`)::
+run as ``RUN/kernels/T<N>-<spacing>-<family>.json`` (:func:`save_kernel`; :func:`load_kernel` finds a grid's
+kernel, of the only family fitted for it or of the one named; :func:`read_kernel` reads one file)::
 
     from nonnormal import Diffusion
     from nonnormal.kernels import fit_kernel
@@ -19,7 +20,20 @@ Gaussian family's variance is Analytic-DPM's (Bao et al., 2022), estimated on re
 """
 
 from .fit import check_family, fit_kernel, fixed_laws
-from .fitted import FittedKernel, KernelStepLoss, ScaledLaw, family_law, grid_name, load_kernel, save_kernel, step_loss
+from .fitted import (
+    FittedKernel,
+    KernelStepLoss,
+    ScaledLaw,
+    family_law,
+    find_kernel,
+    grid_name,
+    kernel_files,
+    kernel_path,
+    load_kernel,
+    read_kernel,
+    save_kernel,
+    step_loss,
+)
 from .mle import FAMILIES, fit_family
 
 __all__ = [
@@ -29,11 +43,15 @@ __all__ = [
     "ScaledLaw",
     "check_family",
     "family_law",
+    "find_kernel",
     "fit_family",
     "fit_kernel",
     "fixed_laws",
     "grid_name",
+    "kernel_files",
+    "kernel_path",
     "load_kernel",
+    "read_kernel",
     "save_kernel",
     "step_loss",
 ]

@@ -29,7 +29,7 @@ from ..losses import StepKLLoss
 from .mle import FAMILIES
 
 FORMAT = "nonnormal-kernel-1"
-FOLDER = "kernels"  # RUN/kernels/<grid name>.json
+FOLDER = "kernels"  # RUN/kernels/<grid name>-<family>.json (before: <grid name>.json, still read)
 
 
 class ScaledLaw(IncrementLaw):
@@ -77,9 +77,10 @@ def family_law(family: str, shape: float | None) -> IncrementLaw:
     return increments.get(family, **{"gennorm": {"beta": shape}, "student_t": {"nu": shape}}[family])
 
 
-def grid_name(T: int, spacing: str) -> str:
-    """The file stem of a grid's kernel: ``T10-uniform``."""
-    return f"T{int(T)}-{spacing}"
+def grid_name(T: int, spacing: str, family: str | None = None) -> str:
+    """The file stem of a grid's kernel of a family: ``T10-uniform-gennorm`` (``T10-uniform``: the grid alone,
+    the name kernels had before they were named by family too)."""
+    return f"T{int(T)}-{spacing}" + (f"-{family}" if family else "")
 
 
 @dataclass
@@ -222,15 +223,16 @@ class KernelStepLoss(StepKLLoss):
         return out
 
 
-def kernel_path(run_dir, T: int, spacing: str) -> Path:
-    return Path(run_dir) / FOLDER / f"{grid_name(T, spacing)}.json"
+def kernel_path(run_dir, T: int, spacing: str, family: str | None = None) -> Path:
+    """``RUN/kernels/T<N>-<spacing>-<family>.json`` (without ``family``: the older name, by grid only)."""
+    return Path(run_dir) / FOLDER / f"{grid_name(T, spacing, family)}.json"
 
 
 def save_kernel(kernel: FittedKernel, run_dir) -> Path:
-    """Write ``RUN/kernels/<grid>.json`` atomically; returns its path."""
+    """Write ``RUN/kernels/T<N>-<spacing>-<family>.json`` atomically; returns its path."""
     from ..runs import write_atomic
 
-    path = kernel_path(run_dir, kernel.T, kernel.spacing)
+    path = kernel_path(run_dir, kernel.T, kernel.spacing, kernel.family)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -239,16 +241,54 @@ def save_kernel(kernel: FittedKernel, run_dir) -> Path:
     return path
 
 
-def load_kernel(run_dir, T: int, spacing: str) -> FittedKernel:
-    """The kernel fitted for a run's grid (T, spacing); a one-line error naming the command when missing."""
-    path = kernel_path(run_dir, T, spacing)
+def read_kernel(path) -> FittedKernel:
+    """The kernel in one file written by :func:`save_kernel` (any name); one-line errors."""
+    path = Path(path)
     if not path.is_file():
-        raise NonnormalError(
-            f"no fitted kernel for T = {T}, spacing {spacing} in {run_dir}: "
-            f"run `nonnormal fit {run_dir} --T {T} --spacing {spacing}` first"
-        )
+        raise NonnormalError(f"kernel file {path} not found: give a file written by `nonnormal fit` (RUN/kernels/)")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise NonnormalError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
     return FittedKernel.from_json(text, str(path))
+
+
+def kernel_files(run_dir, T: int, spacing: str) -> dict[str, Path]:
+    """The kernel files fitted for a grid, by family: ``T<N>-<spacing>-<family>.json``, and a file of the
+    older name ``T<N>-<spacing>.json`` under the family it holds unless a newer file of that family exists."""
+    found = {f: kernel_path(run_dir, T, spacing, f) for f in FAMILIES}
+    found = {f: p for f, p in found.items() if p.is_file()}
+    old = kernel_path(run_dir, T, spacing)
+    if old.is_file():
+        family = read_kernel(old).family
+        found.setdefault(family, old)
+    return found
+
+
+def find_kernel(run_dir, T: int, spacing: str, family: str | None = None) -> Path:
+    """The file of the kernel fitted for a grid (of ``family``, or the only family fitted); one-line errors
+    that name the command to run or the files to choose from."""
+    found = kernel_files(run_dir, T, spacing)
+    fit = f"nonnormal fit {run_dir} --T {T} --spacing {spacing}" + (f" --family {family}" if family else "")
+    if family is not None:
+        if family not in found:
+            raise NonnormalError(
+                f"no {family} kernel fitted for T = {T}, spacing {spacing} in {run_dir}: run `{fit}` first"
+            )
+        return found[family]
+    if not found:
+        raise NonnormalError(f"no fitted kernel for T = {T}, spacing {spacing} in {run_dir}: run `{fit}` first")
+    if len(found) > 1:
+        files = ", ".join(str(p) for p in found.values())
+        raise NonnormalError(
+            f"{len(found)} kernels were fitted for T = {T}, spacing {spacing} ({', '.join(found)}, fit --family): "
+            f"choose one with --kernel FILE, one of {files}"
+        )
+    return next(iter(found.values()))
+
+
+def load_kernel(run_dir, T: int, spacing: str, family: str | None = None) -> FittedKernel:
+    """The kernel fitted for a run's grid (T, spacing) by ``nonnormal fit``: of ``family``, or of the only
+    family fitted for it (several: a one-line error naming the files); missing: a one-line error naming
+    the command to run."""
+    return read_kernel(find_kernel(run_dir, T, spacing, family))

@@ -41,6 +41,7 @@ from .pretrained import (  # noqa: E402,F401
     load_pretrained,
     make_diffusion,
     pretrained_as_run,
+    pretrained_folder,
 )
 from .scheduler import NonNormalScheduler, coupled_increments  # noqa: E402
 from .timesteps import t_to_timestep, timestep_to_t  # noqa: E402

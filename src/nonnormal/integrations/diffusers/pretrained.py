@@ -253,16 +253,22 @@ def load_pretrained(path, device="cpu", dtype: torch.dtype = torch.float32):
     return eps, make_diffusion(d), shape
 
 
+def pretrained_folder(path) -> Path:
+    """Where nonnormal writes for a pretrained folder (samples, eval.json, ``kernels/`` of ``nonnormal fit``):
+    ``runs/pretrained-<name>``, never inside the pretrained folder."""
+    return Path("runs") / f"pretrained-{Path(path).resolve().name}"
+
+
 def pretrained_as_run(path, device="cpu"):
     """:func:`load_pretrained` in the shape of ``load_run``: ``(eps_model, config, state)`` for the CLI.
 
     ``config`` has the ``diffusion`` section (and the run's plugins for an export); ``state`` the
     example ``shape``, the data's ``levels`` and ``folder``, where samples go by default
-    (``runs/pretrained-<name>``: never inside the pretrained folder).
+    (:func:`pretrained_folder`).
     """
     eps, diffusion, shape = load_pretrained(path, device)
     cfg = {"diffusion": diffusion.to_config(), "plugins": []}
-    folder = Path("runs") / f"pretrained-{Path(path).resolve().name}"
+    folder = pretrained_folder(path)
     return eps, cfg, {"shape": list(shape), "levels": eps.levels, "step": None, "folder": str(folder)}
 
 
@@ -272,32 +278,29 @@ def _load_dataset(spec: str):
     return load(spec)
 
 
-def evaluate_pretrained(
-    path,
-    dataset: str,
-    device="cpu",
-    n_test: int | None = None,
-    n_samples: int | None = None,
-    T: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    batch: int = 500,
-    seed: int = 0,
-    quality: bool = True,
-    progress: bool = False,
-) -> dict:
+def evaluate_pretrained(path, dataset: str, device="cpu", options=None, **fields) -> dict:
     """``nonnormal eval --pretrained``: test-set bits/dim and sample metrics of a pretrained model on ``dataset``.
 
-    The engine of ``nonnormal eval`` (:func:`nonnormal.evaluate.score_model`): ``bpd_ode``, the
+    ``options``: a :class:`nonnormal.evaluate.EvalOptions`, as for :func:`nonnormal.evaluate.evaluate_run`
+    (``fields`` replace its fields): the grid (``T``, ``spacing``), the sampler and its options (a kernel
+    ``"fitted"`` is read from :func:`pretrained_folder`, where ``nonnormal fit --pretrained`` writes it),
+    the ODE's. The engine of ``nonnormal eval`` (:func:`nonnormal.evaluate.score_model`): ``bpd_ode``, the
     probability-flow likelihood of dequantized test images (Hutchinson trace); ``bpd_bound``, the
     Gaussian bound at ``T``; with ``quality``, every sample metric of the metrics table (FD and KID
-    when the dataset has labels), and what was skipped and why. Test images are mapped to [-1, 1]
-    with nonnormal's level centres ``(2j + 1)/L - 1`` (DDPM used ``2j/(L - 1) - 1``: at most half a
-    level apart).
+    when the dataset has labels), and what was skipped and why; ``sample_nfe``, the sampler's model calls
+    per image. Test images are mapped to [-1, 1] with nonnormal's level centres ``(2j + 1)/L - 1`` (DDPM
+    used ``2j/(L - 1) - 1``: at most half a level apart).
     """
-    from ...evaluate import score_model
+    from dataclasses import replace
 
+    from ...evaluate import EvalOptions, score_model
+
+    o = replace(options or EvalOptions(), **fields)
+    o.check()  # an unknown sampler or option: one line, before any work
     eps, diffusion, shape = load_pretrained(path, device)
+    grid = {k: v for k, v in (("T", o.T), ("spacing", o.spacing)) if v}
+    diffusion = make_diffusion({**diffusion.to_config(), **grid})
+    keywords, sample_info = o.sampling(diffusion, pretrained_folder(path))
     data = _load_dataset(dataset)
     if tuple(data.shape) != tuple(shape):
         raise NonnormalError(
@@ -306,20 +309,22 @@ def evaluate_pretrained(
         )
     if data.levels is None:
         raise NonnormalError(f"{data.name} is continuous: bits/dim of a pretrained image model needs discrete data")
-    T = T or diffusion.T
     x = data.unit("test")
-    x = (x if n_test is None else x[:n_test]).to(device, torch.float32)
+    x = (x if o.n_test is None else x[: o.n_test]).to(device, torch.float32)
+    ode_options = o.ode_options()
     out: dict[str, Any] = {
         "pretrained": str(path),
         "dataset": data.name,
         "schedule": eps.info["schedule"],
-        "T": T,
+        "T": diffusion.T,
+        "spacing": diffusion.spacing,
+        "sampler": o.sampler,
+        "ode_method": ode_options["method"],
+        "ode_steps": ode_options["steps"],
         "n_test": x.shape[0],
+        **sample_info,
     }
-
-    def draw(n: int) -> torch.Tensor:
-        return diffusion.sample(eps, (n,) + tuple(shape), seed=seed, T=T, device=device, progress=progress)
-
+    draw = o.draw(eps, diffusion, shape, keywords, out, device=device, dtype=torch.float32)
     out.update(
         score_model(
             eps,
@@ -328,14 +333,13 @@ def evaluate_pretrained(
             x,
             draw,
             dequantized=True,
-            ode_options={"rtol": rtol, "atol": atol},
-            n_samples=n_samples,
-            batch=batch,
-            seed=seed,
-            quality=quality,
-            progress=progress,
+            ode_options=ode_options,
+            n_samples=o.n_samples,
+            batch=o.batch,
+            seed=o.seed,
+            quality=o.quality,
+            progress=o.progress,
             device=device,
-            bound_diffusion=make_diffusion({**diffusion.to_config(), "T": T}),
         )
     )
     return out
