@@ -122,14 +122,19 @@ class EvalOptions:
         """The sampler, its own options (``eta``, ...) and the ODE options: a one-line error before any work."""
         from . import samplers
 
+        if self.sampler == "ode" and self.sampler_options:
+            raise NonnormalError(
+                f"the ode sampler takes no sampler_options ({', '.join(self.sampler_options)}): its options are "
+                "ode_method, ode_steps, rtol and atol"
+            )
         own = {k: v for k, v in self.sampler_options.items() if k not in SAMPLE_RESULT_KEYS}
         samplers.get(self.sampler, **own)
         self.ode_options()
 
-    def sampling(self, diffusion, folder) -> tuple[dict, dict]:
+    def sampling(self, diffusion, folder, source: str | None = None) -> tuple[dict, dict]:
         """``(keywords, info)``: the keywords of ``diffusion.sample_result`` that draw the samples (a kernel
-        ``"fitted"`` or path read: ``"fitted"`` from ``folder``'s kernels of the sampling grid), and what
-        eval.json records of them."""
+        ``"fitted"`` or path read: ``"fitted"`` from ``folder``'s kernels of the sampling grid, a missing one
+        naming ``nonnormal fit SOURCE``), and what eval.json records of them."""
         if self.sampler == "ode":
             return self.ode_options(), {}
         kw = dict(self.sampler_options)
@@ -139,7 +144,7 @@ class EvalOptions:
             from .kernels import find_kernel, read_kernel
 
             steps = kw.get("steps") or diffusion.T
-            path = find_kernel(folder, steps, diffusion.spacing) if kernel == "fitted" else Path(kernel)
+            path = find_kernel(folder, steps, diffusion.spacing, source=source) if kernel == "fitted" else Path(kernel)
             kw["kernel"] = read_kernel(path)
             info.update(kernel="fitted", kernel_file=str(path), kernel_family=kw["kernel"].family)
         elif kernel is not None:

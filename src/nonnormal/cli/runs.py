@@ -84,8 +84,13 @@ def cmd_sample(args) -> int:
         ):  # fitted for this grid in the run's folder (pretrained: where fit wrote it), or a file
             from ..kernels import find_kernel, read_kernel
 
-            folder = state.get("folder") or args.run
-            path = find_kernel(folder, steps, diffusion.spacing) if args.kernel == "fitted" else args.kernel
+            folder, source = (
+                state.get("folder") or args.run,
+                args.run or f"--pretrained {args.pretrained} --dataset DATA",
+            )
+            path = args.kernel
+            if args.kernel == "fitted":
+                path = find_kernel(folder, steps, diffusion.spacing, source=source)
             options["kernel"] = read_kernel(path)
             info.update(law="fitted", kernel_file=str(path), kernel_family=options["kernel"].family)
         elif law is not None:
@@ -193,16 +198,16 @@ def _sampler_options(args) -> dict:
     if args.sampler not in samplers.names():
         raise NonnormalError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(samplers.names())}")
     check_tolerance(args.rtol)
-    law, rule, T, eta, steps = (getattr(args, k, None) for k in ("law", "rule", "T", "eta", "steps"))
+    law, rule, T, eta, steps, kernel = (getattr(args, k, None) for k in ("law", "rule", "T", "eta", "steps", "kernel"))
     ode_flags = [f for f, v in (("--ode-method", args.ode_method), ("--ode-steps", args.ode_steps)) if v is not None]
     if args.sampler == "ode":
-        flags = (("--law", law), ("--rule", rule), ("--eta", eta), ("--steps", steps))
+        flags = (("--law", law), ("--rule", rule), ("--eta", eta), ("--steps", steps), ("--kernel", kernel))
         flags += (("--T", T),) if "law" in vars(args) else ()  # sample's --T is the walk's; eval's sets the bound's
         grid_flags = [f for f, v in flags if v is not None]
         if grid_flags:
             raise NonnormalError(
                 f"{grid_flags[0]} goes with --sampler walk (or another grid sampler), not ode: the probability-flow "
-                "ODE has no increment law, reverse rule, eta or grid steps (give --ode-method and --ode-steps)"
+                "ODE has no increment law or kernel, reverse rule, eta or grid steps (give --ode-method and --ode-steps)"
             )
         method, ode_steps, rtol, atol = ode.check_options(
             args.ode_method or "dopri5", args.ode_steps, args.rtol, args.rtol
@@ -215,7 +220,7 @@ def _sampler_options(args) -> dict:
         raise NonnormalError(f"--rule goes with --sampler walk, not {args.sampler}")
     if law is not None and not samplers.is_stochastic(fn):
         raise NonnormalError(f"--law goes with a stochastic sampler: {args.sampler} is deterministic (no increments)")
-    if getattr(args, "kernel", None) is not None:
+    if kernel is not None:
         if args.sampler != "walk":
             raise NonnormalError(
                 f"--kernel {args.kernel} goes with --sampler walk (it is fitted for the walk's steps), not {args.sampler}"

@@ -265,11 +265,12 @@ def kernel_files(run_dir, T: int, spacing: str) -> dict[str, Path]:
     return found
 
 
-def find_kernel(run_dir, T: int, spacing: str, family: str | None = None) -> Path:
+def find_kernel(run_dir, T: int, spacing: str, family: str | None = None, *, source: str | None = None) -> Path:
     """The file of the kernel fitted for a grid (of ``family``, or the only family fitted); one-line errors
-    that name the command to run or the files to choose from."""
+    that name the command to run (``nonnormal fit SOURCE ...``, ``source`` default ``run_dir``; for a
+    pretrained model ``--pretrained DIR --dataset DATA``) or the files to choose from."""
     found = kernel_files(run_dir, T, spacing)
-    fit = f"nonnormal fit {run_dir} --T {T} --spacing {spacing}" + (f" --family {family}" if family else "")
+    fit = f"nonnormal fit {source or run_dir} --T {T} --spacing {spacing}" + (f" --family {family}" if family else "")
     if family is not None:
         if family not in found:
             raise NonnormalError(

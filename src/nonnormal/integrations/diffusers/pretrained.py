@@ -300,7 +300,7 @@ def evaluate_pretrained(path, dataset: str, device="cpu", options=None, **fields
     eps, diffusion, shape = load_pretrained(path, device)
     grid = {k: v for k, v in (("T", o.T), ("spacing", o.spacing)) if v}
     diffusion = make_diffusion({**diffusion.to_config(), **grid})
-    keywords, sample_info = o.sampling(diffusion, pretrained_folder(path))
+    keywords, sample_info = o.sampling(diffusion, pretrained_folder(path), f"--pretrained {path} --dataset {dataset}")
     data = _load_dataset(dataset)
     if tuple(data.shape) != tuple(shape):
         raise NonnormalError(
