@@ -79,18 +79,13 @@ def cmd_sample(args) -> int:
         steps = options.get("steps") or diffusion.T
         info.update(T=steps)
         law = diffusion.walk(args.law, T=1).law if samplers.is_stochastic(args.sampler) else None  # checked early
-        if (
-            args.kernel is not None
-        ):  # fitted for this grid in the run's folder (pretrained: where fit wrote it), or a file
+        if args.kernel is not None:  # a file, or fitted for this grid in the folder `nonnormal fit` wrote to
             from ..kernels import find_kernel, read_kernel
 
-            folder, source = (
-                state.get("folder") or args.run,
-                args.run or f"--pretrained {args.pretrained} --dataset DATA",
-            )
             path = args.kernel
             if args.kernel == "fitted":
-                path = find_kernel(folder, steps, diffusion.spacing, source=source)
+                source = args.run or f"--pretrained {args.pretrained} --dataset DATA"
+                path = find_kernel(state.get("folder") or args.run, steps, diffusion.spacing, source=source)
             options["kernel"] = read_kernel(path)
             info.update(law="fitted", kernel_file=str(path), kernel_family=options["kernel"].family)
         elif law is not None:
