@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from . import jobs
+from .errors import NonnormalError
 from .frontier_plan import FITTED, FrontierPlan, Setting, load, steps_for
 from .study import Plan, Study
+from .study_classes import has_axis, plan_dict
 
 PRIMARY = "frontier.json"
 
@@ -47,6 +49,11 @@ class Frontier:
     def __init__(self, out, fplan: FrontierPlan, plan: Plan, run_config: dict, overrides=(), progress=False, log=print):
         self.out, self.fplan, self.plan, self.log, self.progress = Path(out), fplan, plan, log, progress
         self.settings = fplan.parsed()
+        if has_axis(plan):
+            raise NonnormalError(
+                "a frontier compares unconditional models: set study.conditional = [false] "
+                "(conditional models are the study's: nonnormal study)"
+            )
         self.study = Study(out, plan, run_config, overrides, progress=progress, log=log)
         self.check_study = None
         if fplan.check_factor:
@@ -302,7 +309,7 @@ class Frontier:
             self.check_study.train_all()
         return {
             "fplan": asdict(self.fplan),
-            "plan": asdict(self.plan),
+            "plan": plan_dict(self.plan),
             "dataset": self.study.data.name,
             "rows": rows,
             "check": self.recipe_check(),

@@ -17,10 +17,11 @@ they reuse its weights and differ only in the bound's constant ``T D K(0)``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 
 from . import config as config_lib
 from . import jobs
+from . import study_classes as classes_axis
 from .errors import NonnormalError
 from .study_findings import REFERENCE, compare_rows, findings, own_T_sample  # noqa: F401 -- own_T_sample: the study's rule
 
@@ -78,6 +80,9 @@ class Plan:
     rtol: float = 1e-3  # ODE tolerance (rtol = atol) for bits/dim and ODE samples
     sample_seed: int = 0  # one seed for every sampler setting: coupled samples
     columns: int = 12  # samples per row of the Figure-1 grids
+    conditional: list = field(default_factory=lambda: [False])  # unconditional and/or class-conditional models
+    label_dropout: float = 0.1  # conditional models: share of training labels dropped (classifier-free guidance)
+    guidance: float = 1.0  # conditional models: guidance scale of their samples (1: the conditional model)
 
     def check(self) -> Plan:
         parse_pairs(",".join(self.pairs))
@@ -108,6 +113,7 @@ class Plan:
             raise NonnormalError(
                 f"study.n_test must be >= 0 and study.rtol finite and positive, got {self.n_test}, {self.rtol}"
             )
+        classes_axis.check(self)
         return self
 
 
@@ -169,7 +175,11 @@ class Study:
         from . import data as data_lib
 
         self.out, self.plan, self.progress, self.log = Path(out), plan, progress, log
-        self.configs = {}
+        first = config_lib.load(None, list(overrides), base=copy.deepcopy(run_config))
+        self.data_seed = first["data"]["split_seed"]
+        self.data = data_lib.load(first["data"]["dataset"], seed=self.data_seed)
+        cond_overrides = classes_axis.overrides(self.data, plan) if classes_axis.has_axis(plan) else []
+        self.configs = {}  # (q, p, T, seed, conditional) of the trained pair -> its run config
         for T in plan.T_train:
             for seed in plan.seeds:
                 for pair in plan.pairs:
@@ -181,11 +191,12 @@ class Study:
                         f"diffusion.T={T}",
                         f"train.seed={seed}",
                     ]
-                    self.configs[(tq, tp, T, seed)] = config_lib.load(
-                        None, list(overrides) + extra, base=copy.deepcopy(run_config)
-                    )
-        first = next(iter(self.configs.values()))
-        self.data = data_lib.load(first["data"]["dataset"], seed=first["data"]["split_seed"])
+                    for cond in plan.conditional:
+                        self.configs[(tq, tp, T, seed, cond)] = config_lib.load(
+                            None,
+                            list(overrides) + extra + (cond_overrides if cond else []),
+                            base=copy.deepcopy(run_config),
+                        )
         if self.data.levels is None or len(self.data.shape) != 3:
             raise NonnormalError(
                 f"a study needs discrete image data (bits/dim, style, sample grids); {self.data.name} "
@@ -198,16 +209,17 @@ class Study:
         self._features = None
 
     # ----- training -----
-    def model_dir(self, q: str, p: str, T: int, seed: int) -> Path:
-        return self.out / "models" / _slug(f"{q}-{p}-T{T}-seed{seed}")
+    def model_dir(self, q: str, p: str, T: int, seed: int, cond: bool = False) -> Path:
+        return self.out / "models" / _slug(f"{q}-{p}-T{T}-seed{seed}{classes_axis.slug(cond)}")
 
     def train_all(self) -> None:
         from .train import train
 
         todo = list(self.configs.items())
-        for i, ((q, p, T, seed), cfg) in enumerate(todo, 1):
-            run = self.model_dir(q, p, T, seed)
-            self.log(f"[train {i}/{len(todo)}] {q}/{p} T={T} seed={seed} ({cfg['train']['steps']} steps)")
+        for i, ((q, p, T, seed, cond), cfg) in enumerate(todo, 1):
+            run = self.model_dir(q, p, T, seed, cond)
+            what = " conditional" if cond else ""
+            self.log(f"[train {i}/{len(todo)}] {q}/{p}{what} T={T} seed={seed} ({cfg['train']['steps']} steps)")
             train(cfg, run, resume=run.exists(), progress=self.progress)  # an interrupted study continues
 
     # ----- evaluation -----
@@ -215,17 +227,22 @@ class Study:
         if self._features is None:
             from .metrics import features as features_lib
 
-            self._features = features_lib.features_for(self.data, progress=self.progress)
+            base = classes_axis.classifier_data(self.data, self.data_seed)  # a long tail's balanced base
+            self._features = features_lib.features_for(base, progress=self.progress)
             self._real = self._features(self.x_test if self.plan.n_test else self.data.unit("test"))
         return self._features, self._real
 
-    def evaluate_model(self, q: str, p: str, T: int, seed: int) -> list[dict]:
-        """The rows of one reported pair's model: one per sampler setting."""
+    def test_labels(self) -> torch.Tensor:
+        """The classes of the test images that bits/dim and the real features use."""
+        return self.data.labels("test")[: self.plan.n_test or None]
+
+    def evaluate_model(self, q: str, p: str, T: int, seed: int, cond: bool = False) -> list[dict]:
+        """The rows of one reported pair's model (``cond``: its conditional model): one per sampler setting."""
         from .diffusion import Diffusion
         from .runs import load_run
 
         tq, tp = trained_pair(q, p)
-        run = self.model_dir(tq, tp, T, seed)
+        run = self.model_dir(tq, tp, T, seed, cond)
         device = torch.device("cpu")
         model, cfg, state = load_run(run, device)
         base = {
@@ -237,21 +254,32 @@ class Study:
             "n_samples": self.plan.n_samples,
             "sample_seed": self.plan.sample_seed,
         }
+        extra = None  # the condition of a conditional model's likelihood: the test images' labels
+        if cond:
+            base.update(conditional=True, label_dropout=self.plan.label_dropout)
+            extra = {"class_labels": self.test_labels()}
         diffusion = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
         L = self.data.levels
-        cache = self.out / "cache" / _slug(f"{tq}-{tp}-T{T}-seed{seed}")
+        cache = self.out / "cache" / _slug(f"{tq}-{tp}-T{T}-seed{seed}{classes_axis.slug(cond)}")
 
         def ode_bpd():
             g = torch.Generator().manual_seed(12345)  # same images, dequantization and probes for every model
             bpd, _ = diffusion.bits_per_dim(
-                model, self.x_test, L, generator=g, trace="hutchinson", rtol=self.plan.rtol, atol=self.plan.rtol
+                model,
+                self.x_test,
+                L,
+                generator=g,
+                trace="hutchinson",
+                rtol=self.plan.rtol,
+                atol=self.plan.rtol,
+                extra_args=extra,
             )
             return bpd.tolist()
 
         def bound_bpd():
             g = torch.Generator().manual_seed(54321)
             parts = diffusion.bound_bits_per_dim(
-                model, self.x_test, L, generator=g, dequantized=cfg["data"]["dequantize"]
+                model, self.x_test, L, generator=g, dequantized=cfg["data"]["dequantize"], extra_args=extra
             )
             return parts["total"].tolist()
 
@@ -260,10 +288,11 @@ class Study:
         rows = []
         for setting in settings_of(self.plan, T, p):
             name = _slug(f"samples-{setting['sampler']}-{setting['law_sample']}-T{setting['T_sample']}.json")
+            key = {**base, **setting, **({"guidance": self.plan.guidance} if cond else {})}
             metrics = jobs.cached(
                 cache / name,
-                {**base, **setting},
-                lambda s=setting: self._sample_metrics(diffusion, model, s),
+                key,
+                lambda s=setting: self._sample_metrics(diffusion, model, s, cond),
                 read=_current_sample_metrics,
             )
             rows.append(
@@ -273,6 +302,7 @@ class Study:
                     "pair": _label(q, p),
                     "seed": seed,
                     "T_train": T,
+                    **({"conditional": cond} if classes_axis.has_axis(self.plan) else {}),
                     **setting,
                     "bpd_ode": float(np.mean(bpd)),
                     "bpd_bound": float(np.mean(bound)),
@@ -286,13 +316,25 @@ class Study:
             )
         return rows
 
-    def samples(self, diffusion, model, setting: dict, n: int) -> torch.Tensor:
-        """``n`` samples of one sampler setting, snapped onto the data's levels, on [-1, 1]."""
+    def samples(self, diffusion, model, setting: dict, n: int, cond: bool = False) -> torch.Tensor:
+        """``n`` samples of one sampler setting, snapped onto the data's levels, on [-1, 1]; a conditional
+        model's with classes in the training profile (:func:`nonnormal.study_classes.sample_labels`) at the
+        plan's guidance."""
         from .metrics.table import snap
 
         shape = (n,) + tuple(self.data.shape)
+        extra = None
+        if cond:
+            from .conditioning import guided
+
+            weights = torch.bincount(self.data.labels("train"), minlength=self.data.num_classes)
+            labels = classes_axis.sample_labels(n, weights, self.plan.sample_seed, self.plan.n_samples)
+            model, extra = guided(model, self.plan.guidance), {"class_labels": labels}
         if setting["sampler"] == "ode":
-            x = diffusion.ode_sample(model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol)
+            ode_model = model if extra is None else functools.partial(model, **extra)
+            x = diffusion.ode_sample(
+                ode_model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol
+            )
         else:  # any registered sampler; image i depends on (sample_seed, i) only, so Figure 1's rows are metric samples
             x = diffusion.sample(
                 model,
@@ -302,15 +344,16 @@ class Study:
                 law=setting["law_sample"],
                 T=setting["T_sample"],
                 progress=self.progress,
+                extra_args=extra,
             )
         return snap(x, self.data.levels)
 
-    def _sample_metrics(self, diffusion, model, setting: dict) -> dict:
+    def _sample_metrics(self, diffusion, model, setting: dict, cond: bool = False) -> dict:
         """Every sample metric of the table on one sampler setting's samples:
         ``{"values", "skipped", "versions"}``."""
         from .metrics import table
 
-        x = self.samples(diffusion, model, setting, self.plan.n_samples)
+        x = self.samples(diffusion, model, setting, self.plan.n_samples, cond)
         inputs = table.MetricInputs(
             x,
             self.data.levels,
@@ -319,6 +362,7 @@ class Study:
             features=self.features if self.data.labels("train") is not None else None,
             seed=self.plan.sample_seed,
             features_missing=f"{self.data.name} has no class labels, so there is no feature classifier",
+            **classes_axis.metric_inputs(self),
         )
         values, skipped = table.compute(inputs, "images")
         versions = {m.name: m.version for m in table.metrics("images", sampled=True)}
@@ -335,11 +379,14 @@ class Study:
         from .runs import load_run
 
         rows = {}
-        for pair in self.plan.pairs:
-            q, p = pair.split("/")
-            model, cfg, _ = load_run(self.model_dir(*trained_pair(q, p), T, seed), "cpu")
-            d = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
-            rows[pair] = self.samples(d, model, {"sampler": "walk", "T_sample": T, "law_sample": p}, self.plan.columns)
+        for cond in self.plan.conditional:
+            for pair in self.plan.pairs:
+                q, p = pair.split("/")
+                model, cfg, _ = load_run(self.model_dir(*trained_pair(q, p), T, seed, cond), "cpu")
+                d = Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p})
+                setting = {"sampler": "walk", "T_sample": T, "law_sample": p}
+                label = f"{pair} conditional" if cond else pair
+                rows[label] = self.samples(d, model, setting, self.plan.columns, cond)
         return rows
 
     def run(self) -> dict:
@@ -351,13 +398,19 @@ class Study:
         t0 = time.perf_counter()
         self.train_all()
         rows = []
-        todo = [(pair, T, seed) for T in self.plan.T_train for seed in self.plan.seeds for pair in self.plan.pairs]
-        for i, (pair, T, seed) in enumerate(todo, 1):
-            self.log(f"[eval {i}/{len(todo)}] {pair} T={T} seed={seed}")
-            rows.extend(self.evaluate_model(*pair.split("/"), T, seed))
+        todo = [
+            (pair, T, seed, cond)
+            for T in self.plan.T_train
+            for seed in self.plan.seeds
+            for pair in self.plan.pairs
+            for cond in self.plan.conditional
+        ]
+        for i, (pair, T, seed, cond) in enumerate(todo, 1):
+            self.log(f"[eval {i}/{len(todo)}] {pair}{' conditional' if cond else ''} T={T} seed={seed}")
+            rows.extend(self.evaluate_model(*pair.split("/"), T, seed, cond))
         comparisons = compare_rows(rows, self.plan)
         return {
-            "plan": asdict(self.plan),
+            "plan": classes_axis.plan_dict(self.plan),
             "dataset": self.data.name,
             "rows": rows,
             "comparisons": comparisons,

@@ -26,6 +26,7 @@ from .stats import words
 from .study_findings import own_T_sample
 
 KEYS = ["pair", "T_train", "sampler", "T_sample", "law_sample"]
+AXIS_KEYS = ["pair", "T_train", "conditional", "sampler", "T_sample", "law_sample"]  # a study with conditional models
 COMPARISON_COLUMNS = [
     "T_train",
     "T_sample",
@@ -61,14 +62,22 @@ def summarize(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dic
     return out
 
 
+def comparison_columns(comparisons: list[dict]) -> list[str]:
+    """The comparison table's columns: with a ``conditional`` column (the group) in a study with conditional models."""
+    if not any("conditional" in c or c["kind"] == "conditional" for c in comparisons):
+        return COMPARISON_COLUMNS
+    return ["T_train", "conditional", *COMPARISON_COLUMNS[1:]]
+
+
 def comparison_rows(comparisons: list[dict]) -> list[dict]:
-    """One flat row per compared pair (or swapped law) for the tables."""
+    """One flat row per compared pair (or swapped law, or conditional model) for the tables."""
     flat = []
     for c in comparisons:
         for r in c["rows"]:
             flat.append(
                 {
                     "T_train": c["T_train"],
+                    **({"conditional": c["conditional"]} if "conditional" in c else {}),
                     "T_sample": c.get("T_sample"),
                     "model": c.get("pair", ""),
                     "metric": c["metric"],
@@ -97,6 +106,8 @@ def metric_series(rows: list[dict], plan: dict, metrics: list[str]) -> dict[str,
             and r["T_sample"] == own_T_sample(plan["T_sample"], r["T_train"])
         )
         label = r["pair"] if own else (f"ODE ({r['weights_from']})" if r["sampler"] == "ode" else None)
+        if label is not None and r.get("conditional"):
+            label += " conditional"
         if label is None or (label, r["T_train"], r["seed"]) in seen:
             continue
         seen.add((label, r["T_train"], r["seed"]))
@@ -120,6 +131,8 @@ def tex_rows(table: list[dict], metrics: list[str]) -> list[dict]:
     out = []
     for r in table:
         row = {"pair": r["pair"], "T_train": r["T_train"], "setting": setting_label(r), "seeds": r["seeds"]}
+        if "conditional" in r:
+            row["setting"] += " conditional" if r["conditional"] else ""
         for m in metrics:
             mean, sd = cell(r.get(m)), cell(r.get(m + "_sd"), 2)
             row[m] = f"{mean} ± {sd}" if mean and sd else mean
@@ -144,9 +157,11 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         "comparisons": result["comparisons"],
     }
     metrics = metric_table.names("images")
-    table = summarize(slim, KEYS, metrics)
-    columns = KEYS + ["seeds"] + [c for m in metrics for c in (m, m + "_sd")]
+    keys = AXIS_KEYS if "conditional" in result["plan"] else KEYS
+    table = summarize(slim, keys, metrics)
+    columns = keys + ["seeds"] + [c for m in metrics for c in (m, m + "_sd")]
     flat = comparison_rows(result["comparisons"])
+    comparison_cols = comparison_columns(result["comparisons"])
     headline = metric_table.names("images", headline=True)
     files = ["study.json", "study.md", "study.html", "table.tex", "metrics_vs_T.png"]
     tmp = out / ".metrics_vs_T.tmp.png"
@@ -160,7 +175,10 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     tmp.replace(out / "metrics_vs_T.png")
     for T, rows in figures.items():
         tmp = out / f".figure1-T{T}.tmp.png"
-        plot_sample_rows(rows, tmp, f"{result['dataset']}: T={T}, own law per row, one sample seed for every row")
+        title = f"{result['dataset']}: T={T}, own law per row, one sample seed for every row"
+        if "conditional" in result["plan"]:
+            title += " (conditional rows: classes in the training profile)"
+        plot_sample_rows(rows, tmp, title)
         tmp.replace(out / f"figure1-T{T}.png")
         files.append(f"figure1-T{T}.png")
     md = [f"# Study: {result['dataset']}", "", "## Findings", ""] + [f"- {f}" for f in result["findings"]]
@@ -171,7 +189,7 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
         markdown_table(table, columns, units),
         "## Seed-paired comparisons",
         "",
-        markdown_table(flat, COMPARISON_COLUMNS),
+        markdown_table(flat, comparison_cols),
         f"_nonnormal {meta['version']}, commit {meta['commit']}; command: `{meta['command']}`_",
         "",
     ]
@@ -193,7 +211,7 @@ def write_study(out: str | Path, result: dict, figures: dict[int, dict], config:
     sections += [(f"Figure 1 at T={T}", html_image(out / f"figure1-T{T}.png", f"figure 1 T={T}")) for T in figures]
     sections += [
         ("Rows (mean and sd over seeds)", html_table(table, columns, units)),
-        ("Seed-paired comparisons", html_table(flat, COMPARISON_COLUMNS)),
+        ("Seed-paired comparisons", html_table(flat, comparison_cols)),
         ("Config", html_pre(json_text(config))),
     ]
     write_atomic(out / "study.html", html_page(f"nonnormal study: {result['dataset']}", sections, meta).encode())

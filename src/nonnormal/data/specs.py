@@ -381,6 +381,15 @@ def _render(value) -> str:
     return f'"{text}"'
 
 
+def balanced_spec(spec: str) -> str:
+    """``spec`` without its ``imbalance=`` option: the balanced dataset a long-tailed one was cut from
+    (same test split, the whole training split), e.g. ``"digits:imbalance=100"`` -> ``"digits"``. A spec
+    without it comes back in its canonical form."""
+    name, opts = _parse(spec)
+    opts["imbalance"] = None
+    return ":".join([name] + [f"{k}={_render(v)}" for k, v in opts.items() if v is not None])
+
+
 def load(spec: str, seed: int = 0) -> Data:
     """The dataset named by ``spec`` (see :func:`names`), split by ``seed`` where it has no official split."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
