@@ -215,6 +215,34 @@ def test_study_killed_at_every_output_write_finishes_with_the_same_command(tmp_p
     assert _same(json.loads((out / "study.json").read_text()), b)
 
 
+@pytest.mark.slow
+def test_conditional_study_killed_at_every_cache_and_output_write_equals_the_straight_run(
+    tmp_path, monkeypatch, capsys
+):
+    plan = (
+        '[study]\npairs = ["gaussian/gaussian"]\nT_train = [4]\nseeds = [0]\nconditional = [false, true]\n'
+        "ode = false\nn_samples = 8\nn_test = 8\nrtol = 1e-2\ncolumns = 4\n\n"
+    )
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(plan + config.to_toml(config.load(None, [*TINY, 'data.dataset="digits:imbalance=100"'])))
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    assert cli("study", "--config", cfg, "--out", straight, "--quiet") == 0
+    args = ["study", "--config", cfg, "--out", out, "--quiet"]
+    killed = _kill_and_rerun(
+        monkeypatch, args, out, "study.json", lambda p: out / "cache" in p.parents or p.parent == out
+    )
+    # each model's bits/dim, bound and samples (unconditional, then conditional), then the pages and study.json
+    assert len(killed) == 2 * 3 + 6 and killed[-1] == "study.json", killed
+    a, b = (json.loads((d / "study.json").read_text()) for d in (out, straight))
+    assert _same(a, b) and [r["conditional"] for r in a["rows"]] == [False, True]
+    assert all(r["rare_share"] is not None and r["class_tv_train"] is not None for r in a["rows"])
+    assert sorted(p.name for p in (out / "models").iterdir()) == [
+        "gaussian-gaussian-T4-seed0",
+        "gaussian-gaussian-T4-seed0-cond",
+    ]
+    assert not _leftovers(out), _leftovers(out)
+
+
 def test_bias_study_killed_at_every_write_finishes_from_its_cache(tmp_path, monkeypatch, capsys):
     args = ["study", "bias", "--pairs", "laplace/laplace", "--Ts", "2,3", "--n", 16, "--quiet"]
     straight, out = tmp_path / "straight", tmp_path / "killed"
