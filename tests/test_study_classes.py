@@ -15,7 +15,7 @@ import torch
 from nonnormal import config as config_lib
 from nonnormal.errors import NonnormalError
 from nonnormal.study import Plan, Study, compare_rows, findings, load_plan, plan_from_table
-from nonnormal.study_classes import classifier_data, plan_dict, sample_labels
+from nonnormal.study_classes import plan_dict, sample_labels
 
 ROOT = Path(__file__).parent.parent
 TINY = {
@@ -110,10 +110,10 @@ def test_the_classifier_of_a_long_tail_is_its_balanced_base():
     from nonnormal import data as data_lib
 
     tail = data_lib.load("digits:imbalance=100")
-    base = classifier_data(tail, 0)
+    base = data_lib.balanced(tail, 0)
     assert base.name == "digits" and len(base.train) == 1437 and len(tail.train) == 326
     assert torch.equal(base.tensor("test"), tail.tensor("test"))
-    assert classifier_data(base, 0) is base
+    assert data_lib.balanced(base, 0) is base
     assert data_lib.balanced_spec("digits:imbalance=100") == "digits" == data_lib.balanced_spec("digits")
 
 

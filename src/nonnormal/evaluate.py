@@ -258,6 +258,7 @@ def evaluate_run(run, device="cpu", options: EvalOptions | None = None, **fields
             progress=o.progress,
             device=device,
             class_labels=test_labels,
+            split_seed=cfg["data"]["split_seed"],
         )
     )
     return out
@@ -280,6 +281,7 @@ def score_model(
     device="cpu",
     bound_diffusion=None,
     class_labels: torch.Tensor | None = None,
+    split_seed: int = 0,
 ) -> dict:
     """The likelihoods of test images ``x`` (on the model's device and dtype) and every sample metric of the
     metrics table on ``draw(n)`` samples: ``{bpd_ode, bpd_ode_se, ..., <metrics>, "skipped": {name: why}}``.
@@ -293,8 +295,10 @@ def score_model(
     ``class_labels`` (the test images' classes, for a class-conditional model): ``bpd_ode`` and
     ``bpd_bound`` are then class-conditional, ``-log2 p(x | y)``; the marginal over classes
     (:func:`nonnormal.conditioning.marginal_log_likelihood`, one ODE per class) is skipped, and ``skipped``
-    says why.
+    says why. The feature classifier of a long-tailed dataset is its balanced base's
+    (:func:`nonnormal.data.balanced`, loaded with ``split_seed``, the data's split seed).
     """
+    from .data import balanced
     from .metrics import table
 
     g = torch.Generator(device).manual_seed(seed)
@@ -352,7 +356,7 @@ def score_model(
         from .metrics import features as features_lib
 
         def features():
-            f = features_lib.features_for(data, progress=progress)
+            f = features_lib.features_for(balanced(data, split_seed), progress=progress)  # a long tail: its base's
             return f, f(data.unit("test"))
 
         def classifier():

@@ -225,9 +225,10 @@ class Study:
     # ----- evaluation -----
     def features(self):
         if self._features is None:
+            from .data import balanced
             from .metrics import features as features_lib
 
-            base = classes_axis.classifier_data(self.data, self.data_seed)  # a long tail's balanced base
+            base = balanced(self.data, self.data_seed)  # a long tail's classifier: its balanced base's
             self._features = features_lib.features_for(base, progress=self.progress)
             self._real = self._features(self.x_test if self.plan.n_test else self.data.unit("test"))
         return self._features, self._real

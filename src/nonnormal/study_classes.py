@@ -8,8 +8,8 @@ profile (:func:`sample_labels`) at the plan's ``guidance``, so its samples stand
 an unconditional model's. The class metrics (``class_tv_train``, ``rare_share``, ``rare_recall``,
 ``precision``, ``recall``) get the dataset's classifier and labels (:func:`metric_inputs`); on a
 long-tailed dataset (``:imbalance=R``) the classifier is the one of its balanced base
-(:func:`classifier_data`), since a classifier trained on the long tail itself (326 digits) would
-misread the rare classes it is asked to count.
+(:func:`nonnormal.data.balanced`), since a classifier trained on the long tail itself (326 digits)
+would misread the rare classes it is asked to count.
 """
 
 from __future__ import annotations
@@ -87,23 +87,6 @@ def sample_labels(n: int, weights, seed: int, total: int) -> torch.Tensor:
     total = max(int(total), int(n))
     order = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))
     return profile_labels(total, weights)[order][:n]
-
-
-def classifier_data(data, split_seed: int):
-    """The dataset whose feature classifier scores ``data``'s samples: ``data`` itself, or, for a
-    long-tailed spec, its balanced base (the same test split; checked)."""
-    from . import data as data_lib
-
-    base_spec = data_lib.balanced_spec(data.name)
-    if base_spec == data.name:
-        return data
-    base = data_lib.load(base_spec, seed=split_seed)
-    if not torch.equal(base.tensor("test"), data.tensor("test")):
-        raise NonnormalError(
-            f"{data.name} and its balanced base {base_spec} have different test splits, so the base's classifier "
-            "cannot score it: report this as a bug"
-        )
-    return base
 
 
 def metric_inputs(study) -> dict:

@@ -14,7 +14,7 @@ Training draws batches with :class:`GlobalBatchSampler` through torch's DataLoad
 from .datasets import Data, Examples, ImageFiles, Labelled, long_tail_counts, long_tailed
 from .levels import check_levels, dequantize, levels_to_unit, unit_to_levels
 from .sampler import GlobalBatchSampler, batches
-from .specs import FASHION_MNIST_DIRS, REQUIRED, balanced_spec, load, names, register, split_indices
+from .specs import FASHION_MNIST_DIRS, REQUIRED, balanced, balanced_spec, load, names, register, split_indices
 
 __all__ = [
     "Data",
@@ -25,6 +25,7 @@ __all__ = [
     "long_tailed",
     "GlobalBatchSampler",
     "batches",
+    "balanced",
     "balanced_spec",
     "load",
     "names",

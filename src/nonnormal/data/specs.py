@@ -390,6 +390,22 @@ def balanced_spec(spec: str) -> str:
     return ":".join([name] + [f"{k}={_render(v)}" for k, v in opts.items() if v is not None])
 
 
+def balanced(data: Data, seed: int = 0) -> Data:
+    """The balanced dataset a long-tailed ``data`` (``:imbalance=R``) was cut from, loaded with the same split
+    ``seed`` (the same test split, checked; the whole training split): what its feature classifier trains on,
+    since one trained on the long tail itself misreads the rare classes it is asked to count. ``data``
+    itself when its spec has no ``imbalance=``."""
+    base_spec = balanced_spec(data.name)
+    if base_spec == data.name:
+        return data
+    base = load(base_spec, seed=seed)
+    if not torch.equal(base.tensor("test"), data.tensor("test")):
+        raise NonnormalError(
+            f"{data.name} and its balanced base {base_spec} have different test splits: load both with the same seed"
+        )
+    return base
+
+
 def load(spec: str, seed: int = 0) -> Data:
     """The dataset named by ``spec`` (see :func:`names`), split by ``seed`` where it has no official split."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
