@@ -195,7 +195,8 @@ def test_findings_word_the_rare_share_by_direction_and_against_the_training_prof
         findings(compare_rows(_rows(lower), CPLAN), CPLAN)
     )
     # a distinguishable bpd_ode difference of the conditional model is worded too
-    assert any("the conditional gaussian/gaussian has lower bpd_ode than its unconditional model" in f for f in text)
+    said = [f for f in text if "the conditional gaussian/gaussian has lower bpd_ode than its unconditional model" in f]
+    assert len(said) == 1 and "given the test labels" in said[0]
 
 
 def test_an_unconditional_study_has_no_class_axis_in_its_comparisons():

@@ -324,18 +324,10 @@ class Study:
         from .metrics.table import snap
 
         shape = (n,) + tuple(self.data.shape)
-        extra = None
-        if cond:
-            from .conditioning import guided
-
-            weights = torch.bincount(self.data.labels("train"), minlength=self.data.num_classes)
-            labels = classes_axis.sample_labels(n, weights, self.plan.sample_seed, self.plan.n_samples)
-            model, extra = guided(model, self.plan.guidance), {"class_labels": labels}
+        model, extra = classes_axis.condition(model, self.data, self.plan, n) if cond else (model, None)
         if setting["sampler"] == "ode":
-            ode_model = model if extra is None else functools.partial(model, **extra)
-            x = diffusion.ode_sample(
-                ode_model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol
-            )
+            model = model if extra is None else functools.partial(model, **extra)
+            x = diffusion.ode_sample(model, shape, seed=self.plan.sample_seed, rtol=self.plan.rtol, atol=self.plan.rtol)
         else:  # any registered sampler; image i depends on (sample_seed, i) only, so Figure 1's rows are metric samples
             x = diffusion.sample(
                 model,

@@ -89,6 +89,16 @@ def sample_labels(n: int, weights, seed: int, total: int) -> torch.Tensor:
     return profile_labels(total, weights)[order][:n]
 
 
+def condition(model, data, plan, n: int):
+    """``(guided model, extra_args)`` for ``n`` samples of a conditional model: the plan's guidance, and the
+    classes of :func:`sample_labels` in ``data``'s training profile (seeded by the plan's sample seed)."""
+    from .conditioning import guided
+
+    weights = torch.bincount(data.labels("train"), minlength=data.num_classes)
+    labels = sample_labels(n, weights, plan.sample_seed, plan.n_samples)
+    return guided(model, plan.guidance), {"class_labels": labels}
+
+
 def metric_inputs(study) -> dict:
     """The class keyword arguments of :class:`nonnormal.metrics.table.MetricInputs` for a study's samples:
     ``classifier``, ``labels`` and ``num_classes`` (empty on data without labels)."""

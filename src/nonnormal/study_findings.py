@@ -209,7 +209,7 @@ def findings(comparisons: list[dict], plan: Plan) -> list[str]:
                 direction = "higher" if row["diff"] > 0 else "lower"
                 out.append(
                     f"{_where(c)}: {who} has {direction} {c['metric']} than {than} "
-                    f"by {abs(row['diff']):.4g} ({_ci(c, row)})."
+                    f"by {abs(row['diff']):.4g} ({_ci(c, row)}){GIVEN if c['kind'] == 'conditional' and c['metric'].startswith('bpd') else ''}."
                 )
     out += profile_findings(comparisons)
     out += laplace_claim(comparisons, plan)
@@ -253,6 +253,7 @@ def profile_findings(comparisons: list[dict]) -> list[str]:
 
 CLASS_METRICS = ("class_tv_train", "rare_share", "rare_recall", "precision", "recall")  # worded on long-tailed data
 SHARES = {"rare_share": "share of rare classes"}  # how a descriptive class metric is worded
+GIVEN = "; the conditional bits/dim are -log2 p(x | y), given the test labels"  # not the same quantity
 
 
 def _where(c: dict) -> str:
