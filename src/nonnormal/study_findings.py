@@ -238,11 +238,11 @@ def profile_findings(comparisons: list[dict]) -> list[str]:
             continue
         for row in c["rows"]:
             if row.get("distinguishable") is None:
-                verdict = "makes rare classes at (one seed: no interval)"
+                verdict = "has one seed, so no interval, against the training share of rare classes"
             elif row["distinguishable"]:
                 verdict = "under-produces the rare classes" if row["diff"] < 0 else "over-produces the rare classes"
             else:
-                verdict = "reproduces the training share of rare classes (within its interval)"
+                verdict = "is not distinguishable from the training share of rare classes"
             out.append(
                 f"{_where(c)}: {row['pair']} {verdict}: rare_share {row['rare_share']:.4g} against "
                 f"{row['rare_share_train']:.4g} in training, {row['diff']:+.4g} [{row['lo']:+.4g}, {row['hi']:+.4g}] "
