@@ -257,3 +257,13 @@ def test_a_tiny_conditional_study_end_to_end(tmp_path):
     md = (tmp_path / "s" / "study.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| pair |"))
     assert "| conditional |" in header and "training profile" in md  # the axis is a column; the profile a reference
+
+
+def test_a_frontier_refuses_conditional_models_in_one_line(tmp_path):
+    from nonnormal.frontier import Frontier
+    from nonnormal.frontier_plan import FrontierPlan
+
+    plan = Plan(pairs=["gaussian/gaussian"], T_train=[4], seeds=[0], conditional=[False, True]).check()
+    with pytest.raises(NonnormalError, match="a frontier compares unconditional models") as err:
+        Frontier(tmp_path, FrontierPlan(), plan, json.loads(json.dumps(TINY)))
+    assert "\n" not in str(err.value)
