@@ -166,7 +166,8 @@ def test_comparisons_group_by_conditional_and_pair_conditional_with_unconditiona
     by = {c["conditional"]: c["rows"][0] for c in pairs}
     assert by[False]["diff"] == pytest.approx(0.020 + 0.0005) and by[True]["diff"] == pytest.approx(0.042 + 0.0005)
     cond = {c["pair"]: c["rows"][0] for c in comps if c["kind"] == "conditional" and c["metric"] == "rare_share"}
-    assert cond["gaussian/gaussian"]["diff"] == pytest.approx(0.013) and cond["gaussian/gaussian"].get("exact")
+    assert cond["gaussian/gaussian"]["diff"] == pytest.approx(0.013) and not cond["gaussian/gaussian"]["exact"]
+    assert cond["gaussian/gaussian"]["lo"] == pytest.approx(0.013)  # no spread over seeds: a point interval
     assert cond["laplace/laplace"]["diff"] == pytest.approx(0.035) and cond["laplace/laplace"]["pair"] == "conditional"
     bpd = {c["pair"]: c["rows"][0]["diff"] for c in comps if c["kind"] == "conditional" and c["metric"] == "bpd_ode"}
     assert bpd == pytest.approx({"gaussian/gaussian": -0.051, "laplace/laplace": -0.051})  # seed effects cancel
@@ -198,6 +199,74 @@ def test_findings_word_the_rare_share_by_direction_and_against_the_training_prof
     # a distinguishable bpd_ode difference of the conditional model is worded too
     said = [f for f in text if "the conditional gaussian/gaussian has lower bpd_ode than its unconditional model" in f]
     assert len(said) == 1 and "given the test labels" in said[0]
+
+
+T95 = {2: 4.302652729749464, 4: 2.7764451051977987}  # Student's t, two-sided 95%, by degrees of freedom
+
+
+def _share_rows(shares: dict) -> list[dict]:
+    """Rows whose rare_share is ``shares[(pair, cond)][seed]`` exactly (multiples of 1/200: 200 samples)."""
+    rows = _rows({key: 0.0 for key in shares})
+    for r in rows:
+        r["rare_share"] = shares[(r["pair"], r["conditional"])][r["seed"]] / 200
+    return rows
+
+
+def test_conditional_and_profile_intervals_against_a_hand_computation():
+    counts = {
+        ("gaussian/gaussian", False): [1, 2, 6],
+        ("gaussian/gaussian", True): [4, 4, 7],  # differences 3, 2, 1 (/200)
+        ("laplace/laplace", False): [5, 3, 4],
+        ("laplace/laplace", True): [6, 7, 5],  # differences 1, 4, 1 (/200)
+    }
+    comps = compare_rows(_share_rows(counts), CPLAN)
+    cond = {c["pair"]: c for c in comps if c["kind"] == "conditional" and c["metric"] == "rare_share"}
+    # pooled over the two pairs: ((1 + 0 + 1) + (1 + 4 + 1)) / 200^2 over 2 + 2 dof
+    sd = (8 / 4) ** 0.5 / 200
+    for pair, mean in (("gaussian/gaussian", 2 / 200), ("laplace/laplace", 2 / 200)):
+        c, row = cond[pair], cond[pair]["rows"][0]
+        assert c["dof"] == 4 and c["comparisons"] == 2 and c["pooled_sd"] == pytest.approx(sd)
+        assert row["diff"] == pytest.approx(mean)
+        assert row["hi"] - row["diff"] == pytest.approx(T95[4] * sd / 3**0.5)
+        assert not row["exact"]
+    # the profile: each pair's own spread of rare_share - rare_share_train, t with n - 1 = 2 dof
+    profile = {(c["conditional"], r["pair"]): r for c in comps if c["kind"] == "profile" for r in c["rows"]}
+    row = profile[(False, "gaussian/gaussian")]
+    d = torch.tensor([1, 2, 6], dtype=torch.float64) / 200 - TRAIN_SHARE
+    assert row["diff"] == pytest.approx(float(d.mean())) and row["n"] == 3
+    assert row["hi"] - row["diff"] == pytest.approx(T95[2] * float(d.std()) / 3**0.5)
+    assert row["rare_share"] == pytest.approx(3 / 200) and row["rare_share_train"] == pytest.approx(TRAIN_SHARE)
+
+
+def test_a_share_that_differs_by_the_same_count_on_every_seed_is_not_exact():
+    """Shares are multiples of 1/n: two models a constant count apart on every seed is chance, not a
+    constant of construction (as uniform/gaussian reusing gaussian/gaussian's weights is)."""
+    counts = {
+        ("gaussian/gaussian", False): [1, 2, 6],
+        ("gaussian/gaussian", True): [4, 4, 7],
+        ("laplace/laplace", False): [3, 4, 8],  # 2 more than gaussian/gaussian on every seed
+        ("laplace/laplace", True): [6, 7, 5],
+    }
+    rows = _share_rows(counts)
+    comps = compare_rows(rows, CPLAN)
+    row = next(c for c in comps if c["kind"] == "pairs" and c["metric"] == "rare_share" and not c["conditional"])
+    assert not row["rows"][0]["exact"] and row["dof"] == 2 and row["rows"][0]["diff"] == pytest.approx(2 / 200)
+    said = "\n".join(findings(comps, CPLAN))
+    assert "the same difference on every seed" not in said
+    assert "laplace/laplace makes a larger share of rare classes than gaussian/gaussian: +0.01" in said
+    # a pair that reuses the reference's weights can be exact: uniform/gaussian samples as gaussian/gaussian
+    plan = Plan(pairs=["gaussian/gaussian", "uniform/gaussian"], T_train=[10], seeds=[0, 1, 2])
+    same = [
+        {**r, "pair": "uniform/gaussian", "q": "uniform", "weights_from": "gaussian/gaussian"}
+        for r in rows
+        if r["pair"] == "gaussian/gaussian" and not r["conditional"]
+    ]
+    base = [r for r in rows if r["pair"] == "gaussian/gaussian" and not r["conditional"]]
+    for r in base + same:
+        r.pop("conditional")
+    comps = compare_rows(base + same, plan)
+    row = next(c for c in comps if c["kind"] == "pairs" and c["metric"] == "rare_share")["rows"][0]
+    assert row["exact"] and row["diff"] == 0
 
 
 def test_an_unconditional_study_has_no_class_axis_in_its_comparisons():
