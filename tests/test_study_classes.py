@@ -14,6 +14,7 @@ import torch
 
 from nonnormal import config as config_lib
 from nonnormal.errors import NonnormalError
+from nonnormal.metrics.table import NO_LABELS
 from nonnormal.study import Plan, Study, compare_rows, findings, load_plan, plan_from_table
 from nonnormal.study_classes import plan_dict, sample_labels
 
@@ -336,3 +337,38 @@ def test_a_frontier_refuses_conditional_models_in_one_line(tmp_path):
     with pytest.raises(NonnormalError, match="a frontier compares unconditional models") as err:
         Frontier(tmp_path, FrontierPlan(), plan, json.loads(json.dumps(TINY)))
     assert "\n" not in str(err.value)
+
+
+def test_a_cache_written_before_the_class_axis_is_recomputed_not_reused_without_class_metrics(tmp_path):
+    """Before the study gave the class metrics its classifier and labels, its cache held them skipped
+    ("no classifier was given"); such a value is stale now, not silently reused with empty class columns."""
+    from nonnormal.cli import main
+    from nonnormal.study import current_sample_metrics
+
+    plan = (
+        '[study]\npairs = ["gaussian/gaussian"]\nT_train = [4]\nseeds = [0]\node = false\nn_samples = 8\n'
+        "n_test = 8\nrtol = 1e-2\ncolumns = 4\n\n"
+    )
+    cfg, out = tmp_path / "tiny.toml", tmp_path / "s"
+    cfg.write_text(plan + config_lib.to_toml(config_lib.load(None, [], base=json.loads(json.dumps(TINY)))))
+    args = ["study", "--config", str(cfg), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    result = json.loads((out / "study.json").read_text())
+    fresh = result["rows"][0]
+    (said,) = [f for f in result["findings"] if "has one seed, so no interval" in f]
+    assert "nan" not in said and "CI" not in said  # one seed: no interval to print
+    (entry,) = (out / "cache").rglob("samples-*.json")
+    saved = json.loads(entry.read_text())
+    old = saved["value"]
+    for key in ("class_tv_train", "class_tv_test", "rare_share", "rare_share_train", "rare_recall"):
+        old["values"][key] = None
+    old["skipped"].update(
+        class_tv_train="no classifier was given", rare_share="no classifier was given", rare_recall=NO_LABELS
+    )
+    entry.write_text(json.dumps(saved))
+    assert current_sample_metrics(old, labelled=True) is None
+    assert current_sample_metrics(old, labelled=False) == old  # unlabelled data: those skips are right
+    assert main(args + ["--force"]) == 0
+    again = json.loads((out / "study.json").read_text())["rows"][0]
+    for key in ("class_tv_train", "rare_share", "rare_recall"):
+        assert again[key] == fresh[key] is not None, key

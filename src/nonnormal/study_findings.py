@@ -279,10 +279,14 @@ def profile_findings(comparisons: list[dict]) -> list[str]:
                 verdict = "under-produces the rare classes" if row["diff"] < 0 else "over-produces the rare classes"
             else:
                 verdict = "is not distinguishable from the training share of rare classes"
+            interval = (
+                f" [{row['lo']:+.4g}, {row['hi']:+.4g}] ({int(c['level'] * 100)}% CI over {row['n']} seeds)"
+                if row["n"] > 1
+                else ""
+            )
             out.append(
                 f"{_where(c)}: {row['pair']} {verdict}: rare_share {row['rare_share']:.4g} against "
-                f"{row['rare_share_train']:.4g} in training, {row['diff']:+.4g} [{row['lo']:+.4g}, {row['hi']:+.4g}] "
-                f"({int(c['level'] * 100)}% CI over {row['n']} seeds)."
+                f"{row['rare_share_train']:.4g} in training, {row['diff']:+.4g}{interval}."
             )
     return out
 
