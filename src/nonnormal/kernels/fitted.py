@@ -248,8 +248,12 @@ def read_kernel(path) -> FittedKernel:
         raise NonnormalError(f"kernel file {path} not found: give a file written by `nonnormal fit` (RUN/kernels/)")
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise NonnormalError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    except UnicodeDecodeError:
+        raise NonnormalError(
+            f"{path} is not a fitted kernel (not text): give a T<N>-<spacing>-<family>.json that `nonnormal fit` wrote"
+        ) from None
+    except OSError as err:
+        raise NonnormalError(f"cannot read {path}: {err.strerror or err}") from None
     return FittedKernel.from_json(text, str(path))
 
 
