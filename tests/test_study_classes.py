@@ -372,3 +372,53 @@ def test_a_cache_written_before_the_class_axis_is_recomputed_not_reused_without_
     again = json.loads((out / "study.json").read_text())["rows"][0]
     for key in ("class_tv_train", "rare_share", "rare_recall"):
         assert again[key] == fresh[key] is not None, key
+
+
+def test_a_conditional_study_scores_given_the_test_labels_and_samples_one_coupled_profile(tmp_path, monkeypatch):
+    """Every conditional model's bits/dim (ODE and bound) get the test images' own labels; every model's
+    samples (every pair and seed) get the same labels, in the training split's profile; the class metrics
+    use the classifier of the long tail's balanced base."""
+    from nonnormal import diffusion as diffusion_lib
+    from nonnormal.metrics import features as features_lib
+
+    seen = {"ode": [], "bound": [], "sample": [], "features": []}
+
+    def spy(name, method):
+        def wrapped(self, *args, **kw):
+            labels = (kw.get("extra_args") or {}).get("class_labels")
+            seen[name].append((args[1] if name != "sample" else args[1][0], labels))
+            return method(self, *args, **kw)
+
+        return wrapped
+
+    for name, attr in (("ode", "bits_per_dim"), ("bound", "bound_bits_per_dim"), ("sample", "sample")):
+        monkeypatch.setattr(diffusion_lib.Diffusion, attr, spy(name, getattr(diffusion_lib.Diffusion, attr)))
+    features_for = features_lib.features_for
+    monkeypatch.setattr(
+        features_lib, "features_for", lambda data, **kw: seen["features"].append(data.name) or features_for(data, **kw)
+    )
+    plan = Plan(
+        pairs=["gaussian/gaussian", "laplace/laplace"],
+        T_train=[4],
+        seeds=[0, 1],
+        conditional=[True],
+        ode=False,
+        n_samples=20,
+        n_test=8,
+        rtol=1e-2,
+        columns=4,
+    ).check()
+    study = Study(tmp_path, plan, json.loads(json.dumps(TINY)), progress=False)
+    rows = study.run()["rows"]
+    assert len(rows) == 4 and all(r["conditional"] and r["rare_share"] is not None for r in rows)
+    test_labels = study.data.labels("test")[:8]
+    for name in ("ode", "bound"):
+        assert len(seen[name]) == 4
+        for x, labels in seen[name]:
+            assert torch.equal(x, study.x_test) and torch.equal(labels, test_labels)
+    labels = [y for n, y in seen["sample"] if n == 20]
+    assert len(labels) == 4 and all(torch.equal(y, labels[0]) for y in labels)  # coupled: one set of labels
+    train = torch.bincount(study.data.labels("train"), minlength=10).double()
+    share = torch.bincount(labels[0], minlength=10).double()
+    assert ((share - 20 * train / train.sum()).abs() <= 1 + 1e-9).all()  # each class its share to one sample
+    assert seen["features"] == ["digits"]  # the balanced base's classifier, not the long tail's
