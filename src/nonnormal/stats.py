@@ -87,19 +87,19 @@ def pooled_intervals(
     (one per seed): each name's mean difference with a t interval from the variance pooled over the names
     (those not exact), and the result's ``pooled_sd``, ``dof``, ``level`` and ``comparisons``."""
     diffs = {k: np.asarray(v, dtype=np.float64) for k, v in diffs.items()}
-    exact = {
+    constant = {
         p
         for p, d in diffs.items()
         if d.size > 1 and np.ptp(d) <= tol * max(1.0, float(np.abs(d).max())) and (exact is None or p in exact)
     }
-    ss = sum(float(((d - d.mean()) ** 2).sum()) for p, d in diffs.items() if p not in exact)
-    dof = sum(d.size - 1 for p, d in diffs.items() if p not in exact)
+    ss = sum(float(((d - d.mean()) ** 2).sum()) for p, d in diffs.items() if p not in constant)
+    dof = sum(d.size - 1 for p, d in diffs.items() if p not in constant)
     pooled = math.sqrt(ss / dof) if dof > 0 else float("nan")
     comparisons = len(diffs)
     rows = []
     for pair, d in diffs.items():
         row = {"pair": pair, "n": int(d.size), "diff": float(d.mean())}
-        if pair in exact:
+        if pair in constant:
             row.update(
                 lo=row["diff"],
                 hi=row["diff"],
