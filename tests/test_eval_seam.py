@@ -223,6 +223,11 @@ def test_two_families_of_one_grid_live_side_by_side(tmp_path):
     save_kernel(newer, old)  # a refit of that family: the newer file is the one read
     assert find_kernel(old, 3, "uniform").name == "T3-uniform-student_t.json"
     assert load_kernel(old, 3, "uniform").n == 7
+    renamed = tmp_path / "renamed"
+    (renamed / "kernels").mkdir(parents=True)
+    (renamed / "kernels" / "T3-uniform-student_t.json").write_text(g.to_json())  # a gennorm kernel, renamed
+    with pytest.raises(NonnormalError, match="holds a gennorm kernel, not student_t"):
+        load_kernel(renamed, 3, "uniform", "student_t")
     save_kernel(g, old)  # another family beside the older file: two families, refused
     with pytest.raises(NonnormalError, match="2 kernels were fitted"):
         load_kernel(old, 3, "uniform")
