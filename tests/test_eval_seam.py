@@ -223,6 +223,11 @@ def test_two_families_of_one_grid_live_side_by_side(tmp_path):
     save_kernel(newer, old)  # a refit of that family: the newer file is the one read
     assert find_kernel(old, 3, "uniform").name == "T3-uniform-student_t.json"
     assert load_kernel(old, 3, "uniform").n == 7
+    renamed = tmp_path / "renamed"
+    (renamed / "kernels").mkdir(parents=True)
+    (renamed / "kernels" / "T3-uniform-student_t.json").write_text(g.to_json())  # a gennorm kernel, renamed
+    with pytest.raises(NonnormalError, match="holds a gennorm kernel, not student_t"):
+        load_kernel(renamed, 3, "uniform", "student_t")
     save_kernel(g, old)  # another family beside the older file: two families, refused
     with pytest.raises(NonnormalError, match="2 kernels were fitted"):
         load_kernel(old, 3, "uniform")
@@ -261,3 +266,25 @@ def test_cli_picks_the_family_fitted_or_the_file_given(pipe, tmp_path, monkeypat
     assert "T2-ddpm.json already exists: pass --force" in _one_line(capsys, *fit, "--family", "gennorm")
     assert _cli(*fit, "--family", "gennorm", "--force") == 0
     assert (kernels / "T2-ddpm-gennorm.json").is_file()
+
+
+def test_a_kernel_file_of_another_grid_a_folder_or_a_binary_file_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    """--kernel FILE is checked against the sampling grid when it is read (also with --no-quality, which
+    draws nothing: eval.json must not name a kernel of another grid); a folder and a file that is not text
+    get their own one-line errors; nothing is written."""
+    assert _cli("fit", tiny_run, "--T", 3, "--n", 2, "--no-bound", "--quiet") == 0
+    three = tiny_run / "kernels" / "T3-uniform-gennorm.json"
+    assert three.is_file()
+    capsys.readouterr()
+    out = tmp_path / "e.json"
+    base = ("eval", tiny_run, "--out", out, "--n-test", 2, "--n-samples", 4, *CHEAP_ODE)
+    for extra in ((), ("--no-quality",)):
+        err = _one_line(capsys, *base, "--kernel", three, *extra)
+        assert "the fitted kernel is for T 3, not 5" in err and not out.exists()
+    assert "is a folder: give one kernel file" in _one_line(capsys, *base, "--kernel", tiny_run / "kernels")
+    png = tmp_path / "k.json"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    assert "is not a fitted kernel (not text)" in _one_line(capsys, *base, "--kernel", png)
+    assert not out.exists()
+    assert _cli(*base, "--kernel", three, "--steps", 3, "--no-quality") == 0  # its own grid: --steps 3
+    assert json.loads(out.read_text())["kernel_file"] == str(three)

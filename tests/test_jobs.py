@@ -371,3 +371,56 @@ def test_quick_study_sigkilled_at_random_moments_finishes_with_the_same_command(
     for name in ("study.md", "study.html", "table.tex", "metrics_vs_T.png", "figure1-T4.png", "figure1-T16.png"):
         assert (out / name).stat().st_size > 0
     assert not _leftovers(out), _leftovers(out)
+
+
+@pytest.mark.slow
+def test_conditional_study_sigkilled_at_random_moments_equals_the_straight_run(tmp_path):
+    """A long-tailed study with conditional models (two pairs, two seeds, checkpoints every 10 of 40
+    training steps), SIGKILLed at random moments and rerun each time: the same study.json as a straight run."""
+    rng = random.Random(int(os.environ.get("NONNORMAL_KILL_SEED", str(time.time_ns()))))
+    plan = (
+        '[study]\npairs = ["gaussian/gaussian", "laplace/laplace"]\nT_train = [4]\nseeds = [0, 1]\n'
+        "conditional = [false, true]\node = true\nn_samples = 16\nn_test = 8\nrtol = 1e-2\ncolumns = 4\n\n"
+    )
+    overrides = [*TINY, 'data.dataset="digits:imbalance=100"', "train.steps=40", "train.checkpoint_every=10"]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(plan + config.to_toml(config.load(None, overrides)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(folder):
+        command = [
+            sys.executable,
+            "-m",
+            "nonnormal.cli",
+            "study",
+            "--config",
+            str(cfg),
+            "--out",
+            str(folder),
+            "--quiet",
+        ]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    t0 = time.time()
+    straight = start(tmp_path / "straight")
+    assert straight.wait(900) == 0, straight.stderr.read()[-2000:]
+    took, out, moments = time.time() - t0, tmp_path / "killed", []
+    for _ in range(int(os.environ.get("NONNORMAL_KILLS", "4"))):
+        proc = start(out)
+        try:
+            proc.wait(rng.uniform(0.5, 0.6 * took))
+            break  # it finished before the kill
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            moments.append(f"{time.time() - t0:.1f}")
+        if (out / "study.json").exists():
+            break
+    if not (out / "study.json").exists():
+        last = start(out)
+        assert last.wait(900) == 0, last.stderr.read()[-2000:]
+    print(f"\nconditional study: SIGKILLs {len(moments)} (a straight run takes {took:.0f} s)")
+    a, b = (json.loads((d / "study.json").read_text()) for d in (out, tmp_path / "straight"))
+    assert _same(a, b) and len(a["rows"]) == 2 * 2 * 2 * 2
+    assert all(r["rare_share"] is not None for r in a["rows"])
+    assert not _leftovers(out), _leftovers(out)

@@ -14,6 +14,7 @@ import torch
 
 from nonnormal import config as config_lib
 from nonnormal.errors import NonnormalError
+from nonnormal.metrics.table import NO_LABELS
 from nonnormal.study import Plan, Study, compare_rows, findings, load_plan, plan_from_table
 from nonnormal.study_classes import plan_dict, sample_labels
 
@@ -166,7 +167,8 @@ def test_comparisons_group_by_conditional_and_pair_conditional_with_unconditiona
     by = {c["conditional"]: c["rows"][0] for c in pairs}
     assert by[False]["diff"] == pytest.approx(0.020 + 0.0005) and by[True]["diff"] == pytest.approx(0.042 + 0.0005)
     cond = {c["pair"]: c["rows"][0] for c in comps if c["kind"] == "conditional" and c["metric"] == "rare_share"}
-    assert cond["gaussian/gaussian"]["diff"] == pytest.approx(0.013) and cond["gaussian/gaussian"].get("exact")
+    assert cond["gaussian/gaussian"]["diff"] == pytest.approx(0.013) and not cond["gaussian/gaussian"]["exact"]
+    assert cond["gaussian/gaussian"]["lo"] == pytest.approx(0.013)  # no spread over seeds: a point interval
     assert cond["laplace/laplace"]["diff"] == pytest.approx(0.035) and cond["laplace/laplace"]["pair"] == "conditional"
     bpd = {c["pair"]: c["rows"][0]["diff"] for c in comps if c["kind"] == "conditional" and c["metric"] == "bpd_ode"}
     assert bpd == pytest.approx({"gaussian/gaussian": -0.051, "laplace/laplace": -0.051})  # seed effects cancel
@@ -198,6 +200,74 @@ def test_findings_word_the_rare_share_by_direction_and_against_the_training_prof
     # a distinguishable bpd_ode difference of the conditional model is worded too
     said = [f for f in text if "the conditional gaussian/gaussian has lower bpd_ode than its unconditional model" in f]
     assert len(said) == 1 and "given the test labels" in said[0]
+
+
+T95 = {2: 4.302652729749464, 4: 2.7764451051977987}  # Student's t, two-sided 95%, by degrees of freedom
+
+
+def _share_rows(shares: dict) -> list[dict]:
+    """Rows whose rare_share is ``shares[(pair, cond)][seed]`` exactly (multiples of 1/200: 200 samples)."""
+    rows = _rows({key: 0.0 for key in shares})
+    for r in rows:
+        r["rare_share"] = shares[(r["pair"], r["conditional"])][r["seed"]] / 200
+    return rows
+
+
+def test_conditional_and_profile_intervals_against_a_hand_computation():
+    counts = {
+        ("gaussian/gaussian", False): [1, 2, 6],
+        ("gaussian/gaussian", True): [4, 4, 7],  # differences 3, 2, 1 (/200)
+        ("laplace/laplace", False): [5, 3, 4],
+        ("laplace/laplace", True): [6, 7, 5],  # differences 1, 4, 1 (/200)
+    }
+    comps = compare_rows(_share_rows(counts), CPLAN)
+    cond = {c["pair"]: c for c in comps if c["kind"] == "conditional" and c["metric"] == "rare_share"}
+    # pooled over the two pairs: ((1 + 0 + 1) + (1 + 4 + 1)) / 200^2 over 2 + 2 dof
+    sd = (8 / 4) ** 0.5 / 200
+    for pair, mean in (("gaussian/gaussian", 2 / 200), ("laplace/laplace", 2 / 200)):
+        c, row = cond[pair], cond[pair]["rows"][0]
+        assert c["dof"] == 4 and c["comparisons"] == 2 and c["pooled_sd"] == pytest.approx(sd)
+        assert row["diff"] == pytest.approx(mean)
+        assert row["hi"] - row["diff"] == pytest.approx(T95[4] * sd / 3**0.5)
+        assert not row["exact"]
+    # the profile: each pair's own spread of rare_share - rare_share_train, t with n - 1 = 2 dof
+    profile = {(c["conditional"], r["pair"]): r for c in comps if c["kind"] == "profile" for r in c["rows"]}
+    row = profile[(False, "gaussian/gaussian")]
+    d = torch.tensor([1, 2, 6], dtype=torch.float64) / 200 - TRAIN_SHARE
+    assert row["diff"] == pytest.approx(float(d.mean())) and row["n"] == 3
+    assert row["hi"] - row["diff"] == pytest.approx(T95[2] * float(d.std()) / 3**0.5)
+    assert row["rare_share"] == pytest.approx(3 / 200) and row["rare_share_train"] == pytest.approx(TRAIN_SHARE)
+
+
+def test_a_share_that_differs_by_the_same_count_on_every_seed_is_not_exact():
+    """Shares are multiples of 1/n: two models a constant count apart on every seed is chance, not a
+    constant of construction (as uniform/gaussian reusing gaussian/gaussian's weights is)."""
+    counts = {
+        ("gaussian/gaussian", False): [1, 2, 6],
+        ("gaussian/gaussian", True): [4, 4, 7],
+        ("laplace/laplace", False): [3, 4, 8],  # 2 more than gaussian/gaussian on every seed
+        ("laplace/laplace", True): [6, 7, 5],
+    }
+    rows = _share_rows(counts)
+    comps = compare_rows(rows, CPLAN)
+    row = next(c for c in comps if c["kind"] == "pairs" and c["metric"] == "rare_share" and not c["conditional"])
+    assert not row["rows"][0]["exact"] and row["dof"] == 2 and row["rows"][0]["diff"] == pytest.approx(2 / 200)
+    said = "\n".join(findings(comps, CPLAN))
+    assert "the same difference on every seed" not in said
+    assert "laplace/laplace makes a larger share of rare classes than gaussian/gaussian: +0.01" in said
+    # a pair that reuses the reference's weights can be exact: uniform/gaussian samples as gaussian/gaussian
+    plan = Plan(pairs=["gaussian/gaussian", "uniform/gaussian"], T_train=[10], seeds=[0, 1, 2])
+    same = [
+        {**r, "pair": "uniform/gaussian", "q": "uniform", "weights_from": "gaussian/gaussian"}
+        for r in rows
+        if r["pair"] == "gaussian/gaussian" and not r["conditional"]
+    ]
+    base = [r for r in rows if r["pair"] == "gaussian/gaussian" and not r["conditional"]]
+    for r in base + same:
+        r.pop("conditional")
+    comps = compare_rows(base + same, plan)
+    row = next(c for c in comps if c["kind"] == "pairs" and c["metric"] == "rare_share")["rows"][0]
+    assert row["exact"] and row["diff"] == 0
 
 
 def test_an_unconditional_study_has_no_class_axis_in_its_comparisons():
@@ -267,3 +337,88 @@ def test_a_frontier_refuses_conditional_models_in_one_line(tmp_path):
     with pytest.raises(NonnormalError, match="a frontier compares unconditional models") as err:
         Frontier(tmp_path, FrontierPlan(), plan, json.loads(json.dumps(TINY)))
     assert "\n" not in str(err.value)
+
+
+def test_a_cache_written_before_the_class_axis_is_recomputed_not_reused_without_class_metrics(tmp_path):
+    """Before the study gave the class metrics its classifier and labels, its cache held them skipped
+    ("no classifier was given"); such a value is stale now, not silently reused with empty class columns."""
+    from nonnormal.cli import main
+    from nonnormal.study import current_sample_metrics
+
+    plan = (
+        '[study]\npairs = ["gaussian/gaussian"]\nT_train = [4]\nseeds = [0]\node = false\nn_samples = 8\n'
+        "n_test = 8\nrtol = 1e-2\ncolumns = 4\n\n"
+    )
+    cfg, out = tmp_path / "tiny.toml", tmp_path / "s"
+    cfg.write_text(plan + config_lib.to_toml(config_lib.load(None, [], base=json.loads(json.dumps(TINY)))))
+    args = ["study", "--config", str(cfg), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    result = json.loads((out / "study.json").read_text())
+    fresh = result["rows"][0]
+    (said,) = [f for f in result["findings"] if "has one seed, so no interval" in f]
+    assert "nan" not in said and "CI" not in said  # one seed: no interval to print
+    (entry,) = (out / "cache").rglob("samples-*.json")
+    saved = json.loads(entry.read_text())
+    old = saved["value"]
+    for key in ("class_tv_train", "class_tv_test", "rare_share", "rare_share_train", "rare_recall"):
+        old["values"][key] = None
+    old["skipped"].update(
+        class_tv_train="no classifier was given", rare_share="no classifier was given", rare_recall=NO_LABELS
+    )
+    entry.write_text(json.dumps(saved))
+    assert current_sample_metrics(old, labelled=True) is None
+    assert current_sample_metrics(old, labelled=False) == old  # unlabelled data: those skips are right
+    assert main(args + ["--force"]) == 0
+    again = json.loads((out / "study.json").read_text())["rows"][0]
+    for key in ("class_tv_train", "rare_share", "rare_recall"):
+        assert again[key] == fresh[key] is not None, key
+
+
+def test_a_conditional_study_scores_given_the_test_labels_and_samples_one_coupled_profile(tmp_path, monkeypatch):
+    """Every conditional model's bits/dim (ODE and bound) get the test images' own labels; every model's
+    samples (every pair and seed) get the same labels, in the training split's profile; the class metrics
+    use the classifier of the long tail's balanced base."""
+    from nonnormal import diffusion as diffusion_lib
+    from nonnormal.metrics import features as features_lib
+
+    seen = {"ode": [], "bound": [], "sample": [], "features": []}
+
+    def spy(name, method):
+        def wrapped(self, *args, **kw):
+            labels = (kw.get("extra_args") or {}).get("class_labels")
+            seen[name].append((args[1] if name != "sample" else args[1][0], labels))
+            return method(self, *args, **kw)
+
+        return wrapped
+
+    for name, attr in (("ode", "bits_per_dim"), ("bound", "bound_bits_per_dim"), ("sample", "sample")):
+        monkeypatch.setattr(diffusion_lib.Diffusion, attr, spy(name, getattr(diffusion_lib.Diffusion, attr)))
+    features_for = features_lib.features_for
+    monkeypatch.setattr(
+        features_lib, "features_for", lambda data, **kw: seen["features"].append(data.name) or features_for(data, **kw)
+    )
+    plan = Plan(
+        pairs=["gaussian/gaussian", "laplace/laplace"],
+        T_train=[4],
+        seeds=[0, 1],
+        conditional=[True],
+        ode=False,
+        n_samples=20,
+        n_test=8,
+        rtol=1e-2,
+        columns=4,
+    ).check()
+    study = Study(tmp_path, plan, json.loads(json.dumps(TINY)), progress=False)
+    rows = study.run()["rows"]
+    assert len(rows) == 4 and all(r["conditional"] and r["rare_share"] is not None for r in rows)
+    test_labels = study.data.labels("test")[:8]
+    for name in ("ode", "bound"):
+        assert len(seen[name]) == 4
+        for x, labels in seen[name]:
+            assert torch.equal(x, study.x_test) and torch.equal(labels, test_labels)
+    labels = [y for n, y in seen["sample"] if n == 20]
+    assert len(labels) == 4 and all(torch.equal(y, labels[0]) for y in labels)  # coupled: one set of labels
+    train = torch.bincount(study.data.labels("train"), minlength=10).double()
+    share = torch.bincount(labels[0], minlength=10).double()
+    assert ((share - 20 * train / train.sum()).abs() <= 1 + 1e-9).all()  # each class its share to one sample
+    assert seen["features"] == ["digits"]  # the balanced base's classifier, not the long tail's

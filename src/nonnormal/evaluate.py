@@ -146,6 +146,7 @@ class EvalOptions:
             steps = kw.get("steps") or diffusion.T
             path = find_kernel(folder, steps, diffusion.spacing, source=source) if kernel == "fitted" else Path(kernel)
             kw["kernel"] = read_kernel(path)
+            kw["kernel"].check_grid(diffusion, steps, diffusion.spacing, kw.get("rule"))  # before any work
             info.update(kernel="fitted", kernel_file=str(path), kernel_family=kw["kernel"].family)
         elif kernel is not None:
             info.update(kernel=getattr(kernel, "family", type(kernel).__name__))

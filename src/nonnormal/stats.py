@@ -17,7 +17,7 @@ Two sources of spread, reported apart (design.md, "Statistics for comparisons"):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -49,7 +49,11 @@ def image_se(per_image: np.ndarray) -> float:
 
 
 def paired_differences(
-    values: Mapping[str, Mapping[int, float]], reference: str, level: float = LEVEL, tol: float = 1e-12
+    values: Mapping[str, Mapping[int, float]],
+    reference: str,
+    level: float = LEVEL,
+    tol: float = 1e-12,
+    exact: Collection[str] | None = None,
 ) -> dict:
     """Each pair's seed-paired difference from ``reference``, with a t interval from the pooled variance.
 
@@ -57,7 +61,9 @@ def paired_differences(
     over the seeds both have. Pairs whose differences are the same for every seed (to ``tol``
     relative) are *exact*: their difference is a constant of construction (uniform/gaussian
     reusing gaussian/gaussian's weights) and they are left out of the pooled variance. The rest
-    pool ``sum_j sum_s (d_js - mean_j)^2 / sum_j (n_j - 1)``.
+    pool ``sum_j sum_s (d_js - mean_j)^2 / sum_j (n_j - 1)``. ``exact`` names the pairs that can be
+    exact by construction (None: any); any other pair with the same difference on every seed is chance,
+    as a share of n samples (a multiple of 1/n) makes likely, and keeps its interval and its place in the pool.
 
     Returns ``{"rows": [...], "pooled_sd", "dof", "level", "comparisons"}``; each row holds
     ``pair, n, diff, lo, hi, distinguishable`` (bool or None when no interval exists) and
@@ -71,15 +77,29 @@ def paired_differences(
         seeds = sorted(set(by_seed) & set(ref))
         if seeds:
             diffs[pair] = np.array([by_seed[s] - ref[s] for s in seeds], dtype=np.float64)
-    exact = {p for p, d in diffs.items() if d.size > 1 and np.ptp(d) <= tol * max(1.0, float(np.abs(d).max()))}
-    ss = sum(float(((d - d.mean()) ** 2).sum()) for p, d in diffs.items() if p not in exact)
-    dof = sum(d.size - 1 for p, d in diffs.items() if p not in exact)
+    return {**pooled_intervals(diffs, level, tol, exact), "reference": reference}
+
+
+def pooled_intervals(
+    diffs: Mapping[str, Sequence[float]], level: float = LEVEL, tol: float = 1e-12, exact: Collection[str] | None = None
+) -> dict:
+    """The rows of :func:`paired_differences` from the seed-paired differences themselves, ``diffs[name]``
+    (one per seed): each name's mean difference with a t interval from the variance pooled over the names
+    (those not exact), and the result's ``pooled_sd``, ``dof``, ``level`` and ``comparisons``."""
+    diffs = {k: np.asarray(v, dtype=np.float64) for k, v in diffs.items()}
+    constant = {
+        p
+        for p, d in diffs.items()
+        if d.size > 1 and np.ptp(d) <= tol * max(1.0, float(np.abs(d).max())) and (exact is None or p in exact)
+    }
+    ss = sum(float(((d - d.mean()) ** 2).sum()) for p, d in diffs.items() if p not in constant)
+    dof = sum(d.size - 1 for p, d in diffs.items() if p not in constant)
     pooled = math.sqrt(ss / dof) if dof > 0 else float("nan")
     comparisons = len(diffs)
     rows = []
     for pair, d in diffs.items():
         row = {"pair": pair, "n": int(d.size), "diff": float(d.mean())}
-        if pair in exact:
+        if pair in constant:
             row.update(
                 lo=row["diff"],
                 hi=row["diff"],
@@ -104,7 +124,6 @@ def paired_differences(
         "dof": dof,
         "level": level,
         "comparisons": comparisons,
-        "reference": reference,
     }
 
 

@@ -294,7 +294,7 @@ class Study:
                 cache / name,
                 key,
                 lambda s=setting: self._sample_metrics(diffusion, model, s, cond),
-                read=_current_sample_metrics,
+                read=functools.partial(current_sample_metrics, labelled=bool(classes_axis.metric_inputs(self))),
             )
             rows.append(
                 {
@@ -412,10 +412,12 @@ class Study:
         }
 
 
-def _current_sample_metrics(value: dict) -> dict | None:
+def current_sample_metrics(value: dict, labelled: bool = False) -> dict | None:
     """A cached sample-metrics value in the current form, or None when a metric is missing or of an older
     version (then the setting is sampled and scored again). Results of older versions (flat, with
-    ``smoothness``) are mapped on read."""
+    ``smoothness``) are mapped on read. ``labelled``: the study now gives its class metrics the classifier
+    and the labels, so a value whose class metrics were skipped for want of them (written before the study
+    had a class axis; on a long tail also FD, KID and precision from the long tail's own classifier) is stale."""
     from .metrics import table
 
     if "values" not in value:  # written before the metrics table: flat values, version 1
@@ -423,5 +425,7 @@ def _current_sample_metrics(value: dict) -> dict | None:
         value = {"values": values, "skipped": {}, "versions": {k: 1 for k in values}}
     for m in table.metrics("images", sampled=True):
         if value["versions"].get(m.name) != m.version:
+            return None
+        if labelled and value["skipped"].get(m.name) in (table.NO_CLASSIFIER, table.NO_LABELS):
             return None
     return value

@@ -68,7 +68,7 @@ def _pairs_and_laws(rows: list[dict], plan: Plan, T: int, reference: str, tag: d
             if r.get(metric) is not None and math.isfinite(r[metric]):
                 values.setdefault(r["pair"], {})[r["seed"]] = r[metric]
         if reference in values and len(values) > 1:
-            res = stats.paired_differences(values, reference)
+            res = stats.paired_differences(values, reference, exact=_reusing(rows, T, reference))
             out.append({"kind": "pairs", "T_train": T, **tag, "metric": metric, **_means(values), **res})
     for pair in plan.pairs:
         for T_s in plan.T_sample or [T]:
@@ -80,7 +80,7 @@ def _pairs_and_laws(rows: list[dict], plan: Plan, T: int, reference: str, tag: d
                         values.setdefault(r["law_sample"], {})[r["seed"]] = r[metric]
                 own = pair.split("/")[1]
                 if own in values and len(values) > 1:
-                    res = stats.paired_differences(values, own)
+                    res = stats.paired_differences(values, own, exact=[law for law in values if _same_law(law, own)])
                     out.append(
                         {
                             "kind": "laws",
@@ -96,24 +96,60 @@ def _pairs_and_laws(rows: list[dict], plan: Plan, T: int, reference: str, tag: d
     return out
 
 
+def _reusing(rows: list[dict], T: int, reference: str) -> set[str]:
+    """The pairs whose models are the reference's (``weights_from``: uniform/gaussian reuses gaussian/gaussian's
+    weights): the only ones whose difference from it can be the same on every seed by construction."""
+    ref = {r.get("weights_from", reference) for r in _group(rows, T_train=T, pair=reference)}
+    return {r["pair"] for r in _group(rows, T_train=T) if r.get("weights_from", r["pair"]) in ref}
+
+
+def _same_law(a: str, b: str) -> bool:
+    """Whether two sample-time laws draw the same increments (then their samples are the same)."""
+    from . import increments
+    from .errors import NonnormalError
+
+    try:
+        return increments.get(a) == increments.get(b)
+    except NonnormalError:  # a law no longer registered: the same only by name
+        return a == b
+
+
 def _conditional(rows: list[dict], plan: Plan, T: int) -> list[dict]:
-    """Each pair's conditional model against its unconditional one (own law and T, seed-paired)."""
+    """Each pair's conditional model against its unconditional one (own law and T, seed-paired; per metric,
+    the variance of the differences pooled over the pairs, as :func:`nonnormal.stats.paired_differences`)."""
     from . import stats
     from .metrics import table
 
     out = []
     own = _own(rows, plan, T)
-    for pair in plan.pairs:
-        for metric in table.names("images"):
+    for metric in table.names("images"):
+        diffs, means = {}, {}
+        for pair in plan.pairs:
             values: dict[str, dict[int, float]] = {}
             for r in _group(own, pair=pair):
                 if _finite(r.get(metric)):
                     values.setdefault("conditional" if r["conditional"] else "unconditional", {})[r["seed"]] = r[metric]
-            if len(values) == 2:
-                res = stats.paired_differences(values, "unconditional")
-                out.append(
-                    {"kind": "conditional", "T_train": T, "pair": pair, "metric": metric, **_means(values), **res}
-                )
+            seeds = sorted(set(values.get("conditional", ())) & set(values.get("unconditional", ())))
+            if seeds:
+                diffs[pair] = [values["conditional"][s] - values["unconditional"][s] for s in seeds]
+                means[pair] = _means(values)
+        if not diffs:
+            continue
+        res = stats.pooled_intervals(diffs, exact=())  # two models: never the same difference by construction
+        for row in res.pop("rows"):
+            pair = row["pair"]
+            out.append(
+                {
+                    "kind": "conditional",
+                    "T_train": T,
+                    "pair": pair,
+                    "metric": metric,
+                    **means[pair],
+                    **res,
+                    "rows": [{**row, "pair": "conditional"}],
+                    "reference": "unconditional",
+                }
+            )
     return out
 
 
@@ -243,10 +279,14 @@ def profile_findings(comparisons: list[dict]) -> list[str]:
                 verdict = "under-produces the rare classes" if row["diff"] < 0 else "over-produces the rare classes"
             else:
                 verdict = "is not distinguishable from the training share of rare classes"
+            interval = (
+                f" [{row['lo']:+.4g}, {row['hi']:+.4g}] ({int(c['level'] * 100)}% CI over {row['n']} seeds)"
+                if row["n"] > 1
+                else ""
+            )
             out.append(
                 f"{_where(c)}: {row['pair']} {verdict}: rare_share {row['rare_share']:.4g} against "
-                f"{row['rare_share_train']:.4g} in training, {row['diff']:+.4g} [{row['lo']:+.4g}, {row['hi']:+.4g}] "
-                f"({int(c['level'] * 100)}% CI over {row['n']} seeds)."
+                f"{row['rare_share_train']:.4g} in training, {row['diff']:+.4g}{interval}."
             )
     return out
 

@@ -222,6 +222,11 @@ def _sampler_options(args) -> dict:
             )
         if law is not None:
             raise NonnormalError(f"give either --law or --kernel {args.kernel}: the kernel is the law of every step")
+        if args.kernel != "fitted" and Path(args.kernel).is_dir():
+            raise NonnormalError(
+                f"--kernel {args.kernel} is a folder: give one kernel file in it (T<N>-<spacing>-<family>.json, "
+                "written by `nonnormal fit`) or fitted"
+            )
         if args.kernel != "fitted" and not Path(args.kernel).is_file():
             raise NonnormalError(
                 f"--kernel {args.kernel}: no such file: give fitted (the kernel fitted for the grid) or a file "

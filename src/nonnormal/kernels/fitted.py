@@ -248,8 +248,12 @@ def read_kernel(path) -> FittedKernel:
         raise NonnormalError(f"kernel file {path} not found: give a file written by `nonnormal fit` (RUN/kernels/)")
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise NonnormalError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    except UnicodeDecodeError:
+        raise NonnormalError(
+            f"{path} is not a fitted kernel (not text): give a T<N>-<spacing>-<family>.json that `nonnormal fit` wrote"
+        ) from None
+    except OSError as err:
+        raise NonnormalError(f"cannot read {path}: {err.strerror or err}") from None
     return FittedKernel.from_json(text, str(path))
 
 
@@ -292,4 +296,8 @@ def load_kernel(run_dir, T: int, spacing: str, family: str | None = None) -> Fit
     """The kernel fitted for a run's grid (T, spacing) by ``nonnormal fit``: of ``family``, or of the only
     family fitted for it (several: a one-line error naming the files); missing: a one-line error naming
     the command to run."""
-    return read_kernel(find_kernel(run_dir, T, spacing, family))
+    path = find_kernel(run_dir, T, spacing, family)
+    kernel = read_kernel(path)
+    if family is not None and kernel.family != family:  # a file renamed by hand
+        raise NonnormalError(f"{path} holds a {kernel.family} kernel, not {family}: rename it or refit with --family")
+    return kernel

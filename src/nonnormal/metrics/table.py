@@ -63,6 +63,10 @@ DATA = ("images", "points", "any")
 MODULES: tuple[str, ...] = ("nonnormal.metrics.builtin", "nonnormal.metrics.classes")
 
 
+NO_CLASSIFIER = "no classifier was given"  # why a metric that needs the classifier is skipped without one
+NO_LABELS = "the data has no class labels"  # ... and one that needs the labels
+
+
 class Skipped(Exception):
     """Raised by a metric's function: no value for these inputs, and why (one line)."""
 
@@ -228,9 +232,9 @@ class MetricInputs:
         if need == "features" and self._features is None:
             return self.features_missing
         if need == "classifier" and self._classifier is None:
-            return self.features_missing if self._features is None else "no classifier was given"
+            return self.features_missing if self._features is None else NO_CLASSIFIER
         if need == "labels" and (self._labels is None or not self.num_classes):
-            return "the data has no class labels"
+            return NO_LABELS
         if need == "model":
             return "a likelihood comes from the evaluation engine, not from samples"
         return None
