@@ -78,6 +78,7 @@ def test_sample_class_errors_on_an_unconditional_run(conditional_run, capsys, ar
         (["--class", "1", "--guidance", "-1"], "finite number >= 0"),
         (["--class", "1", "--guidance", "nan"], "finite number >= 0"),
         (["--class", "1", "--guidance", "inf"], "finite number >= 0"),
+        (["--class", "1", "--guidance", "1e308"], "is over 100"),
         (["--guidance", "1"], "--guidance needs --class"),
     ],
 )

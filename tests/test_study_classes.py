@@ -50,6 +50,7 @@ def test_plan_keys_defaults_and_what_study_json_holds():
         ({"label_dropout": "0.1"}, "study.label_dropout must be float"),
         ({"guidance": -1}, "study.guidance must be a finite number >= 0"),
         ({"guidance": float("nan")}, "study.guidance must be a finite number >= 0"),
+        ({"guidance": 1e308}, r"study.guidance 1e\+308 is over 100"),
         ({"conditional": [True], "guidance": 2, "label_dropout": 0}, "needs the unconditional model"),
     ],
 )

@@ -129,12 +129,19 @@ def marginal_log_likelihood(diffusion, eps_model: Callable, x: torch.Tensor, cla
     return LogLikelihood(torch.logsumexp(torch.stack(per_class), 0).to(x.dtype), nfe)
 
 
-def check_guidance(scale) -> float:
-    """A guidance scale for sampling: a finite number >= 0 (0: unconditional, 1: conditional)."""
+MAX_GUIDANCE = 100.0  # far above what classifier-free guidance uses (1 to ~10); beyond it eps overflows to nan
+
+
+def check_guidance(scale, where: str = "the guidance scale") -> float:
+    """A guidance scale for sampling: a finite number in [0, MAX_GUIDANCE] (0: unconditional, 1: conditional)."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise NonnormalError(
-            f"the guidance scale must be a finite number >= 0 (0: unconditional, 1: conditional, 2: stronger), "
-            f"got {scale!r}"
+            f"{where} must be a finite number >= 0 (0: unconditional, 1: conditional, 2: stronger), got {scale!r}"
+        )
+    if scale > MAX_GUIDANCE:
+        raise NonnormalError(
+            f"{where} {scale!r} is over {MAX_GUIDANCE:g}: the guided eps leaves any sane range (guidance uses 1 to "
+            "about 10); lower it"
         )
     return float(scale)
 

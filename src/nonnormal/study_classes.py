@@ -51,10 +51,9 @@ def check(plan) -> None:
             f"study.label_dropout must lie in [0, 1) (0.1 is typical; 0 leaves guidance no unconditional model), "
             f"got {plan.label_dropout}"
         )
-    if not (math.isfinite(plan.guidance) and plan.guidance >= 0):
-        raise NonnormalError(
-            f"study.guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {plan.guidance}"
-        )
+    from .conditioning import check_guidance
+
+    check_guidance(plan.guidance, "study.guidance")
     if has_axis(plan) and plan.guidance != 1 and not plan.label_dropout:
         raise NonnormalError(
             f"study.guidance = {plan.guidance} needs the unconditional model that label dropout trains: "
