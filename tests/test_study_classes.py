@@ -240,6 +240,22 @@ def test_conditional_and_profile_intervals_against_a_hand_computation():
     assert row["rare_share"] == pytest.approx(3 / 200) and row["rare_share_train"] == pytest.approx(TRAIN_SHARE)
 
 
+def test_a_rare_share_equal_on_every_seed_keeps_the_binomial_interval():
+    """Three seeds that make the same count of rare samples (as 3 conditional models did: 14 of 1000 each)
+    have no seed spread; the profile's interval falls back to a share's binomial sd, never to a point."""
+    counts = {key: [3, 3, 3] for key in (("gaussian/gaussian", False), ("gaussian/gaussian", True))}
+    counts.update({key: [1, 2, 6] for key in (("laplace/laplace", False), ("laplace/laplace", True))})
+    plan = Plan(pairs=CPLAN.pairs, T_train=[10], seeds=[0, 1, 2], conditional=[False, True], n_samples=200)
+    comps = compare_rows(_share_rows(counts), plan)
+    profile = {(c["conditional"], r["pair"]): r for c in comps if c["kind"] == "profile" for r in c["rows"]}
+    row = profile[(False, "gaussian/gaussian")]
+    s = 3 / 200
+    assert row["sd_floored"] and row["diff"] == pytest.approx(s - TRAIN_SHARE)
+    assert row["hi"] - row["diff"] == pytest.approx(T95[2] * (s * (1 - s) / 200) ** 0.5 / 3**0.5)
+    assert not row["distinguishable"]  # 0.015 against 0.0184 with 200 samples: within the binomial noise
+    assert not profile[(False, "laplace/laplace")]["sd_floored"]  # a seed spread above the floor is kept
+
+
 def test_a_share_that_differs_by_the_same_count_on_every_seed_is_not_exact():
     """Shares are multiples of 1/n: two models a constant count apart on every seed is chance, not a
     constant of construction (as uniform/gaussian reusing gaussian/gaussian's weights is)."""

@@ -156,7 +156,10 @@ def _conditional(rows: list[dict], plan: Plan, T: int) -> list[dict]:
 def _profile(rows: list[dict], plan: Plan, T: int, tag: dict) -> list[dict]:
     """Each pair's share of rare classes against the training split's (``rare_share - rare_share_train``,
     an interval over seeds per pair): does it under- or over-produce the rare classes? Only where
-    ``rare_share`` has values (long-tailed data)."""
+    ``rare_share`` has values (long-tailed data). The seed sd is floored at the binomial sd of a share of
+    ``plan.n_samples`` samples, ``sqrt(s (1 - s) / n)``: a few seeds can give the same count by chance
+    (3 seeds of a conditional model gave 14 rare samples of 1000 each), and a share is never known better
+    than its sample count allows (``sd_floored`` says when the floor was used)."""
     from . import stats
 
     diffs: dict[str, dict[int, tuple[float, float]]] = {}
@@ -170,13 +173,17 @@ def _profile(rows: list[dict], plan: Plan, T: int, tag: dict) -> list[dict]:
     for pair, by_seed in diffs.items():
         shares = list(by_seed.values())
         mean, sd, n = stats.mean_sd([a - b for a, b in shares])
+        share = stats.mean_sd([a for a, _ in shares])[0]
+        floor = math.sqrt(max(share * (1 - share), 0.0) / plan.n_samples) if plan.n_samples else 0.0
         row = {
             "pair": pair,
             "n": n,
             "diff": mean,
-            "rare_share": stats.mean_sd([a for a, _ in shares])[0],
+            "rare_share": share,
             "rare_share_train": stats.mean_sd([b for _, b in shares])[0],
+            "sd_floored": bool(n > 1 and sd < floor),
         }
+        sd = max(sd, floor)
         if n > 1:
             for key, lev in (("", stats.LEVEL), ("_bonferroni", 1 - (1 - stats.LEVEL) / comparisons)):
                 half = stats.t_quantile(lev, n - 1) * sd / math.sqrt(n)
