@@ -360,14 +360,10 @@ def score_model(
             f = features_lib.features_for(balanced(data, split_seed), progress=progress)  # a long tail: its base's
             return f, f(data.unit("test"))
 
-        def classifier():
-            f = inputs.features()[0]
-            if getattr(f, "model", None) is None:
-                raise table.Skipped("the feature map has no classifier head to give the samples' classes")
-            return lambda images: classes_lib.classify(f, images)
-
         def labels():
             return data.labels("train").numpy(), data.labels("test").numpy()
+
+        classifier = classes_lib.classifier_of(lambda: inputs.features())  # the inputs' (cached) features
 
     inputs = table.MetricInputs(
         table.snap(draw(n).cpu(), data.levels),

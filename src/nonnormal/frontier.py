@@ -81,6 +81,19 @@ class Frontier:
         model, cfg, state = load_run(run, torch.device("cpu"))
         return model, cfg, state, Diffusion.from_config({**cfg["diffusion"], "q": q, "p": p}), run
 
+    def cache_key(self, run: Path, state: dict, q: str, p: str) -> dict:
+        """What a model's cached frontier results depend on (its kernels, samples and bounds)."""
+        return {
+            "run": run.name,  # the model folder by name: a moved or renamed --out keeps its cache
+            "step": state["step"],
+            "n_samples": self.plan.n_samples,
+            "n_test": self.plan.n_test,
+            "n_bound": self.fplan.n_bound,
+            "sample_seed": self.plan.sample_seed,
+            "q": q,
+            "p": p,
+        }
+
     def _cache(self, study: Study, q: str, p: str, seed: int) -> Path:
         from .study import trained_pair
 
@@ -150,16 +163,7 @@ class Frontier:
 
         model, cfg, state, diffusion, run = self._load(self.study, q, p, seed)
         cache = self._cache(self.study, q, p, seed)
-        base = {
-            "run": run.name,  # the model folder by name: a moved or renamed --out keeps its cache
-            "step": state["step"],
-            "n_samples": self.plan.n_samples,
-            "n_test": self.plan.n_test,
-            "n_bound": self.fplan.n_bound,
-            "sample_seed": self.plan.sample_seed,
-            "q": q,
-            "p": p,
-        }
+        base = self.cache_key(run, state, q, p)
         L = self.study.data.levels
         shape = (self.plan.n_samples, *self.study.data.shape)
         rows = []
@@ -273,16 +277,7 @@ class Frontier:
             q, p = pair.split("/")
             model, cfg, state, diffusion, run = self._load(self.study, q, p, self.plan.seeds[0])
             steps, _ = steps_for(diffusion, walk, self.fplan.shapes_nfe)
-            base = {
-                "run": run.name,
-                "step": state["step"],
-                "n_samples": self.plan.n_samples,
-                "n_test": self.plan.n_test,
-                "n_bound": self.fplan.n_bound,
-                "sample_seed": self.plan.sample_seed,
-                "q": q,
-                "p": p,
-            }
+            base = self.cache_key(run, state, q, p)
             k = self.kernel(diffusion, model, cfg, base, self._cache(self.study, q, p, self.plan.seeds[0]), steps)
             out.append(
                 {

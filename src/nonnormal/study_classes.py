@@ -102,19 +102,16 @@ def metric_inputs(study) -> dict:
     """The class keyword arguments of :class:`nonnormal.metrics.table.MetricInputs` for a study's samples:
     ``classifier``, ``labels`` and ``num_classes`` (empty on data without labels)."""
     from .metrics import classes as classes_lib
-    from .metrics import table
 
     data = study.data
     if data.labels("train") is None or not data.num_classes:
         return {}
 
-    def classifier():
-        f = study.features()[0]
-        if getattr(f, "model", None) is None:
-            raise table.Skipped("the feature map has no classifier head to give the samples' classes")
-        return lambda images: classes_lib.classify(f, images)
-
     def labels():
         return data.labels("train").numpy(), study.test_labels().numpy()
 
-    return {"classifier": classifier, "labels": labels, "num_classes": int(data.num_classes)}
+    return {
+        "classifier": classes_lib.classifier_of(study.features),
+        "labels": labels,
+        "num_classes": int(data.num_classes),
+    }

@@ -103,6 +103,20 @@ class PrecisionRecall(NamedTuple):
     recall: float  # share of real points inside the generated manifold, in [0, 1]; higher is better
 
 
+def classifier_of(features):
+    """The ``classifier`` input of the metrics table from a ``features()`` callable (returning the feature
+    map and the real features): the map's classifier head, or :class:`Skipped` when it has none."""
+    from .table import Skipped
+
+    def classifier():
+        f = features()[0]
+        if getattr(f, "model", None) is None:
+            raise Skipped("the feature map has no classifier head to give the samples' classes")
+        return lambda images: classify(f, images)
+
+    return classifier
+
+
 def _points(x, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().cpu().double()
     if t.ndim != 2 or not bool(torch.isfinite(t).all()):
