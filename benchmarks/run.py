@@ -471,6 +471,46 @@ print(base, hwm())
     )
 
 
+def bench_jobs(a, results):
+    """Two models of the frontier preset's network trained at once in two processes (``--jobs 2``, one
+    thread each) against one after another in this process with ``a.threads`` threads (``--jobs 1``);
+    worker start-up (a fresh interpreter importing torch) is counted."""
+    import shutil
+    import tempfile
+
+    from nonnormal.parallel import Job, train_many
+
+    steps = 10 if a.quick else 150
+    net = ["net.width=8", "net.ch_mult=[1]"] if a.quick else ["net.width=16", "net.ch_mult=[1, 2]"]
+    over = [*net, "net.attn_resolutions=[]", "diffusion.T=1000", 'diffusion.loss="step"', 'train.device="cpu"']
+    over += [f"train.steps={steps}", f"train.batch={a.batch}", "train.warmup=1", 'data.dataset="digits"']
+    tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+
+    def run(n_jobs):
+        def go():
+            folder = tmp / f"jobs{n_jobs}-{time.perf_counter_ns()}"
+            jobs = [Job(f"m{i}", config.load(None, [*over, f"train.seed={i}"]), folder / f"m{i}") for i in range(2)]
+            train_many(jobs, n_jobs, progress=False, log=lambda line: None)
+            shutil.rmtree(folder)
+
+        return go
+
+    try:
+        r = interleaved(run(2), run(1), max(2, a.reps // 2), 1, warmup=0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results.append(
+        entry(
+            "train_jobs2_vs_one_process",
+            r,
+            0.8,
+            steps=steps,
+            what=f"2 models x {steps} steps (frontier-digits network, batch {a.batch}): --jobs 2 (two worker "
+            f"processes, one thread each, start-up included) vs --jobs 1 ({a.threads} threads, one after another)",
+        )
+    )
+
+
 BENCHES = {
     "train": bench_train_overhead,
     "laws": bench_laws,
@@ -480,6 +520,7 @@ BENCHES = {
     "likelihood": bench_likelihood,
     "bf16": bench_bf16,
     "memory": bench_memory,
+    "jobs": bench_jobs,
 }
 
 

@@ -31,6 +31,7 @@ def test_benchmarks_quick(tmp_path):
         "likelihood_pf_ode",
         "bf16_vs_fp32",
         "peak_memory",
+        "train_jobs2",
     ):
         assert any(n.startswith(prefix) for n in names), prefix
     for r in results:

@@ -220,6 +220,9 @@ def test_frontier_killed_before_its_output_writes_finishes_with_the_same_command
 
     a, b = (json.loads((d / "frontier.json").read_text()) for d in (out, straight))
     assert strip(a) == strip(b)
+    # --jobs 2: the models and the check models trained two at a time, in worker processes: the same frontier
+    assert cli("frontier", "--config", cfg, "--out", tmp_path / "jobs2", "--quiet", "--jobs", 2) == 0
+    assert strip(json.loads((tmp_path / "jobs2" / "frontier.json").read_text())) == strip(b)
     rows = a["rows"]
     assert len(rows) == 2 * 3 * 2  # models x settings x NFE targets
     assert {r["nfe"] for r in rows if r["setting"] == "heun"} == {1, 3}  # NFE 2: N = 1 (1 call); NFE 3: N = 2

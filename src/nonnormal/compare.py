@@ -68,6 +68,7 @@ def compare(
     progress: bool = True,
     log=print,
     force: bool = False,
+    n_jobs: int = 1,
 ) -> list[dict]:
     """Train and evaluate each pair with ``seeds`` seeds into ``out``; write the tables, figures and report.
 
@@ -111,7 +112,9 @@ def compare(
         sample_seed=sample_seed,
         columns=columns,
     )
-    study = Study(out, plan.check(), run_config, overrides, progress=progress, log=log)  # n_samples 0: test size
+    study = Study(
+        out, plan.check(), run_config, overrides, progress=progress, log=log, n_jobs=n_jobs
+    )  # n_samples 0: test size
     with jobs.hold(out, PRIMARY, force):  # one job per folder; a killed one continues from its cache
         t0 = time.perf_counter()
         result = study.run()

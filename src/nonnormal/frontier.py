@@ -46,7 +46,9 @@ def metrics_key() -> list:
 class Frontier:
     """Runs a frontier into a folder: the study's ``models/`` and ``cache/``, ``check/`` (4x models)."""
 
-    def __init__(self, out, fplan: FrontierPlan, plan: Plan, run_config: dict, overrides=(), progress=False, log=print):
+    def __init__(
+        self, out, fplan: FrontierPlan, plan: Plan, run_config: dict, overrides=(), progress=False, log=print, n_jobs=1
+    ):
         self.out, self.fplan, self.plan, self.log, self.progress = Path(out), fplan, plan, log, progress
         self.settings = fplan.parsed()
         if has_axis(plan):
@@ -54,7 +56,7 @@ class Frontier:
                 "a frontier compares unconditional models: set study.conditional = [false] "
                 "(conditional models are the study's: nonnormal study)"
             )
-        self.study = Study(out, plan, run_config, overrides, progress=progress, log=log)
+        self.study = Study(out, plan, run_config, overrides, progress=progress, log=log, n_jobs=n_jobs)
         self.check_study = None
         if fplan.check_factor:
             cfg = next(iter(self.study.configs.values()))
@@ -62,7 +64,7 @@ class Frontier:
             check_plan = copy.deepcopy(plan)
             check_plan.seeds = [plan.seeds[0]]
             self.check_study = Study(
-                self.out / "check", check_plan, run_config, [*overrides, f"train.steps={steps}"], progress, log
+                self.out / "check", check_plan, run_config, [*overrides, f"train.steps={steps}"], progress, log, n_jobs
             )
 
     def x_bound(self, study: Study) -> torch.Tensor:
@@ -294,13 +296,21 @@ class Frontier:
 
     def run(self) -> dict:
         t0 = time.perf_counter()
-        self.study.train_all()
+        together = self.study.n_jobs > 1 and self.check_study is not None
+        if together:  # all at once, the long check models first
+            from .parallel import train_many
+
+            train_many(
+                self.study.train_jobs() + self.check_study.train_jobs(), self.study.n_jobs, self.progress, self.log
+            )
+        else:
+            self.study.train_all()
         rows = []
         for i, (q, p, seed) in enumerate(self.models(), 1):
             self.log(f"[frontier {i}/{len(self.models())}] {q}/{p} seed={seed}")
             rows.extend(self.evaluate_model(q, p, seed))
         shapes = self.shapes()
-        if self.check_study is not None:  # last: the frontier's own results are cached first
+        if self.check_study is not None and not together:  # last: the frontier's own results are cached first
             self.check_study.train_all()
         return {
             "fplan": asdict(self.fplan),
@@ -318,17 +328,18 @@ def _slug(text: str) -> str:
 
 
 def run_frontier(
-    out, config, overrides=(), plan_overrides=None, force=False, progress=False, log=print, check: bool = True
+    out, config, overrides=(), plan_overrides=None, force=False, progress=False, log=print, check: bool = True, n_jobs=1
 ) -> dict:
     """Run (or continue) the frontier of ``config`` in ``out``; every output written, ``frontier.json`` last.
-    ``check=False`` skips the recipe check (``frontier.check_factor`` taken as 0; the report says it was not run)."""
+    ``check=False`` skips the recipe check (``frontier.check_factor`` taken as 0; the report says it was not run);
+    ``n_jobs``: models trained at once, one process each (:func:`nonnormal.parallel.train_many`)."""
     from .frontier_report import write_frontier
 
     fplan, plan, run_config = load(config, plan_overrides)
     if not check:
         fplan.check_factor = 0
     jobs.check(out, PRIMARY, force)
-    frontier = Frontier(out, fplan, plan, run_config, overrides, progress=progress, log=log)
+    frontier = Frontier(out, fplan, plan, run_config, overrides, progress=progress, log=log, n_jobs=n_jobs)
     with jobs.hold(out, PRIMARY, force):
         result = frontier.run()
         write_frontier(out, result, run_config)

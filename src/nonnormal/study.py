@@ -171,10 +171,21 @@ def settings_of(plan: Plan, T_train: int, p: str) -> list[dict]:
 class Study:
     """Runs a :class:`Plan` into a folder: ``models/`` (run folders), ``cache/`` (per-model results)."""
 
-    def __init__(self, out: str | Path, plan: Plan, run_config: dict, overrides=(), progress: bool = True, log=print):
+    def __init__(
+        self,
+        out: str | Path,
+        plan: Plan,
+        run_config: dict,
+        overrides=(),
+        progress: bool = True,
+        log=print,
+        n_jobs: int = 1,
+    ):
         from . import data as data_lib
+        from .parallel import check_jobs
 
         self.out, self.plan, self.progress, self.log = Path(out), plan, progress, log
+        self.n_jobs = check_jobs(n_jobs)  # models trained at once, one process each
         first = config_lib.load(None, list(overrides), base=copy.deepcopy(run_config))
         self.data_seed = first["data"]["split_seed"]
         self.data = data_lib.load(first["data"]["dataset"], seed=self.data_seed)
@@ -212,15 +223,19 @@ class Study:
     def model_dir(self, q: str, p: str, T: int, seed: int, cond: bool = False) -> Path:
         return self.out / "models" / _slug(f"{q}-{p}-T{T}-seed{seed}{classes_axis.slug(cond)}")
 
-    def train_all(self) -> None:
-        from .train import train
+    def train_jobs(self) -> list:
+        """Every model of the plan as a :class:`~nonnormal.parallel.Job` (an existing folder resumes)."""
+        from .parallel import Job
 
-        todo = list(self.configs.items())
-        for i, ((q, p, T, seed, cond), cfg) in enumerate(todo, 1):
-            run = self.model_dir(q, p, T, seed, cond)
-            what = " conditional" if cond else ""
-            self.log(f"[train {i}/{len(todo)}] {q}/{p}{what} T={T} seed={seed} ({cfg['train']['steps']} steps)")
-            train(cfg, run, resume=run.exists(), progress=self.progress)  # an interrupted study continues
+        return [
+            Job(f"{q}/{p}{' conditional' if cond else ''} T={T} seed={seed}", cfg, self.model_dir(q, p, T, seed, cond))
+            for (q, p, T, seed, cond), cfg in self.configs.items()
+        ]
+
+    def train_all(self) -> None:
+        from .parallel import train_many
+
+        train_many(self.train_jobs(), self.n_jobs, self.progress, self.log)  # an interrupted study continues
 
     # ----- evaluation -----
     def features(self):

@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bf16", action="store_true", help="bf16 autocast")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def jobs_option(p):
+        p.add_argument(
+            "--jobs",
+            type=_count(1, 64),
+            default=1,
+            help="models trained at once, one process each (default 1; on a CPU, --jobs 2 on two cores trains "
+            "small models about 1.5x faster than one process with two threads)",
+        )
+
     p = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
     run_options(p, "optimizer steps")
     p.add_argument("--law", type=_text, default=None, help="increment law of both walks")
@@ -254,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the main job: train, evaluate and compare (q, p) pairs side by side")
     run_options(p, "optimizer steps per pair", "the preset compare-digits")
+    jobs_option(p)
     p.add_argument(
         "--pairs",
         type=_text,
@@ -298,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "losses on exact-score mixtures",
     )
     run_options(p, "optimizer steps per model", "the preset study-digits, or study-quick with --quick")
+    jobs_option(p)
     p.add_argument("--quick", action="store_true", help="the whole pipeline at a tiny size (preset study-quick)")
     p.add_argument(
         "--seeds", type=_count(1, 100), default=None, help="train seeds 0..N-1 (overrides the config's study.seeds)"
@@ -327,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_study, again=AGAIN)
 
     add_fit_parser(sub, count=_count, seed=_seed, text=_text)
-    add_frontier_parser(sub, count=_count, text=_text, again=AGAIN)
+    add_frontier_parser(sub, count=_count, text=_text, again=AGAIN, jobs_option=jobs_option)
     return parser
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 DEFAULT, QUICK = "frontier-digits", "frontier-quick"  # packaged presets
 
 
-def add_parser(sub, *, count, text, again) -> None:
-    """Register ``frontier`` on the command's subparsers (``count``/``text``: the CLI's flag types)."""
+def add_parser(sub, *, count, text, again, jobs_option) -> None:
+    """Register ``frontier`` on the command's subparsers (``count``/``text``: the CLI's flag types;
+    ``jobs_option``: adds the shared ``--jobs``)."""
     p = sub.add_parser(
         "frontier", help="quality per network call: FD, KID, style and the bound of every sampler x law at each NFE"
     )
@@ -32,6 +33,7 @@ def add_parser(sub, *, count, text, again) -> None:
     )
     p.add_argument("--force", action="store_true", help="rebuild the outputs in a finished --out (from its cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    jobs_option(p)
     p.set_defaults(handler=cmd_frontier, again=again)
 
 
@@ -50,6 +52,7 @@ def cmd_frontier(args) -> int:
         force=args.force,
         progress=not args.quiet,
         check=not args.no_check,
+        n_jobs=args.jobs,
     )
     print()
     print((out / "frontier.md").read_text().split("## Training check")[0].rstrip())

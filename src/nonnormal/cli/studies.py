@@ -132,6 +132,7 @@ def cmd_compare(args) -> int:
         sample_seed=args.sample_seed,
         progress=not args.quiet,
         force=args.force,
+        n_jobs=args.jobs,
     )
     print()
     print((out / "table.md").read_text())
@@ -158,7 +159,7 @@ def cmd_study(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
     jobs.check(out, "study.json", args.force)  # a finished folder is refused before any work
     t0 = time.time()
-    study = Study(out, plan, run_config, train_overrides(args), progress=not args.quiet)
+    study = Study(out, plan, run_config, train_overrides(args), progress=not args.quiet, n_jobs=args.jobs)
     with jobs.hold(out, "study.json", args.force):  # one job per folder; a killed one continues from its cache
         result = study.run()
         figures = {T: study.figure_rows(T, plan.seeds[0]) for T in plan.T_train}
