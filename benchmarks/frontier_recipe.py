@@ -7,7 +7,12 @@ recipe with more steps, e.g. the recipe check's models scored by the frontier::
 
     nonnormal frontier --config frontier-digits --out runs/frontier               # BASE, check included
     mkdir -p runs/frontier-long && cp -r runs/frontier/check/models runs/frontier-long/
-    nonnormal frontier --config frontier-digits --set train.steps=4800 --seeds 1 --no-check --out runs/frontier-long
+    nonnormal frontier --config frontier-digits --set train.steps=9600 --seeds 1 --no-check --out runs/frontier-long
+
+(``train.steps`` = the preset's steps x its ``check_factor``.) docs/frontier-digits-w24-1200 and
+docs/frontier-digits-long were made this way (LONG with ``--seeds 2``) from the preset as it was before
+commit 1803129, a width-24 UNet with 1200 steps: ``git show bb34d0e:src/nonnormal/presets/frontier-digits.toml
+> w24.toml``, then ``--config w24.toml`` and ``train.steps=4800``.
 
 Prints a markdown table: per NFE target, each folder's best setting on that seed (lowest FD), its best
 Gaussian setting, and their difference (one seed: no interval), then the recipe check of BASE.
