@@ -190,3 +190,26 @@ def test_a_study_with_two_jobs_survives_every_kind_of_stop_and_equals_the_straig
         return [strip(x) for x in v] if isinstance(v, list) else v
 
     assert strip(a) == strip(b)
+
+
+def test_a_stop_that_lands_while_a_worker_is_started_reaches_it_too(tmp_path, monkeypatch):
+    """A SIGTERM handled between ``proc.start()`` and the worker's entry in the pool used to miss it: that
+    worker trained to its end. Now it is told, and one stopped before its training began is no failure."""
+    import multiprocessing.context
+
+    original, started = multiprocessing.context.SpawnProcess.start, []
+
+    def start(self):
+        original(self)
+        started.append(self)
+        if len(started) == 3:  # the third worker starts when the shortest of the first two ends
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start)
+    jobs = _jobs(tmp_path, steps=(20, 20, 400))
+    with pytest.raises(NonnormalError, match=r"^stopped by SIGTERM: [01] model\(s\) wrote a checkpoint"):
+        train_many(jobs, 2, progress=False, log=lambda line: None)
+    assert json.loads((jobs[0].run / "checkpoint.json").read_text())["step"] == 20  # finished before the stop
+    long = jobs[2].run / "checkpoint.json"  # told: checkpointed and stopped (or stopped while starting, under load)
+    assert not long.exists() or json.loads(long.read_text())["step"] < 400
+    assert not (jobs[1].run / "checkpoint.json").exists()  # told while starting: never trained to its end

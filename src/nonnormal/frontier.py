@@ -298,11 +298,12 @@ class Frontier:
         t0 = time.perf_counter()
         together = self.study.n_jobs > 1 and self.check_study is not None
         if together:  # all at once, the long check models first
+            from dataclasses import replace
+
             from .parallel import train_many
 
-            train_many(
-                self.study.train_jobs() + self.check_study.train_jobs(), self.study.n_jobs, self.progress, self.log
-            )
+            check = [replace(j, label=f"check {j.label}") for j in self.check_study.train_jobs()]  # told apart
+            train_many(self.study.train_jobs() + check, self.study.n_jobs, self.progress, self.log)
         else:
             self.study.train_all()
         rows = []

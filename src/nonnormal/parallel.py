@@ -1,7 +1,7 @@
 """Train several models at once, one worker process each (``--jobs N`` of study, compare and frontier).
 
 The small networks of a study use two CPU cores better as two processes than as two threads of one
-(``benchmarks/jobs_speed.py`` measures the ratio). :func:`train_many` trains a list of run folders,
+(``benchmarks/run.py --only jobs`` measures the ratio). :func:`train_many` trains a list of run folders,
 the longest first, at most ``n_jobs`` at a time; each worker runs :func:`nonnormal.train.train` on its
 folder (``resume`` when the folder exists, as the sequential loop does) with an equal share of the
 parent's threads, and the parent shows one progress bar over all steps.
@@ -117,14 +117,17 @@ class _Pool:
         import torch
 
         self.todo = sorted(todo, key=lambda j: -int(j.cfg["train"]["steps"]))  # longest first: the shortest end
-        self.jobs, self.progress, self.log = jobs, progress, log
-        self.threads = max(1, torch.get_num_threads() // jobs)
+        self.progress, self.log = progress, log
+        self.jobs = min(jobs, len(self.todo))  # no more workers than models: their share of threads is larger
+        self.threads = max(1, torch.get_num_threads() // self.jobs)
         self.ctx = multiprocessing.get_context("spawn")
         self.steps = self.ctx.Array("q", len(self.todo), lock=False)
         self.running: dict[int, tuple] = {}  # index -> (process, connection)
         self.stop_signal: int | None = None
         self.failure: BaseException | None = None
         self.stopped: list[str] = []
+        self.told: set[int] = set()  # pids already sent SIGTERM (each is told once)
+        self.bar = None
 
     def _handle(self, signum, frame) -> None:
         if self.stop_signal is not None and signum == signal.SIGINT:
@@ -134,7 +137,8 @@ class _Pool:
 
     def _tell_workers(self) -> None:
         for proc, _ in self.running.values():
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid not in self.told:
+                self.told.add(proc.pid)
                 try:
                     os.kill(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -151,7 +155,13 @@ class _Pool:
         proc.start()
         there.close()
         self.running[i] = (proc, here)
+        if self.stop_signal or self.failure:  # a stop that came while it was being started
+            self._tell_workers()
+        if self.bar is not None:
+            self.bar.clear()  # the line goes above the bar, not after it on the same terminal row
         self.log(f"[train {i + 1}/{len(self.todo)}] {job.label} ({job.cfg['train']['steps']} steps, worker {proc.pid})")
+        if self.bar is not None:
+            self.bar.refresh()
 
     def _finish(self, i: int) -> None:
         import pickle
@@ -181,10 +191,18 @@ class _Pool:
             self.failure = self.failure or RuntimeError(f"training {label} failed in its worker process:\n{message[1]}")
         else:
             code = proc.exitcode
-            how = signal.Signals(-code).name if code is not None and code < 0 else f"exit status {code}"
-            self.failure = self.failure or Stopped(
-                f"the worker training {label} was killed ({how}): its last checkpoint in {self.todo[i].run} is kept"
+            if self.stop_signal and code in (-signal.SIGTERM, -signal.SIGINT):
+                return  # stopped by our stop (or the terminal's Ctrl-C) before its training began: nothing to save
+            how = (
+                f"was killed ({signal.Signals(-code).name})"
+                if code is not None and code < 0
+                else f"exited with status {code}"
             )
+            run = self.todo[i].run
+            kept = (
+                "its last checkpoint in" if any(run.glob("checkpoint-*.safetensors")) else "it had no checkpoint yet in"
+            )
+            self.failure = self.failure or Stopped(f"the worker training {label} {how}: {kept} {run}")
         self._tell_workers()  # one failure stops the others, each with a checkpoint
 
     def run(self) -> None:
@@ -192,6 +210,7 @@ class _Pool:
 
         total = sum(int(j.cfg["train"]["steps"]) for j in self.todo)
         bar = tqdm(total=total, desc=f"train {len(self.todo)} models, {self.jobs} at a time", disable=not self.progress)
+        self.bar = bar
         old = {}
         if threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
