@@ -53,6 +53,9 @@ def check_jobs(jobs) -> int:
 def train_many(jobs_list: list[Job], n_jobs: int = 1, progress: bool = True, log=print) -> None:
     """Train every job's run folder (resuming an existing one); ``n_jobs`` worker processes at a time.
 
+    With ``n_jobs > 1`` the workers are started with ``spawn``: a script that calls this (or a ``Study``,
+    ``compare`` or frontier with ``n_jobs > 1``) must guard its entry point with ``if __name__ == "__main__":``.
+
     ``n_jobs = 1`` trains them one after another in this process (its own progress bar per model)."""
     from .train import train
 
@@ -94,6 +97,8 @@ def _worker(cfg: dict, run: str, threads: int, parent: int, steps, index: int, c
         steps[index] = state["step"]
         message = ("ok", state)
     except BaseException as err:  # noqa: BLE001 -- every failure goes back to the parent
+        if isinstance(err, KeyboardInterrupt):  # a second SIGINT sent to the worker itself: a stop, not a bug
+            err = Stopped(f"training {run} interrupted by a second SIGINT")
         if isinstance(err, (NonnormalError, OSError)):
             try:
                 message = ("error", pickle.dumps(err))
@@ -200,9 +205,11 @@ class _Pool:
             )
             run = self.todo[i].run
             kept = (
-                "its last checkpoint in" if any(run.glob("checkpoint-*.safetensors")) else "it had no checkpoint yet in"
+                f"its last checkpoint in {run} is kept"
+                if any(run.glob("checkpoint-*.safetensors"))
+                else f"it had no checkpoint yet in {run}"
             )
-            self.failure = self.failure or Stopped(f"the worker training {label} {how}: {kept} {run}")
+            self.failure = self.failure or Stopped(f"the worker training {label} {how}: {kept}")
         self._tell_workers()  # one failure stops the others, each with a checkpoint
 
     def run(self) -> None:
