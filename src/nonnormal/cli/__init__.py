@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_count(1, 64),
             default=1,
             help="models trained at once, one process each (default 1; on a CPU, --jobs 2 on two cores trains "
-            "small models about 1.5x faster than one process with two threads)",
+            "small models about 1.4x faster than one process with two threads)",
         )
 
     p = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
